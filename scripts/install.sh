@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates .venv with the pinned CPU stack (torch 2.13.0+cpu, vLLM CPU, TRL, peft) and think_rec.
+# Idempotent: a stamp keyed on pyproject.toml skips work when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${THINK_REC_VENV:-.venv}
+stamp="$VENV/.think_rec-$(sha1sum pyproject.toml scripts/install.sh | sha1sum | cut -c1-12)"
+[ -f "$stamp" ] && exit 0
+[ -x "$VENV/bin/python" ] || python3.11 -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --upgrade pip
+$PIP install -q torch==2.13.0                      # the CPU wheel on this machine's disk; pinned first
+$PIP install -q -e ".[serve,smol,dev]"
+$PIP install -q --no-deps recbole==1.2.1            # carries MovieLens-100k (RecBole atomic files)
+if ! "$VENV/bin/python" -c "import torch,sys; sys.exit(0 if torch.version.cuda else 1)"; then
+  # CPU torch: PyPI's torchaudio/torchcodec are CUDA-linked and break imports; torchvision is patched.
+  $PIP uninstall -q -y torchaudio torchcodec || true
+  "$VENV/bin/python" scripts/patch_torchvision_cpu.py
+fi
+touch "$stamp"

@@ -1,0 +1,156 @@
+"""The two tables every stage reads: a ``Catalog`` of items and the users' ``Interactions``.
+
+Both are ``datasets.Dataset`` objects stored as Arrow on disk, so they load lazily and
+map/filter with the HF ecosystem. ``RecDataset`` pairs them and writes ``stats.json``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import datasets
+
+ITEM_FEATURES = datasets.Features(
+    {
+        "item_id": datasets.Value("string"),
+        "title": datasets.Value("string"),
+        "description": datasets.Value("string"),
+        "brand": datasets.Value("string"),
+        "categories": datasets.List(datasets.Value("string")),
+        "price": datasets.Value("float64"),  # None when unknown
+        "image": datasets.Value("string"),  # local path or URL; None when absent
+    }
+)
+INTERACTION_FEATURES = datasets.Features(
+    {
+        "user_id": datasets.Value("string"),
+        "item_ids": datasets.List(datasets.Value("string")),  # chronological
+        "timestamps": datasets.List(datasets.Value("int64")),  # empty when unknown
+    }
+)
+
+
+def make_item(item_id: str, title: str = "", description: str = "", brand: str = "",
+              categories: Iterable[str] = (), price: float | None = None,
+              image: str | None = None) -> dict[str, Any]:
+    """One catalog row with every field present."""
+    return {"item_id": str(item_id), "title": title or "", "description": description or "",
+            "brand": brand or "", "categories": list(categories), "price": price, "image": image}
+
+
+@dataclass
+class Catalog:
+    """Items keyed by ``item_id`` (strings), in a fixed order."""
+
+    items: datasets.Dataset
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[dict[str, Any]]) -> "Catalog":
+        rows = [make_item(**r) for r in rows]
+        ids = [r["item_id"] for r in rows]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise ValueError(f"catalog: item_id: duplicate id {dup!r}")
+        return cls(datasets.Dataset.from_list(rows, features=ITEM_FEATURES))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.items["item_id"]
+
+    @property
+    def index(self) -> dict[str, int]:
+        if not hasattr(self, "_index"):
+            self._index = {item_id: i for i, item_id in enumerate(self.ids)}
+        return self._index
+
+    def __getitem__(self, item_id: str) -> dict[str, Any]:
+        return self.items[self.index[item_id]]
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self.index
+
+    def texts(self) -> list[str]:
+        """One descriptive string per item (title, brand, categories, description)."""
+        out = []
+        for r in self.items:
+            parts = [r["title"], r["brand"], " > ".join(r["categories"]), r["description"][:300]]
+            out.append(". ".join(p for p in parts if p))
+        return out
+
+
+@dataclass
+class Interactions:
+    """One row per user: chronological ``item_ids`` (and ``timestamps`` when known)."""
+
+    table: datasets.Dataset
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[dict[str, Any]]) -> "Interactions":
+        rows = [{"user_id": str(r["user_id"]), "item_ids": [str(i) for i in r["item_ids"]],
+                 "timestamps": list(r.get("timestamps") or [])} for r in rows]
+        return cls(datasets.Dataset.from_list(rows, features=INTERACTION_FEATURES))
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def sequences(self) -> list[list[str]]:
+        return self.table["item_ids"]
+
+    @property
+    def users(self) -> list[str]:
+        return self.table["user_id"]
+
+    def num_interactions(self) -> int:
+        return sum(len(s) for s in self.sequences)
+
+
+@dataclass
+class RecDataset:
+    """A catalog, its users' interactions and where they came from."""
+
+    name: str
+    catalog: Catalog
+    interactions: Interactions
+
+    def stats(self) -> dict[str, Any]:
+        lengths = [len(s) for s in self.interactions.sequences] or [0]
+        used = {i for s in self.interactions.sequences for i in s}
+        n_items = len(self.catalog)
+        return {
+            "name": self.name,
+            "users": len(self.interactions),
+            "items": n_items,
+            "items_interacted": len(used),
+            "interactions": sum(lengths),
+            "min_seq_len": min(lengths),
+            "max_seq_len": max(lengths),
+            "mean_seq_len": round(sum(lengths) / max(len(lengths), 1), 3),
+            "density": round(sum(lengths) / max(len(lengths) * n_items, 1), 6),
+            "items_with_image": sum(1 for x in self.catalog.items["image"] if x),
+            "items_with_price": sum(1 for x in self.catalog.items["price"] if x is not None),
+        }
+
+    def save(self, out_dir: str | Path) -> dict[str, Any]:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.catalog.items.save_to_disk(str(out / "catalog"))
+        self.interactions.table.save_to_disk(str(out / "interactions"))
+        stats = self.stats()
+        (out / "stats.json").write_text(json.dumps(stats, indent=2))
+        return stats
+
+    @classmethod
+    def load(cls, data_dir: str | Path) -> "RecDataset":
+        d = Path(data_dir)
+        if not (d / "stats.json").exists():
+            raise FileNotFoundError(f"{d}: not a prepared data folder (no stats.json); "
+                                    "run `think-rec data prepare` first")
+        name = json.loads((d / "stats.json").read_text()).get("name", d.name)
+        return cls(name, Catalog(datasets.load_from_disk(str(d / "catalog"))),
+                   Interactions(datasets.load_from_disk(str(d / "interactions"))))

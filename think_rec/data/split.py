@@ -1,0 +1,58 @@
+"""Leave-one-out split: last item test, second-to-last valid, the rest train."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import datasets
+
+from .schema import Interactions
+
+EXAMPLE_FEATURES = datasets.Features(
+    {
+        "user_id": datasets.Value("string"),
+        "history": datasets.List(datasets.Value("string")),
+        "target": datasets.Value("string"),
+    }
+)
+
+
+@dataclass
+class LeaveOneOut:
+    """``train`` holds each user's sequence without its last two items (for sequence models);
+    ``valid``/``test`` hold one (history, target) example per user."""
+
+    train: datasets.Dataset  # user_id, item_ids
+    valid: datasets.Dataset  # user_id, history, target
+    test: datasets.Dataset
+    max_history: int
+
+    def train_examples(self, min_history: int = 1) -> datasets.Dataset:
+        """Every next-item example inside the training sequences (history capped)."""
+        rows = []
+        for user, seq in zip(self.train["user_id"], self.train["item_ids"]):
+            for t in range(min_history, len(seq)):
+                rows.append({"user_id": user, "history": seq[max(0, t - self.max_history):t],
+                             "target": seq[t]})
+        return datasets.Dataset.from_list(rows, features=EXAMPLE_FEATURES)
+
+
+def leave_one_out(interactions: Interactions, max_history: int = 50,
+                  min_length: int = 3) -> LeaveOneOut:
+    """Split each user's sequence; users shorter than ``min_length`` are left out."""
+    if max_history < 1:
+        raise ValueError(f"max_history must be >= 1, got {max_history}")
+    train, valid, test = [], [], []
+    for user, seq in zip(interactions.users, interactions.sequences):
+        if len(seq) < min_length:
+            continue
+        train.append({"user_id": user, "item_ids": seq[:-2]})
+        valid.append({"user_id": user, "history": seq[:-2][-max_history:], "target": seq[-2]})
+        test.append({"user_id": user, "history": seq[:-1][-max_history:], "target": seq[-1]})
+    seq_features = datasets.Features({"user_id": datasets.Value("string"),
+                                      "item_ids": datasets.List(datasets.Value("string"))})
+    return LeaveOneOut(
+        train=datasets.Dataset.from_list(train, features=seq_features),
+        valid=datasets.Dataset.from_list(valid, features=EXAMPLE_FEATURES),
+        test=datasets.Dataset.from_list(test, features=EXAMPLE_FEATURES),
+        max_history=max_history,
+    )
