@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import datasets
 
-from .schema import Interactions
+from .schema import Interactions, column
 
 EXAMPLE_FEATURES = datasets.Features(
     {
@@ -29,7 +29,7 @@ class LeaveOneOut:
     def train_examples(self, min_history: int = 1) -> datasets.Dataset:
         """Every next-item example inside the training sequences (history capped)."""
         rows = []
-        for user, seq in zip(self.train["user_id"], self.train["item_ids"]):
+        for user, seq in zip(column(self.train, "user_id"), column(self.train, "item_ids")):
             for t in range(min_history, len(seq)):
                 rows.append({"user_id": user, "history": seq[max(0, t - self.max_history):t],
                              "target": seq[t]})
