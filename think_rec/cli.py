@@ -108,3 +108,82 @@ def sids_stats(sids: Path = typer.Argument(..., help="A folder written by `sids 
         print_dict(str(sids), SIDCodebook.load(sids).stats())
     except (FileNotFoundError, ValueError) as e:
         fail(e)
+
+
+@model_app.command("tiny")
+def model_tiny(
+    data: Path = typer.Option(..., help="A prepared data folder (its text trains the tokenizer)."),
+    out: Path = typer.Option(..., help="Output folder (save_pretrained model + processor)."),
+    family: str = typer.Option("qwen3_vl", help="qwen3_vl | qwen2_5_vl"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Build the tiny preset: the production Qwen-VL architecture shrunk, random init, offline tokenizer."""
+    from think_rec.data.schema import RecDataset
+    from think_rec.model.tiny import build_tiny
+    from think_rec.pipeline import tokenizer_corpus
+
+    build_tiny(out, tokenizer_corpus(RecDataset.load(data)), family=family, seed=seed)
+    console.print(f"tiny {family} model -> {out}")
+
+
+@train_app.command("align", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_align_cmd(
+    ctx: typer.Context,
+    config: Path = typer.Option(..., help="YAML config (finetune/configs/align_*.yaml); extra --key value "
+                                          "pairs override it, as with TrlParser."),
+) -> None:
+    """Stage 1, itemic alignment: token warm-up then multi-task LoRA (TRL SFTTrainer)."""
+    from think_rec.finetune.align import main
+
+    main(["--config", str(config), *ctx.args])
+
+
+@app.command("quickstart")
+def quickstart(
+    work_dir: Path = typer.Option(Path("runs/quickstart"), help="Where every artefact goes."),
+    budget_minutes: float = typer.Option(5.0, help="Training budget for think_rec and for SASRec."),
+    eval_users: int = typer.Option(300, help="Test users scored (the same for every system)."),
+) -> None:
+    """Offline end to end on MovieLens-100k: prepare -> SIDs -> tiny preset -> align -> eval vs SASRec."""
+    from think_rec.quickstart import run
+
+    run(work_dir, budget_minutes, eval_users)
+
+
+@bench_app.command("rec")
+def bench_rec(
+    dataset: str = typer.Option("scientific", help="scientific | industrial | ml-100k"),
+    budget_minutes: float = typer.Option(10.0, help="Wall-clock training budget, the same for each system."),
+    eval_users: int = typer.Option(1000, help="Test users scored (a seeded sample, the same for all systems)."),
+    max_history: int = typer.Option(10, help="History items in think_rec's prompt."),
+    work_dir: Path = typer.Option(Path("runs/bench-rec")),
+    out_dir: Path = typer.Option(Path("eval/results")),
+) -> None:
+    """think_rec (tiny, stage 1) vs SASRec vs popularity -> eval/results/DATASET.json + .md + .png."""
+    from think_rec.eval.bench_rec import run
+
+    payload = run(dataset, budget_minutes, eval_users, max_history, work_dir, out_dir)
+    print_dict(f"bench rec {dataset}", {r["system"]: {m: r[m] for m in ("ndcg@10", "recall@10")}
+                                         for r in payload["rows"]})
+
+
+@bench_app.command("sids")
+def bench_sids(
+    out_dir: Path = typer.Option(Path("eval/results")),
+    quick: bool = typer.Option(False, help="Small sizes (a smoke run)."),
+) -> None:
+    """RQ-KMeans vs RQ-VAE on Scientific and a generated 100k catalog -> eval/results/sids.json."""
+    from think_rec.eval.bench_sids import run
+
+    run(out_dir, quick=quick)
+
+
+@bench_app.command("decode")
+def bench_decode(
+    model_dir: Optional[Path] = typer.Option(None, help="A trained model (default: a random tiny one)."),
+    out_dir: Path = typer.Option(Path("eval/results")),
+) -> None:
+    """Constrained vs unconstrained beam search time per request -> eval/results/decode.json."""
+    from think_rec.eval.bench_decode import run
+
+    run(model_dir=model_dir, out_dir=out_dir)

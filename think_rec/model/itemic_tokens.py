@@ -1,0 +1,90 @@
+"""Add a codebook's SID tokens to a model + tokenizer; new rows start at the mean of their items' titles."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from think_rec.itemic.codebook import SIDCodebook, code_token
+
+TOKEN_MAP = "sid_tokens.json"
+
+
+def _tokenizer(processor_or_tokenizer):
+    return getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
+
+
+def sid_token_ids(tokenizer, codebook: SIDCodebook) -> dict[str, int]:
+    """``{token: id}`` for every codebook token; raises if one is missing or not a single id."""
+    tok = _tokenizer(tokenizer)
+    out = {}
+    for t in codebook.vocabulary():
+        ids = tok.encode(t, add_special_tokens=False)
+        if len(ids) != 1 or ids[0] == tok.unk_token_id:
+            raise ValueError(f"SID token {t!r} is not one id in this tokenizer ({ids}); run add_sid_tokens first")
+        out[t] = ids[0]
+    return out
+
+
+def _row_sources(codebook: SIDCodebook, title_ids: dict[str, list[int]]) -> dict[str, list[list[int]]]:
+    """Each code token -> title token ids of the items using that code at that level (items with a title)."""
+    src: dict[str, list[list[int]]] = {t: [] for t in codebook.vocabulary()}
+    for item, sid in codebook.codes.items():
+        if title_ids.get(item):
+            for level, code in enumerate(sid):
+                src[code_token(level, code)].append(title_ids[item])
+    return src
+
+
+@torch.no_grad()
+def _init_rows(weight: torch.Tensor, old_rows: int, token_ids: dict[str, int],
+               sources: dict[str, list[list[int]]], gen: torch.Generator) -> None:
+    """Row = mean over items of the mean title-token row; no items -> mean of old rows + small noise."""
+    old = weight[:old_rows].float()
+    mean, std = old.mean(0), old.std()
+    for t, i in token_ids.items():
+        if sources[t]:
+            row = torch.stack([old[ids].mean(0) for ids in sources[t]]).mean(0)
+        else:
+            row = mean + 0.1 * std * torch.randn(mean.shape, generator=gen)
+        weight[i] = row.to(weight.dtype)
+
+
+def add_sid_tokens(model, processor_or_tokenizer, codebook: SIDCodebook, item_texts: dict[str, str] | None = None,
+                   pad_to_multiple_of: int = 64, *, seed: int = 0, out_dir: str | Path | None = None) -> dict:
+    """Add ``codebook.vocabulary()`` as added tokens, grow embeddings to a multiple of ``pad_to_multiple_of``
+    and initialise the new rows (input embeddings, and lm_head when untied) from ``item_texts`` (item -> title).
+
+    Tokens are added non-special so ``decode(skip_special_tokens=True)`` keeps them. Returns (and writes to
+    ``out_dir/sid_tokens.json`` when given) ``{"tokens": {token: id}, "first_id", "last_id", "vocab_rows"}``.
+    """
+    tok = _tokenizer(processor_or_tokenizer)
+    vocab = codebook.vocabulary()
+    present = [t for t in vocab if t in tok.get_vocab()]
+    if present:
+        raise ValueError(f"tokenizer already has SID tokens (e.g. {present[0]!r}); add_sid_tokens runs once")
+    title_ids = {i: tok.encode(text, add_special_tokens=False) for i, text in (item_texts or {}).items()}
+    emb = model.get_input_embeddings()
+    old_rows = len(tok)  # rows past len(tok) (hub padding) were never trained
+    tok.add_tokens(vocab)
+    ids = sid_token_ids(tok, codebook)
+    first, last = ids[vocab[0]], ids[vocab[-1]]
+    if sorted(ids.values()) != list(range(first, last + 1)):
+        raise RuntimeError(f"SID token ids are not contiguous ({first}..{last})")
+    rows = -(-max(len(tok), emb.weight.shape[0]) // pad_to_multiple_of) * pad_to_multiple_of
+    if rows != emb.weight.shape[0]:
+        model.resize_token_embeddings(rows, mean_resizing=False)
+    sources = _row_sources(codebook, title_ids)
+    gen = torch.Generator().manual_seed(seed)
+    in_w = model.get_input_embeddings().weight
+    _init_rows(in_w, old_rows, ids, sources, gen)
+    out_emb = model.get_output_embeddings()
+    if out_emb is not None and out_emb.weight.data_ptr() != in_w.data_ptr():
+        _init_rows(out_emb.weight, old_rows, ids, sources, gen)
+    token_map = {"tokens": ids, "first_id": first, "last_id": last, "vocab_rows": rows}
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / TOKEN_MAP).write_text(json.dumps(token_map, indent=0))
+    return token_map
+

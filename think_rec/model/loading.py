@@ -1,0 +1,65 @@
+"""``load_model``: a preset name, a local checkpoint dir or a hub id -> (model, processor); optional 4/8-bit."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, BitsAndBytesConfig
+
+from think_rec.model.presets import PRESETS, TINY
+
+TINY_DIR = Path(os.environ.get("THINK_REC_HOME", "~/.cache/think_rec")).expanduser() / "tiny"
+
+
+def resolve(path_or_preset: str | Path) -> str:
+    """Preset name -> hub id or built dir; an existing dir; else taken as a hub id."""
+    name = str(path_or_preset)
+    if name == TINY:
+        if not (TINY_DIR / "config.json").exists():
+            raise FileNotFoundError(f"preset 'tiny' is not built in {TINY_DIR}: call "
+                                    "think_rec.model.build_tiny(TINY_DIR, corpus) first (or set THINK_REC_HOME)")
+        return str(TINY_DIR)
+    if name in PRESETS:
+        return PRESETS[name]
+    if Path(name).exists() and not (Path(name) / "config.json").exists():
+        raise FileNotFoundError(f"{name}: no config.json, not a model checkpoint")
+    return name
+
+
+def load_processor(path: str | Path):
+    """The multimodal processor, or the tokenizer for a text-only checkpoint."""
+    try:
+        return AutoProcessor.from_pretrained(str(path))
+    except (ValueError, OSError, TypeError):
+        return AutoTokenizer.from_pretrained(str(path))
+
+
+def quantization_config(quantization: str | None, dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    if quantization is None:
+        return None
+    skip = ["visual", "lm_head"]  # keep the vision tower and output head in full precision
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                                  bnb_4bit_use_double_quant=True, llm_int8_skip_modules=skip)
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    raise ValueError(f"quantization must be '4bit', '8bit' or None, not {quantization!r}")
+
+
+def load_model(path_or_preset: str | Path, *, quantization: str | None = None, dtype: torch.dtype = torch.float32,
+               device_map: str | None = None, gradient_checkpointing: bool = False):
+    """``(model, processor)`` via ``AutoModelForImageTextToText``; with ``quantization`` the weights load through
+    bitsandbytes (``device_map`` defaults to "cpu") and are prepared for QLoRA (peft
+    ``prepare_model_for_kbit_training``)."""
+    path = resolve(path_or_preset)
+    qconfig = quantization_config(quantization, dtype)
+    if qconfig is not None and device_map is None:
+        device_map = "cpu" if not torch.cuda.is_available() else "auto"
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, quantization_config=qconfig,
+                                                        device_map=device_map)
+    if qconfig is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return model, load_processor(path)

@@ -1,0 +1,17 @@
+"""Named model presets.
+
+Production default: ``Qwen/Qwen3-VL-2B-Instruct``. transformers 5.19 ships ``Qwen3VLForConditionalGeneration``
+(AutoModelForImageTextToText) and ``Qwen3VLProcessor``, vLLM 0.32 serves it, and at 2B it is the smallest
+current Qwen-VL instruct model (tied embeddings, so SID rows live in one matrix). ``Qwen/Qwen2.5-VL-3B-Instruct``
+works too (untied lm_head, 3B) and is kept as an alternative. ``tiny`` is built locally by ``build_tiny``
+with the same architecture class as the default.
+"""
+from __future__ import annotations
+
+DEFAULT_MODEL = "Qwen/Qwen3-VL-2B-Instruct"
+PRESETS: dict[str, str] = {
+    "qwen3-vl-2b": DEFAULT_MODEL,
+    "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
+}
+TINY = "tiny"
+TINY_FAMILY = "qwen3_vl"  # same class as DEFAULT_MODEL

@@ -1,0 +1,82 @@
+"""End-to-end runs shared by the quickstart and ``think-rec bench rec``:
+prepare -> semantic IDs -> tiny preset -> stage-1 alignment. Every step skips work already on disk."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from think_rec.data.prepare import prepare
+from think_rec.data.schema import RecDataset
+from think_rec.data.split import leave_one_out
+from think_rec.itemic.build import build_and_save
+from think_rec.itemic.codebook import SIDCodebook
+from think_rec.model.tiny import build_tiny
+from think_rec.prompts import load_templates
+
+
+@dataclass
+class RunDirs:
+    """The folders of one run under ``root``."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def sids(self) -> Path:
+        return self.root / "sids"
+
+    @property
+    def tiny(self) -> Path:
+        return self.root / "tiny-model"
+
+    @property
+    def align(self) -> Path:
+        return self.root / "align"
+
+
+@dataclass
+class PipelineTimes:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, name: str, fn, *args, **kwargs) -> Any:
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        return out
+
+
+def ensure_data(dirs: RunDirs, source: str, path: str | None, **options) -> RecDataset:
+    if not (dirs.data / "stats.json").exists():
+        prepare(source, path, dirs.data, **options)
+    return RecDataset.load(dirs.data)
+
+
+def ensure_sids(dirs: RunDirs, dataset: RecDataset, **options) -> SIDCodebook:
+    if not (dirs.sids / "sid_meta.json").exists():
+        train = leave_one_out(dataset.interactions).train["item_ids"]
+        build_and_save(dataset, dirs.sids, train_sequences=train, **options)
+    return SIDCodebook.load(dirs.sids)
+
+
+def tokenizer_corpus(dataset: RecDataset) -> list[str]:
+    """Catalog text plus every prompt template: what the offline tokenizer is trained on."""
+    def strings(node: Any) -> list[str]:
+        if isinstance(node, str):
+            return [node]
+        if isinstance(node, dict):
+            return [s for v in node.values() for s in strings(v)]
+        if isinstance(node, list):
+            return [s for v in node for s in strings(v)]
+        return []
+    return dataset.catalog.texts() + strings(load_templates())
+
+
+def ensure_tiny(dirs: RunDirs, dataset: RecDataset, seed: int = 0, **options) -> Path:
+    if not (dirs.tiny / "config.json").exists():
+        build_tiny(dirs.tiny, tokenizer_corpus(dataset), seed=seed, **options)
+    return dirs.tiny
