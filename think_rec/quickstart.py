@@ -20,6 +20,13 @@ def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 5.0, e
     console.rule("think_rec quickstart: MovieLens-100k, tiny Qwen3-VL, CPU")
     payload = bench_rec.run("ml-100k", budget_minutes=budget_minutes, eval_users=eval_users, codebook_size=64,
                             work_dir=work_dir, out_dir=Path(work_dir) / "results")
+    root = Path(work_dir) / "ml-100k"
+    data = RecDataset.load(root / "data")
+    for title, values in (("dataset", data.stats()), ("semantic IDs", payload["codebook"])):
+        stats = Table(title=title, show_header=False)
+        for key, value in values.items():
+            stats.add_row(str(key), str(value))
+        console.print(stats)
     table = Table(title=f"Leave-one-out test, {payload['eval_users']} users, "
                         f"{budget_minutes:g} min training budget each")
     for col in ("system", *METRICS, "train_seconds"):
@@ -28,8 +35,6 @@ def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 5.0, e
         table.add_row(row["system"], *(f"{row[m]:.4f}" for m in METRICS), f"{row['train_seconds']:.0f}")
     console.print(table)
 
-    root = Path(work_dir) / "ml-100k"
-    data = RecDataset.load(root / "data")
     codebook = SIDCodebook.load(root / "sids")
     rank = think_rec_ranker(root / "align" / "final", data, codebook, max_history=payload["max_history"])
     test = leave_one_out(data.interactions).test.select(range(show_users))
