@@ -25,20 +25,23 @@ DATASETS = {
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def align_config(dirs: RunDirs, budget_minutes: float, max_history: int, seed: int = 0) -> AlignConfig:
+def align_config(dirs: RunDirs, budget_minutes: float, max_history: int, seed: int = 0,
+                 num_examples: int | None = None) -> AlignConfig:
     """The tiny-preset stage-1 recipe used by the benchmark and the quickstart."""
     return AlignConfig(output_dir=str(dirs.align), model=str(dirs.tiny), data_dir=str(dirs.data),
                        sids_dir=str(dirs.sids), max_history=max_history, with_images=True, max_images=2,
                        warmup_learning_rate=5e-3, learning_rate=2e-3, lr_scheduler_type="constant",
                        per_device_train_batch_size=32, lora_r=16, lora_alpha=32, num_train_epochs=1,
                        warmup_budget_fraction=0.2, time_budget_minutes=budget_minutes, save_steps=50,
-                       logging_steps=10, max_length=1024, seed=seed)
+                       logging_steps=10, max_length=1024, num_examples=num_examples, seed=seed)
 
 
 def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: int | None = 1000,
         max_history: int = 10, work_dir: str | Path = "runs/bench-rec", out_dir: str | Path = "eval/results",
-        codebook_size: int = 256, seed: int = 0) -> dict:
-    """Prepare, build SIDs, train both systems within ``budget_minutes`` each, evaluate, write the report."""
+        codebook_size: int = 256, seed: int = 0, num_examples: int | None = None) -> dict:
+    """Prepare, build SIDs, train both systems within ``budget_minutes`` each, evaluate, write the report.
+
+    ``num_examples`` caps the stage-1 examples per phase (default: every training example once)."""
     source, folder = DATASETS[dataset]
     path = folder if source == "recbole" else str(SHARED_DATA / folder)
     dirs = RunDirs(Path(work_dir) / dataset)
@@ -47,7 +50,7 @@ def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: i
     ensure_tiny(dirs, data, seed=seed)
     split = leave_one_out(data.interactions)  # SASRec's standard 50; think_rec prompts keep the last max_history
     start = time.perf_counter()
-    model_dir = train_align(align_config(dirs, budget_minutes, max_history, seed))
+    model_dir = train_align(align_config(dirs, budget_minutes, max_history, seed, num_examples))
     train_seconds = time.perf_counter() - start
     test = split.test
     if eval_users is not None and eval_users < len(test):

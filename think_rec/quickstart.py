@@ -19,7 +19,7 @@ def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 5.0, e
     console = Console()
     console.rule("think_rec quickstart: MovieLens-100k, tiny Qwen3-VL, CPU")
     payload = bench_rec.run("ml-100k", budget_minutes=budget_minutes, eval_users=eval_users, codebook_size=64,
-                            work_dir=work_dir, out_dir=Path(work_dir) / "results")
+                            num_examples=8000, work_dir=work_dir, out_dir=Path(work_dir) / "results")
     root = Path(work_dir) / "ml-100k"
     data = RecDataset.load(root / "data")
     for title, values in (("dataset", data.stats()), ("semantic IDs", payload["codebook"])):
