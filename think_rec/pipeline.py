@@ -2,8 +2,7 @@
 prepare -> semantic IDs -> tiny preset -> stage-1 alignment. Every step skips work already on disk."""
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +36,6 @@ class RunDirs:
     @property
     def align(self) -> Path:
         return self.root / "align"
-
-
-@dataclass
-class PipelineTimes:
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def timed(self, name: str, fn, *args, **kwargs) -> Any:
-        start = time.perf_counter()
-        out = fn(*args, **kwargs)
-        self.seconds[name] = round(time.perf_counter() - start, 2)
-        return out
 
 
 def ensure_data(dirs: RunDirs, source: str, path: str | None, **options) -> RecDataset:
