@@ -27,3 +27,25 @@ def synthetic_dataset(tmp_path_factory):
     from think_rec.data.synthetic import generate_catalog
 
     return generate_catalog(120, 200, seed=0, image_dir=tmp_path_factory.mktemp("synthetic") / "images")
+
+
+@pytest.fixture(scope="session")
+def aligned_run(synthetic_dataset, tmp_path_factory):
+    """A stage-1 run on ``synthetic_dataset`` (2x8 SIDs, a few warm-up + multi-task steps).
+
+    Returns ``(dirs, codebook, model_dir)``: ``dirs`` is a ``think_rec.pipeline.RunDirs`` with data/,
+    sids/ and tiny-model/; ``model_dir`` the merged stage-1 model (SID tokens in its vocabulary).
+    """
+    from think_rec.finetune.align import train_align
+    from think_rec.finetune.config import AlignConfig
+    from think_rec.pipeline import RunDirs, ensure_sids, ensure_tiny
+
+    dirs = RunDirs(tmp_path_factory.mktemp("aligned_run"))
+    synthetic_dataset.save(dirs.data)
+    codebook = ensure_sids(dirs, synthetic_dataset, encoder="text", codebook_size=8, levels=2)
+    ensure_tiny(dirs, synthetic_dataset)
+    config = AlignConfig(output_dir=str(dirs.align), model=str(dirs.tiny), data_dir=str(dirs.data),
+                         sids_dir=str(dirs.sids), task_mix={"sequential": 1.0}, with_images=False, max_history=3,
+                         warmup_max_steps=5, max_steps=10, per_device_train_batch_size=16,
+                         save_steps=1000, disable_tqdm=True)
+    return dirs, codebook, train_align(config)
