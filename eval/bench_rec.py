@@ -5,7 +5,6 @@ Both trained systems get the same wall-clock training budget; all are scored on 
 """
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from think_rec.finetune.align import train_align
 from think_rec.finetune.config import AlignConfig
 from think_rec.pipeline import RunDirs, ensure_data, ensure_sids, ensure_tiny
 
+from .evaluate import sample_users
 from .rec import METRICS, evaluate_systems
 from .report import write_report
 
@@ -52,9 +52,7 @@ def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: i
     start = time.perf_counter()
     model_dir = train_align(align_config(dirs, budget_minutes, max_history, seed, num_examples))
     train_seconds = time.perf_counter() - start
-    test = split.test
-    if eval_users is not None and eval_users < len(test):
-        test = test.select(sorted(random.Random(seed).sample(range(len(test)), eval_users)))
+    test = sample_users(split.test, eval_users, seed)
     scored = type(split)(split.train, split.valid, test, split.max_history)
     rows = evaluate_systems(model_dir, data, codebook, scored, think_rec_train_seconds=train_seconds,
                             budget_seconds=60 * budget_minutes, max_history=max_history)

@@ -7,7 +7,8 @@ uses NDCG@10 on the VALID split (full-catalog ranking); the test split is never 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -30,8 +31,8 @@ class SASRecConfig:
     lr: float = 1e-3
     batch_size: int = 128
     epochs: int = 200
-    patience: int = 5  # evaluations without a better valid NDCG@10
-    eval_every: int = 1
+    eval_every: int = 2  # epochs between valid evaluations
+    patience: int = 10  # evaluations without a better valid NDCG@10 (20 epochs by default)
     seed: int = 0
 
 
@@ -62,6 +63,24 @@ class SASRec(nn.Module):
         n = self.config.max_len
         rows = [[self.index[i] for i in h if i in self.index][-n:] for h in histories]
         return torch.tensor([[0] * (n - len(r)) + r for r in rows], dtype=torch.long)
+
+
+def save_sasrec(model: SASRec, out_dir: str | Path) -> Path:
+    """``out_dir/sasrec.pt``: weights, config and the item id order."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": asdict(model.config), "item_ids": model.item_ids, "state": model.state_dict()},
+               out / "sasrec.pt")
+    return out / "sasrec.pt"
+
+
+def load_sasrec(path: str | Path) -> SASRec:
+    """A model saved by ``save_sasrec`` (a folder or the ``.pt`` file), in eval mode."""
+    path = Path(path)
+    blob = torch.load(path / "sasrec.pt" if path.is_dir() else path, weights_only=True)
+    model = SASRec(blob["item_ids"], SASRecConfig(**blob["config"]))
+    model.load_state_dict(blob["state"])
+    return model.eval()
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+from peft import PeftModel
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer, TrlParser
@@ -25,6 +26,7 @@ from think_rec.model.loading import load_model
 
 from .align_data import PAPER_MIX, build_align_dataset
 from .config import AlignConfig
+from .cpu_patches import compact_fused_lm_head_on_cpu
 
 
 class TimeBudget(TrainerCallback):
@@ -53,16 +55,22 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
                                   gradient_checkpointing=config.gradient_checkpointing)
     tokenizer = getattr(processor, "tokenizer", processor)
     vocab = codebook.vocabulary()
-    if any(t not in tokenizer.get_vocab() for t in vocab):
+    known = tokenizer.get_vocab()
+    if any(t not in known for t in vocab):
         add_sid_tokens(model, processor, codebook, dict(zip(data.catalog.ids, data.catalog.items["title"])))
     new_ids = tokenizer.convert_tokens_to_ids(vocab)
-    model = warmup_only(model, new_ids) if phase == "warmup" else apply_lora(
-        model, new_ids, r=config.lora_r, alpha=config.lora_alpha)
+    if phase == "warmup":
+        model = warmup_only(model, new_ids)
+    elif config.lora_r > 0:
+        model = apply_lora(model, new_ids, r=config.lora_r, alpha=config.lora_alpha)
+    else:  # full fine-tuning, for models trained from scratch (the tiny preset)
+        model.requires_grad_(True)
     split = leave_one_out(data.interactions, max_history=config.max_history)
     mix = (config.warmup_task_mix if phase == "warmup" else None) or config.task_mix or PAPER_MIX
     train = build_align_dataset(data, codebook, split, mix, config.num_examples, seed=config.seed,
                                 with_images=config.with_images, max_images=config.max_images,
                                 image_root=config.data_dir)
+    compact_fused_lm_head_on_cpu()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                          callbacks=[TimeBudget(deadline)])
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
@@ -71,7 +79,11 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
         return merged  # nothing new was trained since the last merge
     if trainer.is_world_process_zero():
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        merge_and_save(trainer.model, processor, merged)
+        if isinstance(trainer.model, PeftModel):
+            merge_and_save(trainer.model, processor, merged)
+        else:
+            trainer.save_model(str(merged))
+            processor.save_pretrained(merged)
     trainer.accelerator.wait_for_everyone()
     return merged
 

@@ -43,7 +43,8 @@ class AlignConfig(SFTConfig):
     warmup_max_steps: int = field(default=-1, metadata={"help": "Warm-up steps (-1: same as max_steps)."})
     warmup_num_train_epochs: float | None = field(default=None, metadata={"help": "Warm-up epochs."})
     warmup_learning_rate: float = field(default=1e-3, metadata={"help": "Warm-up lr (new rows only)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (multi-task phase)."})
+    lora_r: int = field(default=16, metadata={
+        "help": "LoRA rank (multi-task phase); 0 = full fine-tuning (the from-scratch tiny preset)."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     quantization: str | None = field(default=None, metadata={"help": "None | 4bit | 8bit (QLoRA)."})
     time_budget_minutes: float | None = field(default=None, metadata={"help": "Stop (and checkpoint) when spent."})

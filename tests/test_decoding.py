@@ -8,7 +8,35 @@ import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from think_rec.decoding import SIDConstrainedLogitsProcessor, SIDTrie, recommend
-from think_rec.eval.bench_decode import synthetic_codebook, tiny_model
+from think_rec.itemic.codebook import SIDCodebook
+
+WORDS = ["<pad>", "<unk>", "<eos>"] + [f"w{i}" for i in range(61)]
+
+
+def synthetic_codebook(n_items: int, levels: int, codes: int, seed: int = 0) -> SIDCodebook:
+    """``n_items`` distinct random SIDs (item ids ``i0``, ``i1``, ...)."""
+    rng = random.Random(seed)
+    sids: set[tuple[int, ...]] = set()
+    while len(sids) < n_items:
+        sids.add(tuple(rng.randrange(codes) for _ in range(levels)))
+    return SIDCodebook({f"i{n}": sid for n, sid in enumerate(sorted(sids))}, [codes] * levels)
+
+
+def tiny_model(codebook: SIDCodebook, hidden: int = 64, layers: int = 2, seed: int = 0):
+    """A random word-level ``Qwen2ForCausalLM`` holding the codebook's SID tokens (fast to build)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")
+    tok.add_tokens(codebook.vocabulary(), special_tokens=True)
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=256, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                         tie_word_embeddings=True)
+    return Qwen2ForCausalLM(config).eval(), tok
 
 
 def random_logits(model, seed: int):
@@ -117,3 +145,12 @@ def test_unconstrained_parses_only_valid_items(shop):
     codebook, model, tok, trie = shop
     out = recommend(random_logits(tiny_model(codebook)[0], 0), tok, ["w1 w2"], trie, k=5, unconstrained=True)
     assert all(i in codebook.codes for i, _ in out[0])
+
+
+def test_decode_bench_on_tiny_preset(tmp_path):
+    from think_rec.eval.bench_decode import run
+
+    payload = run(out_dir=tmp_path, n_items=150, requests=4, batch_size=2, reps=1)
+    rows = {r["system"]: r["seconds_per_request"] for r in payload["rows"]}
+    assert set(rows) == {"constrained", "unconstrained"} and all(v > 0 for v in rows.values())
+    assert (tmp_path / "decode.json").exists() and (tmp_path / "decode.png").exists()

@@ -61,7 +61,8 @@ def add_sid_tokens(model, processor_or_tokenizer, codebook: SIDCodebook, item_te
     """
     tok = _tokenizer(processor_or_tokenizer)
     vocab = codebook.vocabulary()
-    present = [t for t in vocab if t in tok.get_vocab()]
+    known = tok.get_vocab()
+    present = [t for t in vocab if t in known]
     if present:
         raise ValueError(f"tokenizer already has SID tokens (e.g. {present[0]!r}); add_sid_tokens runs once")
     title_ids = {i: tok.encode(text, add_special_tokens=False) for i, text in (item_texts or {}).items()}
