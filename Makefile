@@ -5,7 +5,7 @@ export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install quickstart test bench
+.PHONY: install quickstart test
 install:
 	bash scripts/install.sh
 
@@ -14,6 +14,3 @@ quickstart: install
 
 test: install
 	$(PY) -m pytest -q -x --durations=15 tests
-
-bench: install
-	$(VENV)/bin/think-rec bench all

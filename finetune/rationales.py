@@ -2,7 +2,7 @@
 
 Every teacher implements ``generate(requests) -> list[str]``; ``make_teacher(name, **kw)`` picks one:
 ``template`` (deterministic, from shared attributes), ``openai`` (any OpenAI-compatible endpoint),
-``smol`` (SmolLM2-135M-Instruct offline) or ``self`` (a callable, e.g. the stage-1 model).
+``smol`` (SmolLM2-135M-Instruct offline) or ``self`` (the stage-1 model, or any callable).
 """
 from __future__ import annotations
 
@@ -300,12 +300,69 @@ class CallableTeacher:
         return [clean(t) for t in out]
 
 
+# ---------------------------------------------------------------- the model itself
+
+class SelfTeacher:
+    """The stage-1 model prompted with the pruned context and the target (``teacher_prompt``), as in the
+    paper; ``model`` is a loaded model (with ``processor``) or a checkpoint folder. SID codes and chat
+    markers are suppressed, so the answer is plain text; ``min_new_tokens`` makes a model that was only
+    taught to answer with SIDs write something (the filters then judge it)."""
+
+    def __init__(self, model: Any, processor: Any = None, batch_size: int = 8, max_new_tokens: int = 64,
+                 min_new_tokens: int = 0, do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9,
+                 seed: int = 0):
+        if isinstance(model, (str, Path)):
+            from think_rec.model.loading import load_model
+
+            model, processor = load_model(model)
+        if processor is None:
+            raise ValueError("SelfTeacher: pass the model's processor (or a checkpoint folder as model)")
+        self.model, self.processor = model.eval(), processor
+        self.tok = getattr(processor, "tokenizer", processor)
+        vocab = self.tok.get_vocab()
+        sid = [i for t, i in vocab.items() if t.startswith("<s_") or t in ("<|sid_begin|>", "<|sid_end|>")]
+        think = [vocab[t] for t in ("<think>", "</think>") if t in vocab]
+        eos = self.tok.eos_token_id
+        self.suppress = sorted({*sid, *think, *self.tok.all_special_ids} - {eos})
+        self.batch_size, self.seed = batch_size, seed
+        self.gen = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens, "do_sample": do_sample,
+                    **({"temperature": temperature, "top_p": top_p} if do_sample else {})}
+
+    def generate(self, requests: list[RationaleRequest]) -> list[str]:
+        import torch
+
+        torch.manual_seed(self.seed)
+        side, self.tok.padding_side = self.tok.padding_side, "left"
+        out = []
+        try:
+            for start in tqdm(range(0, len(requests), self.batch_size), desc="self teacher",
+                              disable=len(requests) <= self.batch_size):
+                chats = [self.processor.apply_chat_template(
+                    [{"role": "user", "content": [{"type": "text", "text": teacher_prompt(r)}]}],
+                    tokenize=False, add_generation_prompt=True) for r in requests[start:start + self.batch_size]]
+                enc = self.tok(chats, return_tensors="pt", padding=True, add_special_tokens=False)
+                enc = {k: v.to(self.model.device) for k, v in enc.items()}
+                with torch.no_grad():
+                    ids = self.model.generate(**enc, **self.gen, suppress_tokens=self.suppress,
+                                              eos_token_id=self.tok.eos_token_id, pad_token_id=self.tok.pad_token_id)
+                out += [clean(t) for t in self.tok.batch_decode(ids[:, enc["input_ids"].shape[1]:],
+                                                                 skip_special_tokens=True)]
+        finally:
+            self.tok.padding_side = side
+        return out
+
+
+def _self_teacher(fn: Callable | None = None, batched: bool = True, **kw: Any) -> Teacher:
+    return CallableTeacher(fn, batched) if fn is not None else SelfTeacher(**kw)
+
+
 TEACHERS: dict[str, Callable[..., Teacher]] = {
-    "template": TemplateTeacher, "openai": OpenAITeacher, "smol": SmolTeacher, "self": CallableTeacher}
+    "template": TemplateTeacher, "openai": OpenAITeacher, "smol": SmolTeacher, "self": _self_teacher}
 
 
 def make_teacher(name: str, **kw: Any) -> Teacher:
-    """A teacher by name: ``template`` | ``openai`` | ``smol`` | ``self`` (needs ``fn=``)."""
+    """A teacher by name: ``template`` | ``openai`` | ``smol`` | ``self`` (``model=`` a stage-1 model or
+    folder, with ``processor=``; or ``fn=`` any function of the requests)."""
     if name not in TEACHERS:
         raise ValueError(f"unknown teacher {name!r}; choose one of {', '.join(TEACHERS)}")
     return TEACHERS[name](**kw)

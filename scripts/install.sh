@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${THINK_REC_VENV:-.venv}
 stamp="$VENV/.think_rec-$(sha1sum pyproject.toml scripts/install.sh | sha1sum | cut -c1-12)"
+# Debian's headless Chromium + chromedriver drive the chat-page test (tests/test_serve.py)
+if ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  { apt-get update -q && apt-get install -y -q chromium chromium-driver; } >/dev/null \
+    || echo "install.sh: chromium not installed, the chat-page test will be skipped" >&2
+fi
 [ -f "$stamp" ] && exit 0
 [ -x "$VENV/bin/python" ] || python3.11 -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"

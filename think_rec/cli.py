@@ -138,10 +138,102 @@ def train_align_cmd(
     main(["--config", str(config), *ctx.args])
 
 
+@train_app.command("reason", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_reason_cmd(
+    ctx: typer.Context,
+    config: Path = typer.Option(..., help="YAML config (finetune/configs/reason_*.yaml); extra --key value "
+                                          "pairs override it, as with TrlParser."),
+) -> None:
+    """Stage 2, reasoning activation: filtered teacher rationales, then think-then-recommend LoRA SFT."""
+    from think_rec.finetune.reason import main
+
+    main(["--config", str(config), *ctx.args])
+
+
+def _split_examples(data: Path, split: str, users: Optional[int], seed: int):
+    from think_rec.data.schema import RecDataset
+    from think_rec.data.split import leave_one_out
+    from think_rec.eval.evaluate import sample_users
+
+    if split not in ("valid", "test"):
+        raise typer.BadParameter(f"--split must be valid or test, got {split!r}")
+    dataset = RecDataset.load(data)
+    loo = leave_one_out(dataset.interactions)
+    return dataset, loo, sample_users(getattr(loo, split), users, seed)
+
+
+def _report(name: str, payload: dict, out_dir: Optional[Path]) -> None:
+    from think_rec.eval.rec import METRICS
+    from think_rec.eval.report import write_report
+
+    print_dict(name, {r["system"]: {m: round(r[m], 4) for m in METRICS} for r in payload["rows"]})
+    if out_dir is not None:
+        console.print(f"report -> {write_report(name, payload, out_dir, metric_keys=METRICS)}")
+
+
+@eval_app.command("rec")
+def eval_rec(
+    model: Path = typer.Option(..., help="A trained think_rec model folder (e.g. runs/x/align/final)."),
+    data: Path = typer.Option(..., help="The prepared data folder it was trained on."),
+    sids: Path = typer.Option(..., help="The SID folder it was trained with."),
+    split: str = typer.Option("test", help="valid | test (leave-one-out)."),
+    users: Optional[int] = typer.Option(None, help="Score a seeded sample of this many users (default all)."),
+    max_history: int = typer.Option(10, help="History items in the prompt."),
+    num_beams: int = typer.Option(10, help="Beam width (>= 10: top-10 distinct items)."),
+    out_dir: Optional[Path] = typer.Option(None, help="Write eval-NAME.json/.md/.png here."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Recall/NDCG@5/10 of a think_rec model beside popularity, full-catalog constrained beam search."""
+    from think_rec.eval.evaluate import evaluate_ranker
+    from think_rec.eval.popularity import popularity_ranker
+    from think_rec.eval.rec import think_rec_ranker
+    from think_rec.itemic.codebook import SIDCodebook
+
+    dataset, loo, examples = _split_examples(data, split, users, seed)
+    rank = think_rec_ranker(model, dataset, SIDCodebook.load(sids), max_history=max_history, num_beams=num_beams)
+    rows = [{"system": "think_rec", **evaluate_ranker(rank, examples, batch_size=32, desc="think_rec")},
+            {"system": "popularity", **evaluate_ranker(popularity_ranker(loo.train["item_ids"]), examples,
+                                                       desc="popularity")}]
+    _report(f"eval-{data.name}-{split}", {"benchmark": "eval-rec", "dataset": str(data), "model": str(model),
+                                          "split": split, "rows": rows}, out_dir)
+
+
+@baseline_app.command("sasrec")
+def baseline_sasrec(
+    data: Path = typer.Option(..., help="A prepared data folder."),
+    out: Path = typer.Option(..., help="Where sasrec.pt goes."),
+    budget_minutes: Optional[float] = typer.Option(None, help="Wall-clock training budget (default: epochs)."),
+    epochs: int = typer.Option(200, help="Maximum epochs (early stopping on valid NDCG@10)."),
+    hidden: int = typer.Option(64),
+    max_len: int = typer.Option(50),
+    split: str = typer.Option("test", help="valid | test: the split scored after training."),
+    users: Optional[int] = typer.Option(None, help="Score a seeded sample of this many users (default all)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train SASRec (BCE, 1 negative, valid early stopping), save it, score it beside popularity."""
+    import torch
+
+    from think_rec.eval.evaluate import evaluate_ranker
+    from think_rec.eval.popularity import popularity_ranker
+    from think_rec.eval.sasrec import SASRecConfig, sasrec_ranker, save_sasrec, train_sasrec
+
+    dataset, loo, examples = _split_examples(data, split, users, seed)
+    config = SASRecConfig(hidden=hidden, max_len=max_len, epochs=epochs, seed=seed)
+    model = train_sasrec(loo, dataset.catalog.ids, config,
+                         time_budget_seconds=None if budget_minutes is None else 60 * budget_minutes)
+    console.print(f"SASRec -> {save_sasrec(model, out)} (best valid NDCG@10 {model.best_valid_ndcg10:.4f})")
+    with torch.no_grad():
+        rows = [{"system": "sasrec", **evaluate_ranker(sasrec_ranker(model), examples, desc="sasrec")},
+                {"system": "popularity", **evaluate_ranker(popularity_ranker(loo.train["item_ids"]), examples,
+                                                           desc="popularity")}]
+    _report(f"sasrec-{data.name}-{split}", {"benchmark": "baseline-sasrec", "dataset": str(data), "rows": rows},
+            out)
+
+
 @app.command("quickstart")
 def quickstart(
     work_dir: Path = typer.Option(Path("runs/quickstart"), help="Where every artefact goes."),
-    budget_minutes: float = typer.Option(5.0, help="Training budget for think_rec and for SASRec."),
+    budget_minutes: float = typer.Option(4.0, help="Training budget for think_rec and for SASRec."),
     eval_users: int = typer.Option(300, help="Test users scored (the same for every system)."),
 ) -> None:
     """Offline end to end on MovieLens-100k: prepare -> SIDs -> tiny preset -> align -> eval vs SASRec."""
@@ -153,18 +245,136 @@ def quickstart(
 @bench_app.command("rec")
 def bench_rec(
     dataset: str = typer.Option("scientific", help="scientific | industrial | ml-100k"),
-    budget_minutes: float = typer.Option(10.0, help="Wall-clock training budget, the same for each system."),
+    budget_minutes: float = typer.Option(8.0, help="Wall-clock training budget, the same for each system."),
     eval_users: int = typer.Option(1000, help="Test users scored (a seeded sample, the same for all systems)."),
     max_history: int = typer.Option(10, help="History items in think_rec's prompt."),
     work_dir: Path = typer.Option(Path("runs/bench-rec")),
     out_dir: Path = typer.Option(Path("eval/results")),
+    num_examples: int = typer.Option(12000, help="Stage-1 examples per phase (0: every training example)."),
 ) -> None:
     """think_rec (tiny, stage 1) vs SASRec vs popularity -> eval/results/DATASET.json + .md + .png."""
     from think_rec.eval.bench_rec import run
 
-    payload = run(dataset, budget_minutes, eval_users, max_history, work_dir, out_dir)
+    payload = run(dataset, budget_minutes, eval_users, max_history, work_dir, out_dir,
+                  num_examples=num_examples or None)
     print_dict(f"bench rec {dataset}", {r["system"]: {m: r[m] for m in ("ndcg@10", "recall@10")}
                                          for r in payload["rows"]})
+
+
+@app.command("serve")
+def serve_cmd(
+    model: Path = typer.Option(..., help="A merged model folder (with SID tokens)."),
+    run: Optional[Path] = typer.Option(None, help="A run folder: uses its data/ and sids/."),
+    data: Optional[Path] = typer.Option(None, help="The prepared data folder (catalog, users)."),
+    sids: Optional[Path] = typer.Option(None, help="The SID folder (sids build)."),
+    backend: str = typer.Option("vllm", help="vllm | hf | think_ahead"),
+    think: bool = typer.Option(False, help="Write a rationale by default (stage-2/3 models)."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    think_ahead: Optional[Path] = typer.Option(None, help="Backend think_ahead: the store (think-rec think-ahead)."),
+    think_ahead_base: str = typer.Option("vllm", help="Backend think_ahead: the engine it wraps (vllm | hf)."),
+) -> None:
+    """OpenAI-compatible chat recommender API + chat page (http://HOST:PORT/)."""
+    from think_rec.serve.api import ServeConfig, serve
+
+    data = data or (run / "data" if run else None)
+    sids = sids or (run / "sids" if run else None)
+    if data is None or sids is None:
+        fail(ValueError("give --run RUNDIR or both --data and --sids"))
+    serve(ServeConfig(model=model, data=data, sids=sids, backend=backend, think=think, host=host, port=port,
+                      think_ahead=think_ahead, think_ahead_base=think_ahead_base))
+
+
+@app.command("think-ahead")
+def think_ahead_cmd(
+    model: Path = typer.Option(..., help="A merged model folder (with SID tokens)."),
+    run: Path = typer.Option(..., help="Its run folder (data/ and sids/)."),
+    out: Path = typer.Option(..., help="The SQLite store to write (reruns skip stored users)."),
+    rationales: int = typer.Option(0, help="Rationales per user (0: no <think>, stage-1 models)."),
+    beam: int = typer.Option(10, help="SID prefixes (first L-1 levels) kept per rationale (as k)."),
+    max_think_tokens: int = typer.Option(64),
+    history: str = typer.Option("full", help="full (serving) | test (leave-one-out test history, for eval)."),
+    max_history: int = typer.Option(20, help="As the server's (the prompt's last items)."),
+) -> None:
+    """Think-Ahead offline job: per user, rationales + the beam of the first L-1 SID levels -> OUT."""
+    from think_rec.serve.think_ahead import build_store
+
+    try:
+        added = build_store(model, run / "data", run / "sids", out, rationales=rationales, beam=beam,
+                            max_think_tokens=max_think_tokens, history=history, max_history=max_history)
+    except (ValueError, FileNotFoundError) as e:
+        fail(e)
+    console.print(f"think-ahead: {added} users added to {out}")
+
+
+@app.command("chat")
+def chat_cmd(
+    url: str = typer.Option("http://127.0.0.1:8000", help="A running `think-rec serve`."),
+    user: Optional[str] = typer.Option(None, help="A dataset user id (their history seeds the chat)."),
+    k: int = typer.Option(5, help="Items per answer."),
+) -> None:
+    """Chat with a running server in the terminal (quit / Ctrl-D to leave)."""
+    from think_rec.serve.client import chat_loop
+
+    chat_loop(url, user=user, k=k)
+
+
+@bench_app.command("reason")
+def bench_reason(
+    dataset: str = typer.Option("scientific", help="scientific | industrial | ml-100k"),
+    budget_minutes: float = typer.Option(8.0, help="Stage-2 training budget (stage 1, if not on disk, the same)."),
+    eval_users: int = typer.Option(300, help="Test users scored (a seeded sample, the same for both systems)."),
+    num_examples: int = typer.Option(800, help="Stage-2 training examples (rationales built for each)."),
+    rejection_top_n: int = typer.Option(10, help="Rank check of the rejection sampling (0: skip it)."),
+    max_think_tokens: int = typer.Option(64, help="Rationale length cap at decoding."),
+    work_dir: Path = typer.Option(Path("runs/bench-rec"), help="Reuses the `bench rec` run found here."),
+    out_dir: Path = typer.Option(Path("eval/results")),
+) -> None:
+    """Stage-2 model with vs without its rationale -> eval/results/DATASET_reason.json + .md + .png."""
+    from think_rec.eval.bench_reason import run
+
+    payload = run(dataset, budget_minutes, eval_users, work_dir=work_dir, out_dir=out_dir, num_examples=num_examples,
+                  rejection_top_n=rejection_top_n or None, max_think_tokens=max_think_tokens)
+    print_dict(f"bench reason {dataset}", {r["system"]: {m: r[m] for m in ("ndcg@10", "recall@10", "grounding")}
+                                            for r in payload["rows"]})
+
+
+@bench_app.command("serve")
+def bench_serve(
+    model: Path = typer.Option(..., help="A merged model folder (with SID tokens)."),
+    run: Path = typer.Option(..., help="Its run folder (data/ and sids/)."),
+    chats: int = typer.Option(32, help="Two-turn chats per (backend, concurrency)."),
+    concurrency: str = typer.Option("1,16", help="Comma-separated concurrent chats."),
+    backends: str = typer.Option("vllm,hf,think_ahead"),
+    think_ahead: Optional[Path] = typer.Option(None, help="A Think-Ahead store built with --history test "
+                                               "(default: built under runs/bench_serve)."),
+    out_dir: Path = typer.Option(Path("eval/results")),
+) -> None:
+    """Loopback load on `think-rec serve`: p50/p95 latency, requests/s, Recall@10 -> eval/results/serve.json."""
+    from think_rec.eval.bench_serve import run as run_bench
+
+    payload = run_bench(model, run / "data", run / "sids", out_dir, backends=backends.split(","),
+                        concurrency=[int(c) for c in concurrency.split(",")], chats=chats,
+                        think_ahead_store=think_ahead)
+    print_dict("bench serve", {f"{r['system']} x{r['concurrency']}": {k: r[k] for k in
+                               ("p50_seconds", "p95_seconds", "requests_per_second", "errors", "recall@10")}
+                               for r in payload["rows"]})
+
+
+@bench_app.command("steering")
+def bench_steering(
+    model: Path = typer.Option(..., help="A merged model folder (with SID tokens)."),
+    run: Path = typer.Option(..., help="Its run folder (data/ and sids/)."),
+    users: int = typer.Option(40, help="Test users (one prompt of each kind per user)."),
+    backends: str = typer.Option("vllm,hf"),
+    out_dir: Path = typer.Option(Path("eval/results")),
+) -> None:
+    """Steering success (exclude brand / include category / price) and unsteered Recall@10 -> steering.json."""
+    from think_rec.eval.steering import run as run_steering
+
+    payload = run_steering(model, run / "data", run / "sids", out_dir, backends=backends.split(","), users=users)
+    print_dict("bench steering", {r["system"]: {k: v for k, v in r.items() if k != "system"}
+                                  for r in payload["rows"]})
 
 
 @bench_app.command("sids")
@@ -180,10 +390,17 @@ def bench_sids(
 
 @bench_app.command("decode")
 def bench_decode(
-    model_dir: Optional[Path] = typer.Option(None, help="A trained model (default: a random tiny one)."),
     out_dir: Path = typer.Option(Path("eval/results")),
+    n_items: int = typer.Option(2000, help="Catalog size (generated shop)."),
+    requests: int = typer.Option(32, help="Recommend requests per repetition."),
 ) -> None:
-    """Constrained vs unconstrained beam search time per request -> eval/results/decode.json."""
+    """Constrained vs unconstrained beam search time per request (tiny preset) -> eval/results/decode.json."""
     from think_rec.eval.bench_decode import run
 
-    run(model_dir=model_dir, out_dir=out_dir)
+    payload = run(out_dir=out_dir, n_items=n_items, requests=requests)
+    print_dict("bench decode", {r["system"]: r["seconds_per_request"] for r in payload["rows"]}
+               | {"overhead": payload["overhead"]})
+
+
+if __name__ == "__main__":
+    app()

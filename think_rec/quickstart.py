@@ -1,5 +1,6 @@
 """The offline quickstart: MovieLens-100k (from the ``recbole`` wheel) -> SIDs -> tiny preset ->
-stage-1 alignment -> evaluation against SASRec and popularity, then a few users' recommendations."""
+stage-1 alignment -> evaluation against SASRec and popularity, then a few users' recommendations, and a
+short stage-2 run that prints one user's rationale and items."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +15,7 @@ from think_rec.eval import bench_rec
 from think_rec.eval.rec import METRICS, think_rec_ranker
 
 
-def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 5.0, eval_users: int = 300,
+def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 4.0, eval_users: int = 300,
         show_users: int = 3) -> dict:
     console = Console()
     console.rule("think_rec quickstart: MovieLens-100k, tiny Qwen3-VL, CPU")
@@ -44,4 +45,15 @@ def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 5.0, e
         console.print(f"held-out next item: {data.catalog[example['target']]['title']}")
         for n, item in enumerate(ranked[:5], 1):
             console.print(f"  {n}. {codebook.sid_string(item)} {data.catalog[item]['title']}")
+
+    from think_rec.eval.bench_reason import quickstart_example  # stage 2: think, then recommend
+
+    console.rule(f"stage 2 (reasoning), user {test[0]['user_id']}")
+    shown = quickstart_example(root, test[0], budget_minutes=min(2.0, budget_minutes),
+                               max_history=payload["max_history"])
+    console.print("history: " + "; ".join(shown["history"][-5:]))
+    console.print(f"rationale: <think>{shown['rationale']}</think>")
+    for n, title in enumerate(shown["items"], 1):
+        console.print(f"  {n}. {title}")
+    payload["reasoning_example"] = shown
     return payload

@@ -1,0 +1,119 @@
+"""``think-rec bench reason``: does thinking help? One stage-2 model scored with and without its rationale.
+
+Reuses the ``bench rec`` run (data, SIDs, stage-1 model) under ``work_dir/DATASET`` or builds it with the
+same budget; stage 2 (template teacher, filters, LoRA SFT) gets its own ``budget_minutes`` of training.
+``no_reasoning`` is the **same stage-2 model decoded with an empty think**; ``reasoning`` writes its
+rationale (greedy) first. Both run on the same seeded test users; nothing is selected on test.
+With ``rejection_top_n=None`` the rank check is skipped in training and only measured on
+``probe_examples`` (a weak stage-1 model accepts almost nothing, which would leave only empty thinks).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from think_rec.data.split import leave_one_out
+from think_rec.finetune.align import train_align
+from think_rec.finetune.reason import train_reason
+from think_rec.finetune.rationales import TemplateTeacher
+from think_rec.finetune.reason_config import ReasonConfig
+from think_rec.finetune.reason_data import build_rationales, sample_examples
+from think_rec.model.loading import load_model
+from think_rec.pipeline import RunDirs
+
+from .bench_rec import align_config, prepare_run
+from .evaluate import sample_users
+from .reasoning import reasoning_ablation
+from .report import write_report
+
+ROW_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "grounding", "consistency", "leakage", "acceptance_rate")
+
+
+def reason_config(dirs: RunDirs, budget_minutes: float, max_history: int, num_examples: int,
+                  rejection_top_n: int | None, seed: int = 0) -> ReasonConfig:
+    """The tiny-preset stage-2 recipe of the benchmark (template teacher)."""
+    return ReasonConfig(output_dir=str(dirs.root / "reason"), model=str(dirs.align / "final"),
+                        data_dir=str(dirs.data), sids_dir=str(dirs.sids), teacher="template",
+                        max_history=max_history, num_examples=num_examples, rejection_top_n=rejection_top_n,
+                        rejection_batch_size=16, learning_rate=1e-3, lr_scheduler_type="constant",
+                        per_device_train_batch_size=16, num_train_epochs=100, lora_r=16, lora_alpha=32,
+                        time_budget_minutes=budget_minutes, save_steps=50, logging_steps=10, max_length=1024,
+                        seed=seed)
+
+
+def rank_check_probe(dirs: RunDirs, data, codebook, max_history: int, n: int, seed: int = 0) -> dict:
+    """Filter statistics with the top-10 rank check of the stage-1 model on ``n`` training examples."""
+    model, processor = load_model(dirs.align / "final")
+    model.eval()
+    examples = sample_examples(leave_one_out(data.interactions, max_history=max_history), codebook, n, seed=seed)
+    _, stats = build_rationales(examples, data, codebook, dirs.sids, TemplateTeacher(), model=model,
+                                processor=processor, top_n=10, progress=False)
+    return stats
+
+
+def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: int | None = 300,
+        max_history: int = 10, work_dir: str | Path = "runs/bench-rec", out_dir: str | Path = "eval/results",
+        num_examples: int = 800, rejection_top_n: int | None = 10, max_think_tokens: int = 64,
+        probe_examples: int = 48, codebook_size: int = 256, seed: int = 0) -> dict:
+    """Stage 1 (reused or trained), stage 2, the ablation on test users; writes ``DATASET_reason.*``."""
+    dirs, data, codebook = prepare_run(dataset, work_dir, codebook_size, seed)
+    stage1_reused = (dirs.align / "final" / "config.json").exists()
+    if not stage1_reused:
+        train_align(align_config(dirs, budget_minutes, max_history, seed))
+    probe = None
+    if not rejection_top_n and probe_examples:  # what the rank check would accept, on a few examples
+        probe = rank_check_probe(dirs, data, codebook, max_history, probe_examples, seed)
+    start = time.perf_counter()
+    final = train_reason(reason_config(dirs, budget_minutes, max_history, num_examples, rejection_top_n, seed))
+    stage2_seconds = time.perf_counter() - start
+    stats = json.loads((dirs.root / "reason" / "reason_stats.json").read_text())
+
+    split = leave_one_out(data.interactions)
+    test = sample_users(split.test, eval_users, seed)
+    model, processor = load_model(final)
+    model.eval()
+    rows, results = reasoning_ablation(model, processor, data, codebook, test, max_history=max_history,
+                                       max_think_tokens=max_think_tokens)
+    for row in rows:
+        row["acceptance_rate"] = stats["acceptance_rate"]
+        row["stage2_seconds"] = round(stage2_seconds, 1)  # rationales + training
+    base, think = rows[0]["ndcg@10"], rows[1]["ndcg@10"]
+    items = {r["item_id"]: r["title"] for r in data.catalog.items.to_list()}
+    example = {"history": [items[i] for i in test[0]["history"][-max_history:]], "target": items[test[0]["target"]],
+               "rationale": results[0].rationales[0], "items": [items[i] for i, _ in results[0].items[:5]]}
+    payload = {"benchmark": "reason", "dataset": dataset,
+               "rows": [{"system": r["system"], **{k: r[k] for k in ROW_KEYS},
+                         **{k: v for k, v in r.items() if k not in ROW_KEYS and k != "system"}} for r in rows],
+               "ndcg@10_gain": (think - base) / base if base else None,
+               "ablation": "no_reasoning = the same stage-2 model decoded with an empty think",
+               "budget_minutes": budget_minutes, "stage1_reused": stage1_reused, "eval_users": len(test),
+               "max_history": max_history, "max_think_tokens": max_think_tokens, "teacher": "template",
+               "rationales": {k: stats[k] for k in ("examples", "accepted", "rejected_leakage", "rejected_ungrounded",
+                                                    "rejected_rank", "top_n", "mean_rationale_words", "seconds")},
+               "rejection_top_n": rejection_top_n, "rank_check_probe": probe,
+               "train_steps": stats["steps"], "example": example}
+    write_report(f"{dataset}_reason", payload, out_dir, metric_keys=ROW_KEYS)
+    return payload
+
+
+def quickstart_example(root: str | Path, example: dict, budget_minutes: float = 2.0, max_history: int = 10,
+                       num_examples: int = 1000, seed: int = 0) -> dict:
+    """Stage 2 (template teacher, no rank check) on the run under ``root``, then one user's history, the
+    model's rationale and its top items, as titles (what the quickstart prints)."""
+    from think_rec.data.schema import RecDataset
+    from think_rec.decoding import SIDTrie, think_then_recommend
+    from think_rec.itemic.codebook import SIDCodebook
+    from think_rec.prompts import render_recommend_prompt
+
+    dirs = RunDirs(Path(root))
+    final = train_reason(reason_config(dirs, budget_minutes, max_history, num_examples, None, seed))
+    data, codebook = RecDataset.load(dirs.data), SIDCodebook.load(dirs.sids)
+    model, processor = load_model(final)
+    model.eval()
+    items = {r["item_id"]: r for r in data.catalog.items.to_list()}
+    history = list(example["history"])[-max_history:]
+    prompt = render_recommend_prompt(history, items, codebook, processor, with_images=False).text
+    (result,) = think_then_recommend(model, processor, [prompt], SIDTrie.from_codebook(codebook, processor), k=5)
+    return {"history": [items[i]["title"] for i in history], "target": items[example["target"]]["title"],
+            "rationale": result.rationales[0], "items": [items[i]["title"] for i, _ in result.items]}

@@ -1,0 +1,137 @@
+"""Stage 2, reasoning activation: think-then-recommend SFT (LoRA) on top of the stage-1 model.
+
+    python -m think_rec.finetune.reason --config finetune/configs/reason_tiny.yaml
+    think-rec train reason --config finetune/configs/reason_tiny.yaml
+
+``output_dir/rationales/`` holds the filtered rationales and their acceptance rate (built once, reused on
+rerun); training checkpoints go to ``output_dir/`` and resume from the last one; the merged model goes
+to ``output_dir/final``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTTrainer, TrlParser
+
+from think_rec.data.schema import RecDataset
+from think_rec.data.split import leave_one_out
+from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN
+from think_rec.itemic.codebook import SIDCodebook
+from think_rec.model.adapters import apply_lora, merge_and_save
+from think_rec.model.loading import load_model
+
+from .align import TimeBudget, _checkpoint_step
+from .cpu_patches import compact_fused_lm_head_on_cpu
+from .rationales import make_teacher
+from .reason_config import ReasonConfig
+from .reason_data import build_rationales, load_rows, sample_examples, save_rows, tokenize_rows
+
+
+class ReasonTrainer(SFTTrainer):
+    """``SFTTrainer`` whose token loss weighs SID tokens by ``item_loss_weight`` and every other labelled
+    token (the rationale and ``</think>``) by ``rationale_loss_weight``, normalised by the token count,
+    so equal weights of 1 give TRL's loss exactly."""
+
+    def __init__(self, *args, item_token_ids: list[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.item_token_ids = torch.tensor(sorted(item_token_ids), dtype=torch.long)
+
+    def token_weights(self, labels: torch.Tensor) -> torch.Tensor:
+        """Per-token weights for next-token ``labels`` (0 where the label is -100)."""
+        item = torch.isin(labels, self.item_token_ids.to(labels.device))
+        weights = torch.where(item, self.args.item_loss_weight, self.args.rationale_loss_weight)
+        return weights * (labels != -100)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.args.item_loss_weight == self.args.rationale_loss_weight == 1.0:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs["use_cache"] = False
+        outputs = model(**inputs, fused_lm_head=True)
+        weights = self.token_weights(inputs["labels"][:, 1:]).to(outputs.log_probs.dtype)
+        num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = -(outputs.log_probs * weights).sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return (loss, outputs) if return_outputs else loss
+
+
+def rationale_rows(config: ReasonConfig, data: RecDataset, codebook: SIDCodebook, model, processor):
+    """Filtered rationale rows and stats, from ``output_dir/rationales`` when already built there."""
+    folder = Path(config.output_dir) / "rationales"
+    cached = load_rows(folder)
+    if cached is not None:
+        return cached
+    split = leave_one_out(data.interactions, max_history=config.max_history)
+    examples = sample_examples(split, codebook, config.num_examples, seed=config.seed)
+    kwargs = dict(config.teacher_kwargs or {})
+    if config.teacher == "self":
+        kwargs.setdefault("model", model)
+        kwargs.setdefault("processor", processor)
+    teacher = make_teacher(config.teacher, **kwargs)
+    start = time.perf_counter()
+    model.eval()
+    rows, stats = build_rationales(examples, data, codebook, config.sids_dir, teacher, model=model,
+                                   processor=processor, prune_k=config.prune_k, top_n=config.rejection_top_n,
+                                   num_beams=config.rejection_num_beams, batch_size=config.rejection_batch_size)
+    stats.update(teacher=config.teacher, seconds=round(time.perf_counter() - start, 1))
+    save_rows(rows, stats, folder)
+    return rows, stats
+
+
+def train_reason(config: ReasonConfig) -> Path:
+    """Build (or reuse) the rationales, train, merge; returns ``output_dir/final``."""
+    for name in ("model", "data_dir", "sids_dir", "output_dir"):
+        if not getattr(config, name):
+            raise ValueError(f"ReasonConfig.{name} is required")
+    data = RecDataset.load(config.data_dir)
+    codebook = SIDCodebook.load(config.sids_dir)
+    model, processor = load_model(config.model, gradient_checkpointing=config.gradient_checkpointing)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    missing = [t for t in [*codebook.vocabulary(), THINK_OPEN, THINK_CLOSE] if t not in tokenizer.get_vocab()]
+    if missing:
+        raise ValueError(f"{config.model}: the tokenizer lacks {missing[0]!r}; train stage 1 (think-rec train "
+                         "align) on this codebook first")
+    rows, stats = rationale_rows(config, data, codebook, model, processor)
+    train = tokenize_rows(rows, data, codebook, processor, max_length=config.max_length)
+    item_ids = tokenizer.convert_tokens_to_ids(codebook.vocabulary())
+    think = tokenizer.convert_tokens_to_ids([THINK_OPEN, THINK_CLOSE])
+    model.train()
+    if config.lora_r > 0:
+        model = apply_lora(model, item_ids + think, r=config.lora_r, alpha=config.lora_alpha)
+    else:  # full fine-tuning, for models trained from scratch (the tiny preset)
+        model.requires_grad_(True)
+    compact_fused_lm_head_on_cpu()
+    deadline = None if config.time_budget_minutes is None else time.monotonic() + 60 * config.time_budget_minutes
+    trainer = ReasonTrainer(model=model, args=config, train_dataset=train, processing_class=processor,
+                            callbacks=[TimeBudget(deadline)], item_token_ids=item_ids)
+    out, final = Path(config.output_dir), Path(config.output_dir) / "final"
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+    if trainer.state.global_step == _checkpoint_step(last) and (final / "config.json").exists():
+        return final  # nothing new was trained since the last merge
+    if trainer.is_world_process_zero():
+        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        (out / "reason_stats.json").write_text(json.dumps({**stats, "steps": trainer.state.global_step}, indent=1))
+        if isinstance(trainer.model, PeftModel):
+            merge_and_save(trainer.model, processor, final)
+        else:
+            trainer.save_model(str(final))
+            processor.save_pretrained(final)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def main(argv: list[str] | None = None) -> Path:
+    (config,) = TrlParser((ReasonConfig,)).parse_args_and_config(argv)
+    final = train_reason(config)
+    print(f"reasoning model: {final}")
+    return final
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Multi-turn chat sessions: the items a user saw, the dialogue, and the constraints steering has set.
+
+Each user message is parsed into ``Constraints`` (``serve.steering``) that accumulate over the session;
+the prompt (``prompts/chat.yaml``) carries the history items, the user's words and the constraints,
+and the banned set (items breaking a constraint, already seen or already recommended) goes to the
+engine's trie.
+"""
+from __future__ import annotations
+
+import functools
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from think_rec.data.schema import RecDataset
+from think_rec.itemic.codebook import SIDCodebook
+from think_rec.prompts import PROMPTS_DIR, _chat, _text, _user_with_history, load_templates
+
+from .steering import Constraints, Vocabulary, parse
+
+
+@functools.cache
+def chat_templates(path: str | Path = PROMPTS_DIR / "chat.yaml") -> dict[str, Any]:
+    return yaml.safe_load(Path(path).read_text())
+
+
+@dataclass
+class Session:
+    """One conversation: the user's item history, the dialogue and what was recommended."""
+
+    id: str
+    history: list[str] = field(default_factory=list)
+    user_messages: list[str] = field(default_factory=list)
+    constraints: Constraints = field(default_factory=Constraints)
+    recommended: list[str] = field(default_factory=list)  # every item shown, in order
+    last_items: list[str] = field(default_factory=list)
+
+
+class SessionStore:
+    """In-memory sessions, least recently used dropped beyond ``max_sessions``."""
+
+    def __init__(self, max_sessions: int = 10_000):
+        self.max_sessions = max_sessions
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+
+    def get_or_create(self, session_id: str | None) -> tuple[Session, bool]:
+        """The session (created under ``session_id``, or a fresh id, when unknown) and whether it is new."""
+        if session_id in self._sessions:
+            self._sessions.move_to_end(session_id)
+            return self._sessions[session_id], False
+        s = Session(session_id or uuid.uuid4().hex)
+        self._sessions[s.id] = s
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+        return s, True
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+class Conversation:
+    """Catalog-aware prompt building and constraint bookkeeping for sessions."""
+
+    def __init__(self, dataset: RecDataset, codebook: SIDCodebook, tokenizer, max_history: int = 20):
+        self.catalog = dataset.catalog
+        self.codebook = codebook
+        self.tokenizer = tokenizer
+        self.max_history = max_history
+        self.histories = dict(zip(dataset.interactions.users, dataset.interactions.sequences))
+        self.items = [self.catalog[i] for i in self.catalog.ids]
+        self.vocab = Vocabulary(self.items)
+
+    def add_user_message(self, session: Session, text: str) -> None:
+        """Record a user message and fold the constraints it asks for into the session."""
+        session.user_messages.append(text)
+        last = [self.catalog[i] for i in session.last_items]
+        session.constraints.update(parse(text, self.vocab, last))
+
+    def prompt(self, session: Session) -> str:
+        """The chat prompt text, ending in the assistant's generation header."""
+        tpl, chat = load_templates(), chat_templates()
+        history = session.history[-self.max_history:]
+        dialogue = chat["dialogue"].format(lines="\n".join(chat["dialogue_line"].format(text=t)
+                                                           for t in session.user_messages)) \
+            if session.user_messages else ""
+        described = session.constraints.describe()
+        constraints = chat["constraints"].format(constraints=", ".join(described)) if described else ""
+        template = chat["user"].replace("{dialogue}", dialogue).replace("{constraints}", constraints)
+        if history:
+            user, _ = _user_with_history(template, history, self.catalog, self.codebook, False, 0, None, tpl)
+        else:
+            user = [_text(template.replace("{history}", chat["empty_history"]))]
+        return self.tokenizer.apply_chat_template(_chat(user, None, tpl), tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def banned(self, session: Session, exclude_seen: bool = True) -> set[str]:
+        """Items the trie must not produce: breaking a constraint, or (``exclude_seen``) seen/recommended."""
+        out = {it["item_id"] for it in self.items if not session.constraints.allows(it)}
+        if exclude_seen:
+            out |= set(session.history) | set(session.recommended)
+        return out
+
+    def answer(self, session: Session, rationale: str, item_ids: Sequence[str]) -> str:
+        """The assistant's visible message: the rationale (if any), then the items as a numbered list."""
+        chat = chat_templates()
+        described = session.constraints.describe()
+        if not item_ids:
+            return chat["no_items"].format(constraints=", ".join(described) or "this request")
+        basis = f"the {len(session.history)} items you interacted with" if session.history else "what you told me"
+        lines = [chat["answer_intro"].format(basis=basis, verb="is" if len(item_ids) == 1 else "are",
+                                             n=len(item_ids), s="" if len(item_ids) == 1 else "s",
+                                             constraints=f" ({', '.join(described)})" if described else "")]
+        for n, i in enumerate(item_ids, 1):
+            it = self.catalog[i]
+            lines.append(chat["answer_item"].format(n=n, title=it["title"],
+                                                    brand=f" by {it['brand']}" if it["brand"] else "",
+                                                    price=f", ${it['price']:.2f}" if it["price"] is not None else ""))
+        text = "\n".join(lines)
+        return f"{rationale}\n\n{text}" if rationale else text

@@ -1,0 +1,82 @@
+"""The recommender engine interface shared by the vLLM and transformers backends.
+
+An engine turns a rendered chat prompt (text ending in the assistant's generation header) into an
+optional rationale (``<think>…</think>``, streamed as text deltas) and up to ``k`` distinct catalog
+items found by constrained beam search over the SID trie, never any of ``banned``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Protocol, Sequence
+
+from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN
+
+__all__ = ["THINK_CLOSE", "THINK_OPEN", "EngineConfig", "RecEngine", "Recommendation", "build_engine", "run"]
+
+
+@dataclass
+class Recommendation:
+    """A rationale (empty when thinking is off) and ``(item_id, score)`` pairs, best first."""
+
+    rationale: str
+    items: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class EngineConfig:
+    """What both backends need: the merged model and the SID codebook folder."""
+
+    model: Path
+    sids: Path
+    max_model_len: int = 4096
+    kv_cache_gib: int = 1  # vLLM CPU KV-cache reserve (GiB)
+    think_ahead: Path | None = None  # the store of the think_ahead backend (serve.think_ahead)
+    think_ahead_base: str = "vllm"  # the engine it wraps for the last level and for fallbacks
+
+
+class RecEngine(Protocol):
+    """One interface over vLLM and transformers."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Load the model (inside the serving event loop)."""
+
+    async def stream(self, prompt: str, *, k: int, banned: set[str], think: bool, max_think_tokens: int,
+                     history: Sequence[str] = ()) -> AsyncIterator[str | Recommendation]:
+        """Yield rationale text deltas, then one final ``Recommendation``. ``history``: the item ids in the
+        prompt (Think-Ahead looks the user's stored state up by it; the other backends ignore it)."""
+
+    def healthy(self) -> bool:
+        """Started and able to serve."""
+
+    def shutdown(self) -> None:
+        """Free the model (and engine processes)."""
+
+
+async def run(engine: RecEngine, prompt: str, *, k: int, banned: set[str] = frozenset(), think: bool = False,
+              max_think_tokens: int = 64, history: Sequence[str] = ()) -> Recommendation:
+    """``engine.stream`` without the deltas: the final ``Recommendation``."""
+    async for event in engine.stream(prompt, k=k, banned=set(banned), think=think,
+                                     max_think_tokens=max_think_tokens, history=history):
+        if isinstance(event, Recommendation):
+            return event
+    raise RuntimeError(f"{engine.name}: stream ended without a recommendation")
+
+
+def build_engine(backend: str, config: EngineConfig) -> RecEngine:
+    """``"vllm"``, ``"hf"`` (transformers) or ``"think_ahead"`` (``config.think_ahead`` store)."""
+    if backend == "vllm":
+        from .engine_vllm import VLLMEngine
+
+        return VLLMEngine(config)
+    if backend == "hf":
+        from .engine_hf import HFEngine
+
+        return HFEngine(config)
+    if backend == "think_ahead":
+        from .think_ahead import ThinkAheadEngine
+
+        return ThinkAheadEngine(config)
+    raise ValueError(f"backend must be 'vllm', 'hf' or 'think_ahead', not {backend!r}")

@@ -1,0 +1,59 @@
+"""``HFEngine``: the same interface as ``VLLMEngine`` on transformers (for machines without vLLM).
+
+Requests run one at a time in a worker thread: ``think_then_recommend`` when thinking, else
+constrained ``recommend`` (HF beam search over the SID trie). The rationale arrives as one delta.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator, Sequence
+
+import torch
+
+from think_rec.decoding.beam import recommend
+from think_rec.decoding.think import think_then_recommend
+from think_rec.decoding.trie import SIDTrie
+from think_rec.itemic.codebook import SIDCodebook
+
+from .engine import EngineConfig, Recommendation
+
+
+class HFEngine:
+    """See the module docstring; the interface is ``serve.engine.RecEngine``."""
+
+    name = "hf"
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.model = self.processor = self.trie = None
+        self.lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        from think_rec.model.loading import load_model
+
+        self.model, self.processor = await asyncio.to_thread(load_model, str(self.config.model))
+        self.model.eval()
+        self.trie = SIDTrie.from_codebook(SIDCodebook.load(self.config.sids), self.processor)
+
+    def healthy(self) -> bool:
+        return self.model is not None
+
+    def shutdown(self) -> None:
+        self.model = None
+
+    @torch.no_grad()
+    def _run(self, prompt: str, k: int, banned: set[str], think: bool, max_think_tokens: int) -> Recommendation:
+        if think:
+            res = think_then_recommend(self.model, self.processor, [prompt], self.trie, k=k,
+                                       max_think_tokens=max_think_tokens, exclude=[banned])[0]
+            return Recommendation(res.rationales[0], res.items)
+        return Recommendation("", recommend(self.model, self.processor, [prompt], self.trie, k=k,
+                                            exclude=[banned])[0])
+
+    async def stream(self, prompt: str, *, k: int, banned: set[str], think: bool, max_think_tokens: int,
+                     history: Sequence[str] = ()) -> AsyncIterator[str | Recommendation]:
+        async with self.lock:
+            rec = await asyncio.to_thread(self._run, prompt, k, banned, think, max_think_tokens)
+        if rec.rationale:
+            yield rec.rationale
+        yield rec

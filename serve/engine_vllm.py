@@ -1,0 +1,114 @@
+"""``VLLMEngine``: think-then-recommend on vLLM's ``AsyncLLM``.
+
+The rationale is one streamed request under ``SIDTrieLogitsProcessor`` in ``think`` mode (free text,
+stops at ``</think>``). Top-K items come from a beam search written as single-token requests: per SID
+level, one request per beam whose prompt is ``prompt [<think>…</think>] <|sid_begin|> codes-so-far``,
+constrained to the beam's trie children (``sid`` mode, banned items pruned), asking for the logprobs
+of every child (a beam with a single allowed child needs no request). Prefix caching (block size 32)
+makes each step cost about one token per beam. Scores are sums of log-probabilities renormalised over
+the allowed children (``logprobs_mode="processed_logprobs"``).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from typing import AsyncIterator, Sequence
+
+from .engine import THINK_CLOSE, THINK_OPEN, EngineConfig, Recommendation
+from .logits_vllm import KEY, SIDTrieLogitsProcessor, load_trie
+
+
+class VLLMEngine:
+    """See the module docstring; the interface is ``serve.engine.RecEngine``."""
+
+    name = "vllm"
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.trie, self.tok = load_trie(str(config.sids), str(config.model))
+        self.open_id, self.close_id = self.tok.convert_tokens_to_ids([THINK_OPEN, THINK_CLOSE])
+        self.sid_begin = self.trie.first_token
+        self.width = max(len(c) for c in self.trie.child_tokens)  # widest trie node
+        self.levels = len(next(iter(self.trie.item_of))) - 2
+        self.llm = None
+
+    async def start(self) -> None:
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gib))
+        args = AsyncEngineArgs(
+            model=str(self.config.model), enforce_eager=True, enable_prefix_caching=True, block_size=32,
+            max_model_len=self.config.max_model_len, max_logprobs=max(20, self.width),
+            logprobs_mode="processed_logprobs", logits_processors=[SIDTrieLogitsProcessor],
+            additional_config={"think_rec_sids": str(self.config.sids)},
+            limit_mm_per_prompt={"image": 0, "video": 0}, disable_log_stats=True)
+        self.llm = AsyncLLM.from_engine_args(args)
+        await self.beam_search(self.tok.encode("warm up", add_special_tokens=False), 2, set())  # first step is slow
+
+    def healthy(self) -> bool:
+        return self.llm is not None and not self.llm.errored
+
+    def shutdown(self) -> None:
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = None
+
+    async def _generate(self, ids: list[int], params):
+        from vllm.inputs import TokensPrompt
+
+        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, uuid.uuid4().hex):
+            yield out
+
+    async def _children(self, ids: list[int], prefix: list[int], banned: list[str]) -> list[tuple[int, float]]:
+        """``(token, logprob)`` of every allowed next SID token after ``ids + prefix``."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.width, detokenize=False,
+                                extra_args={KEY: {"mode": "sid", "prefix": prefix, "banned": banned}})
+        final = None
+        async for final in self._generate(ids + prefix, params):
+            pass
+        top = final.outputs[0].logprobs[0]
+        return [(t, lp.logprob) for t, lp in top.items() if lp.logprob != float("-inf")]
+
+    async def beam_search(self, ids: list[int], k: int, banned: set[str]) -> list[tuple[str, float]]:
+        """Top ``k`` distinct items after ``ids`` (beam width ``k``; all SIDs have the same length)."""
+        banned_list, counts = sorted(banned), self.trie.banned_counts(banned)
+        beams: list[tuple[list[int], float]] = [([self.sid_begin], 0.0)]
+
+        async def children(prefix: list[int]) -> list[tuple[int, float]]:
+            allowed = self.trie.allowed(prefix, counts).tolist()
+            if len(allowed) <= 1:  # a lone child has renormalised logprob 0: no model call
+                return [(t, 0.0) for t in allowed]
+            return await self._children(ids, prefix, banned_list)
+
+        for _ in range(self.levels):
+            steps = await asyncio.gather(*(children(p) for p, _ in beams))
+            candidates = [(p + [t], s + lp) for (p, s), children in zip(beams, steps) for t, lp in children]
+            beams = sorted(candidates, key=lambda c: -c[1])[:k]
+        end = self.trie.allowed(beams[0][0]).tolist() if beams else []
+        items = [(self.trie.item_at(p + end), s) for p, s in beams]
+        return [(i, s) for i, s in items if i is not None]
+
+    async def stream(self, prompt: str, *, k: int, banned: set[str], think: bool, max_think_tokens: int,
+                     history: Sequence[str] = ()) -> AsyncIterator[str | Recommendation]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        ids = self.tok.encode(prompt, add_special_tokens=False)
+        rationale = ""
+        if think:
+            think_ids: list[int] = []
+            if max_think_tokens > 0:
+                params = SamplingParams(max_tokens=max_think_tokens, temperature=0.0, stop_token_ids=[self.close_id],
+                                        output_kind=RequestOutputKind.DELTA, extra_args={KEY: {"mode": "think"}})
+                async for out in self._generate(ids + [self.open_id], params):
+                    delta = out.outputs[0]
+                    think_ids += [t for t in delta.token_ids if t != self.close_id]
+                    rationale += delta.text
+                    if delta.text:
+                        yield delta.text
+            ids = ids + [self.open_id] + think_ids + [self.close_id]
+        yield Recommendation(rationale.strip(), await self.beam_search(ids, k, banned))

@@ -1,0 +1,84 @@
+"""``SIDTrieLogitsProcessor``: the SID trie as a vLLM v1 logits processor, switched on per request.
+
+The engine core builds it once from ``additional_config["think_rec_sids"]`` (the codebook folder) and
+the model's tokenizer. A request opts in with ``SamplingParams(extra_args={"think_rec": {...}})``:
+
+- ``mode="think"``: free text (no SID or ``<think>`` tokens) until ``</think>``, then only trie
+  continuations;
+- ``mode="sid"``: trie continuations from the first output token, after the SID tokens ``prefix``
+  that already end the prompt (one step of the engine's beam search);
+- ``banned``: item ids never to complete (pruned exactly, see ``SIDTrie.banned_counts``).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import AdapterLogitsProcessor, RequestLogitsProcessor
+
+from think_rec.decoding.trie import SIDTrie
+from think_rec.itemic.codebook import SIDCodebook
+
+from .engine import THINK_CLOSE, THINK_OPEN
+
+KEY = "think_rec"
+
+
+def load_trie(sids_dir: str, tokenizer_path: str) -> tuple[SIDTrie, Any]:
+    """The catalog trie in the model's token ids, and the tokenizer."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_path)
+    return SIDTrie.from_codebook(SIDCodebook.load(sids_dir), tok), tok
+
+
+class _Request:
+    """One request's constraint: see the module docstring."""
+
+    def __init__(self, owner: "SIDTrieLogitsProcessor", mode: str, prefix: list[int], banned: list[str]):
+        if mode not in ("think", "sid"):
+            raise ValueError(f"think_rec mode must be 'think' or 'sid', not {mode!r}")
+        self.owner, self.mode, self.prefix = owner, mode, tuple(prefix)
+        self.banned: Counter | None = owner.trie.banned_counts(banned) if banned else None
+
+    def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+        o = self.owner
+        if self.mode == "think":
+            if o.close_id not in output_ids:
+                return logits.index_fill(0, o.text_banned.to(logits.device), float("-inf"))
+            prefix = tuple(output_ids[len(output_ids) - output_ids[::-1].index(o.close_id):])
+        else:
+            prefix = self.prefix + tuple(output_ids)
+        if o.trie.item_at(prefix) is not None:
+            allowed = o.end_only
+        else:
+            allowed = o.trie.allowed(prefix, self.banned)
+        mask = torch.full_like(logits, float("-inf"))
+        mask[allowed.to(logits.device)] = 0.0
+        return logits + mask
+
+
+class SIDTrieLogitsProcessor(AdapterLogitsProcessor):
+    """Per-request SID trie constraint (see the module docstring)."""
+
+    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
+        super().__init__(vllm_config, device, is_pin_memory)
+        sids = (vllm_config.additional_config or {}).get("think_rec_sids")
+        if not sids:
+            raise ValueError("SIDTrieLogitsProcessor needs additional_config={'think_rec_sids': SIDS_DIR}")
+        self.trie, tok = load_trie(sids, vllm_config.model_config.tokenizer)
+        self.close_id = tok.convert_tokens_to_ids(THINK_CLOSE)
+        sid_tokens = {t for seq in self.trie.item_of for t in seq}
+        self.text_banned = torch.tensor(sorted(sid_tokens | {tok.convert_tokens_to_ids(THINK_OPEN)}))
+        self.end_only = torch.tensor([tok.convert_tokens_to_ids("<|im_end|>")])
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    def new_req_logits_processor(self, params: SamplingParams) -> RequestLogitsProcessor | None:
+        args = (params.extra_args or {}).get(KEY)
+        if args is None:
+            return None
+        return _Request(self, args.get("mode", "sid"), args.get("prefix", []), args.get("banned", []))

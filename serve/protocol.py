@@ -1,0 +1,160 @@
+"""Request/response models of the OpenAI-compatible chat API (plus the ``recommendation`` extension)."""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_K = 50
+MAX_MESSAGE_CHARS = 4000
+MAX_MESSAGES = 64
+MAX_HISTORY = 200
+MAX_THINK_TOKENS = 512
+
+
+class ContentPart(BaseModel):
+    """A text part of a message (image parts are not accepted as input)."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[ContentPart] | None = None
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat request; the recommender's own fields ride along (``extra_body`` in the openai client).
+
+    ``user`` is a dataset user id whose interactions become the history; ``history`` gives item ids
+    directly; ``session_id`` continues a conversation (only the new user message need be sent).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1, description="one choice per request; ask for more items with k")
+    k: int = Field(10, ge=1, le=MAX_K, description="number of items to recommend")
+    user: str | None = None
+    history: list[str] | None = Field(None, max_length=MAX_HISTORY)
+    session_id: str | None = Field(None, max_length=128)
+    think: bool | None = None
+    max_think_tokens: int = Field(64, ge=0, le=MAX_THINK_TOKENS)
+    exclude_seen: bool = True
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _check_messages(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        for i, m in enumerate(messages):
+            if len(m.text) > MAX_MESSAGE_CHARS:
+                raise ValueError(f"message {i} has {len(m.text)} characters; the limit is {MAX_MESSAGE_CHARS}")
+        if messages[-1].role != "user" or not messages[-1].text.strip():
+            raise ValueError("the last message must be a non-empty user message")
+        return messages
+
+
+class RecommendedItem(BaseModel):
+    id: str
+    sid: str
+    title: str
+    score: float
+    brand: str | None = None
+    price: float | None = None
+    categories: list[str] = Field(default_factory=list)
+    image: str | None = Field(None, description="URL of the item image, when the catalog has one")
+
+
+class Recommendation(BaseModel):
+    rationale: str
+    items: list[RecommendedItem]
+    constraints: dict[str, Any] = Field(default_factory=dict)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop"] = "stop"
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+def _id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str = Field(default_factory=_id)
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: Usage = Field(default_factory=Usage)
+    recommendation: Recommendation
+    session_id: str
+
+
+class DeltaMessage(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: DeltaMessage
+    finish_reason: Literal["stop"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    recommendation: Recommendation | None = None
+    session_id: str
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "think-rec"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo

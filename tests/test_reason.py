@@ -1,0 +1,134 @@
+"""Stage 2: the loss mask, loss weights, the self teacher, and a short real training run that resumes."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from think_rec.data.split import leave_one_out
+from think_rec.decoding import SIDTrie, think_then_recommend
+from think_rec.finetune.rationales import RationaleRequest, SelfTeacher, TemplateTeacher, make_teacher
+from think_rec.finetune.reason import ReasonTrainer, train_reason
+from think_rec.finetune.reason_config import ReasonConfig
+from think_rec.finetune.reason_data import build_rationales, load_rows, sample_examples, save_rows, tokenize_rows
+from think_rec.model.loading import load_model, load_processor
+from think_rec.prompts import render_recommend_prompt
+
+
+@pytest.fixture(scope="module")
+def rows(aligned_run, synthetic_dataset):
+    dirs, codebook, _ = aligned_run
+    examples = sample_examples(leave_one_out(synthetic_dataset.interactions, max_history=6), codebook, 12, seed=1)
+    built, stats = build_rationales(examples, synthetic_dataset, codebook, dirs.sids, TemplateTeacher(), top_n=None,
+                                    progress=False)
+    assert stats["rank_check"] is False and stats["examples"] == 12
+    return built
+
+
+def test_loss_mask_covers_exactly_rationale_and_item_tokens(aligned_run, synthetic_dataset, rows):
+    dirs, codebook, model_dir = aligned_run
+    processor = load_processor(model_dir)
+    tok = processor.tokenizer
+    rows = [*rows[:3], {**rows[3], "rationale": ""}]  # one rejected example: an empty think
+    table = tokenize_rows(rows, synthetic_dataset, codebook, processor)
+    items = {r["item_id"]: r for r in synthetic_dataset.catalog.items.to_list()}
+    open_id, close_id = tok.convert_tokens_to_ids(["<think>", "</think>"])
+    for row, ids, labels in zip(rows, table["input_ids"], table["labels"]):
+        prompt = render_recommend_prompt(row["history"], items, codebook, processor, with_images=False).text
+        prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        rationale = tok(row["rationale"], add_special_tokens=False)["input_ids"] if row["rationale"] else []
+        sid = tok.convert_tokens_to_ids(codebook.tokens(row["target"]))
+        assert ids == prompt_ids + [open_id] + rationale + [close_id] + sid + [tok.eos_token_id]
+        trained = [t for t, lab in zip(ids, labels) if lab != -100]
+        assert trained == rationale + [close_id] + sid
+        first = labels.index(next(lab for lab in labels if lab != -100))
+        assert first == len(prompt_ids) + 1 and all(lab == -100 for lab in labels[:first]) and labels[-1] == -100
+        assert all(lab == t for t, lab in zip(ids, labels) if lab != -100)
+        assert tok.decode(rationale).strip() == row["rationale"]
+    # too long for max_length: the oldest history items go, the rationale and the answer stay whole
+    longest = max(range(len(table)), key=lambda i: len(table[i]["input_ids"]))
+    limit = len(table[longest]["input_ids"]) - 5
+    fitted = tokenize_rows([rows[longest]], synthetic_dataset, codebook, processor, max_length=limit)[0]
+    assert len(fitted["input_ids"]) <= limit
+    assert [t for t in fitted["labels"] if t != -100] == [t for t in table[longest]["labels"] if t != -100]
+
+
+def test_token_weights_split_rationale_and_item():
+    args = SimpleNamespace(item_loss_weight=3.0, rationale_loss_weight=0.5)
+    fake = SimpleNamespace(args=args, item_token_ids=torch.tensor([7, 8, 9]))
+    labels = torch.tensor([[-100, 4, 5, 7, 8, -100], [-100, -100, 9, 2, -100, -100]])
+    weights = ReasonTrainer.token_weights(fake, labels)
+    assert weights.tolist() == [[0, 0.5, 0.5, 3, 3, 0], [0, 0, 3, 0.5, 0, 0]]
+
+
+def test_rationale_rows_round_trip_and_bad_file(tmp_path, rows):
+    save_rows(rows, {"acceptance_rate": 1.0}, tmp_path)
+    loaded, stats = load_rows(tmp_path)
+    assert loaded == rows and stats["acceptance_rate"] == 1.0
+    lines = (tmp_path / "rationales.jsonl").read_text().splitlines()
+    bad = json.loads(lines[1])
+    del bad["pruned"]
+    (tmp_path / "rationales.jsonl").write_text("\n".join([lines[0], json.dumps(bad), *lines[2:]]) + "\n")
+    with pytest.raises(ValueError, match=r"rationales.jsonl:2: missing field 'pruned'"):
+        load_rows(tmp_path)
+
+
+def test_self_teacher_writes_plain_text(aligned_run, synthetic_dataset):
+    _, codebook, model_dir = aligned_run
+    model, processor = load_model(model_dir)
+    items = synthetic_dataset.catalog.items.to_list()
+    requests = [RationaleRequest("u", items[i:i + 3], items[i + 5]) for i in range(3)]
+    teacher = make_teacher("self", model=model, processor=processor, max_new_tokens=12,
+                           do_sample=True, temperature=1.0, batch_size=2)
+    assert isinstance(teacher, SelfTeacher)
+    texts = teacher.generate(requests)
+    assert len(texts) == 3 and all(isinstance(t, str) and t for t in texts)
+    assert not any("<s_" in t or "sid_" in t or "think>" in t for t in texts)
+
+
+def test_train_reason_resumes_and_think_decoding_yields_items(aligned_run, synthetic_dataset, tmp_path):
+    dirs, codebook, model_dir = aligned_run
+    config = dict(output_dir=str(tmp_path / "reason"), model=str(model_dir), data_dir=str(dirs.data),
+                  sids_dir=str(dirs.sids), num_examples=24, max_history=5, rejection_top_n=10,
+                  rejection_batch_size=12, per_device_train_batch_size=8, max_steps=3, save_steps=3,
+                  learning_rate=1e-3, item_loss_weight=2.0, disable_tqdm=True)
+    final = train_reason(ReasonConfig(**config))
+    stats = json.loads((tmp_path / "reason" / "reason_stats.json").read_text())
+    assert stats["steps"] == 3 and stats["examples"] == 24 and stats["rank_check"]
+    assert stats["accepted"] + stats["rejected_rank"] + stats["rejected_leakage"] + stats["rejected_ungrounded"] == 24
+    assert stats["acceptance_rate"] == pytest.approx(stats["accepted"] / 24)
+    rows, _ = load_rows(tmp_path / "reason" / "rationales")
+    assert sum(bool(r["rationale"]) for r in rows) == stats["accepted"]
+
+    # rerun with more steps: resumes from checkpoint-3 and reuses the rationales
+    final = train_reason(ReasonConfig(**{**config, "max_steps": 5}))
+    log = json.loads((tmp_path / "reason" / "log_history.json").read_text())
+    assert log[-1]["step"] == 5
+    assert (tmp_path / "reason" / "checkpoint-5").is_dir()
+
+    model, processor = load_model(final)
+    model.eval()
+    trie = SIDTrie.from_codebook(codebook, processor)
+    items = {r["item_id"]: r for r in synthetic_dataset.catalog.items.to_list()}
+    prompts = [render_recommend_prompt(r["history"], items, codebook, processor, with_images=False).text
+               for r in rows[:3]]
+    results = think_then_recommend(model, processor, prompts, trie, k=5, max_think_tokens=16)
+    for r in results:
+        assert len(r.rationales) == 1 and len(r.items) == 5
+        assert all(i in codebook.codes for i, _ in r.items)
+
+
+def test_train_reason_full_finetune_without_rank_check(aligned_run, tmp_path):
+    dirs, codebook, model_dir = aligned_run
+    final = train_reason(ReasonConfig(output_dir=str(tmp_path / "full"), model=str(model_dir), data_dir=str(dirs.data),
+                                      sids_dir=str(dirs.sids), num_examples=16, max_history=4, rejection_top_n=0,
+                                      lora_r=0, per_device_train_batch_size=8, max_steps=2, save_steps=2,
+                                      disable_tqdm=True))
+    stats = json.loads((tmp_path / "full" / "reason_stats.json").read_text())
+    assert not stats["rank_check"] and stats["rejected_rank"] == 0 and stats["steps"] == 2
+    before, _ = load_model(model_dir)
+    after, _ = load_model(final)
+    changed = [n for (n, a), (_, b) in zip(before.named_parameters(), after.named_parameters()) if not torch.equal(a, b)]
+    assert any("layers.0.self_attn" in n for n in changed), "full fine-tuning must move the base weights"

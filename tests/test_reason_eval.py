@@ -1,0 +1,47 @@
+"""Reasoning evaluation: rationale quality on hand-made cases and the with/without-reasoning ablation."""
+from __future__ import annotations
+
+import pytest
+
+from think_rec.data.split import leave_one_out
+from think_rec.decoding import ThinkResult
+from think_rec.eval.reasoning import evaluate_reasoning, rationale_quality, reasoning_ablation
+from think_rec.model.loading import load_model
+
+ITEMS = {
+    "h1": {"item_id": "h1", "title": "Blue Ceramic Mug", "brand": "Acme", "categories": ["Kitchen", "Mugs"]},
+    "h2": {"item_id": "h2", "title": "Steel Kettle", "brand": "Boil", "categories": ["Kitchen", "Kettles"]},
+    "t": {"item_id": "t", "title": "Green Glass Teapot", "brand": "Acme", "categories": ["Kitchen", "Teapots"]},
+    "x": {"item_id": "x", "title": "Garden Hose", "brand": "Hoser", "categories": ["Garden"]},
+}
+
+
+def test_rationale_quality_hand_made():
+    results = [
+        ThinkResult(["They loved the Blue Ceramic Mug and Acme things."], [("t", 0.0), ("x", -1.0)]),
+        ThinkResult(["Next: the Green Glass Teapot."], [("x", 0.0)]),
+        ThinkResult([""], [("t", 0.0)]),
+        ThinkResult(["something nice"], [("x", 0.0), ("t", -1.0)]),
+    ]
+    q = rationale_quality(results, [["h1", "h2"]] * 4, ["t"] * 4, ITEMS)
+    assert q["grounding"] == pytest.approx(1 / 4)  # only the first cites a history title / attribute
+    assert q["leakage"] == pytest.approx(1 / 4)  # the second names the target
+    assert q["consistency"] == pytest.approx((0.5 + 0 + 0 + 0) / 4)  # "Acme" matches t, not the hose
+    assert q["mean_length"] == pytest.approx((9 + 5 + 0 + 2) / 4)
+
+
+def test_ablation_rows_on_aligned_model(aligned_run, synthetic_dataset):
+    _, codebook, model_dir = aligned_run
+    model, processor = load_model(model_dir)
+    model.eval()
+    test = leave_one_out(synthetic_dataset.interactions).test.select(range(6))
+    rows, results = reasoning_ablation(model, processor, synthetic_dataset, codebook, test, max_history=4,
+                                       max_think_tokens=5, batch_size=3, progress=False)
+    assert [r["system"] for r in rows] == ["no_reasoning", "reasoning"]
+    empty, think = rows
+    assert empty["mean_length"] == 0 and empty["grounding"] == empty["leakage"] == 0
+    assert 0 < think["mean_length"] <= 5 and all(0 <= think[m] <= 1 for m in ("recall@10", "ndcg@10", "grounding"))
+    assert len(results) == 6 and all(len(r.items) == 10 for r in results)
+    again, _ = evaluate_reasoning(model, processor, synthetic_dataset, codebook, test, think=False, max_history=4,
+                                  batch_size=6, progress=False)
+    assert {k: again[k] for k in ("recall@10", "ndcg@10")} == {k: empty[k] for k in ("recall@10", "ndcg@10")}

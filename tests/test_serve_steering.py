@@ -1,0 +1,63 @@
+"""Steering parser and constraints (no model), and the transformers backend behind the same interface."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from think_rec.serve.steering import Constraints, Vocabulary, parse
+
+ITEMS = [
+    {"item_id": "a", "brand": "Aria", "categories": ["Toys", "Puzzles"], "price": 54.0},
+    {"item_id": "b", "brand": "Norex", "categories": ["Toys", "Plush"], "price": 20.0},
+    {"item_id": "c", "brand": "Norex", "categories": ["Office", "Pens"], "price": 4.5},
+    {"item_id": "d", "brand": "", "categories": ["Office", "Notebooks"], "price": None},
+]
+VOCAB = Vocabulary(ITEMS)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("not from Aria", {"exclude_brands": ["Aria"]}),
+    ("a puzzle from aria", {"include_brands": ["Aria"], "include_categories": ["Puzzles"]}),
+    ("no pens, but some notebooks under $12.50", {"exclude_categories": ["Pens"],
+                                                  "include_categories": ["Notebooks"], "max_price": 12.5}),
+    ("cheaper, and not from that brand", {"exclude_brands": ["Aria"], "max_price": 36.99}),
+    ("anything but those brands", {"exclude_brands": ["Aria", "Norex"]}),
+    ("I do 3D printing, what filament next?", {}),
+])
+def test_parse(text, expected):
+    got = parse(text, VOCAB, last_items=ITEMS[:2]).as_dict()
+    assert got == {**Constraints().as_dict(), **expected}
+
+
+def test_constraints_accumulate_and_filter():
+    c = Constraints()
+    c.update(parse("show me Norex", VOCAB))
+    assert [it["item_id"] for it in ITEMS if c.allows(it)] == ["b", "c"]
+    c.update(parse("under 10 dollars, no Toys", VOCAB))
+    assert [it["item_id"] for it in ITEMS if c.allows(it)] == ["c"]  # unknown price fails a ceiling
+    c.update(parse("not Norex either", VOCAB))
+    assert c.include_brands == set() and not any(c.allows(it) for it in ITEMS)
+    assert c.describe() == ["not by Norex", "no Toys", "under $10.00"]
+
+
+def test_hf_backend_same_interface(aligned_run):
+    """``--backend hf``: constrained items from the catalog, none of the banned ones, rationale when asked."""
+    from think_rec.data.schema import RecDataset
+    from think_rec.serve.conversation import Conversation, SessionStore
+    from think_rec.serve.engine import EngineConfig, build_engine, run
+
+    dirs, codebook, model_dir = aligned_run
+    ds = RecDataset.load(dirs.data)
+    engine = build_engine("hf", EngineConfig(model_dir, dirs.sids))
+    asyncio.run(engine.start())
+    conv = Conversation(ds, codebook, engine.processor)
+    session, _ = SessionStore().get_or_create(None)
+    session.history = ds.interactions.sequences[0][:5]
+    conv.add_user_message(session, "nothing from Aria please")
+    banned = conv.banned(session)
+    rec = asyncio.run(run(engine, conv.prompt(session), k=6, banned=banned))
+    assert len(rec.items) == 6 and not {i for i, _ in rec.items} & banned and rec.rationale == ""
+    assert all(i in ds.catalog and ds.catalog[i]["brand"] != "Aria" for i, _ in rec.items)
+    thought = asyncio.run(run(engine, conv.prompt(session), k=3, banned=banned, think=True, max_think_tokens=5))
+    assert thought.rationale and len(thought.items) == 3

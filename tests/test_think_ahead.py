@@ -1,0 +1,190 @@
+"""Think-Ahead (``serve.think_ahead``): the offline SQLite store and the online last-level path, on the
+transformers engine with the stage-1 ``aligned_run`` model (one store and one engine per module)."""
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from think_rec.data.schema import RecDataset
+from think_rec.serve.conversation import Conversation, Session
+from think_rec.serve.engine import EngineConfig, build_engine, run
+from think_rec.serve.think_ahead import Thought, ThinkAheadStore, UserState, build_store
+
+USERS = [f"u{i}" for i in range(6)]
+BEAM = 8
+
+
+@pytest.fixture(scope="module")
+def store(aligned_run, tmp_path_factory):
+    """A T=0 store (stage-1 model) for ``USERS``, built in two runs (the second resumes)."""
+    dirs, _, model_dir = aligned_run
+    path = tmp_path_factory.mktemp("think_ahead") / "store.sqlite"
+    assert build_store(model_dir, dirs.data, dirs.sids, path, beam=BEAM, users=USERS[:4], progress=False) == 4
+    assert build_store(model_dir, dirs.data, dirs.sids, path, beam=BEAM, users=USERS, progress=False) == 2
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(aligned_run, store):
+    """``(engine, loop, conversation, dataset)``: a started think_ahead engine wrapping the hf engine."""
+    dirs, codebook, model_dir = aligned_run
+    loop = asyncio.new_event_loop()
+    engine = build_engine("think_ahead", EngineConfig(model_dir, dirs.sids, think_ahead=store,
+                                                      think_ahead_base="hf"))
+    loop.run_until_complete(engine.start())
+    ds = RecDataset.load(dirs.data)
+    yield engine, loop, Conversation(ds, codebook, engine.tok), ds
+    engine.shutdown()
+    loop.close()
+
+
+def _ask(served, history, banned=frozenset(), k=5, think=False, engine=None):
+    """Prompt as the API builds it (history + one user message), run on ``engine`` (default: think_ahead)."""
+    ta, loop, conv, _ = served
+    session = Session("s", history=list(history))
+    conv.add_user_message(session, "What should I get next?")
+    return loop.run_until_complete(run(engine or ta, conv.prompt(session), k=k, banned=set(banned), think=think,
+                                       history=session.history[-conv.max_history:]))
+
+
+def _stored_prefixes(engine, user):
+    return {tuple(p): s for t in engine.store.get(user).thoughts for p, s in t.prefixes}
+
+
+def test_store_round_trips(store, aligned_run, tmp_path):
+    from transformers import AutoTokenizer
+
+    from think_rec.decoding.trie import SIDTrie
+
+    dirs, codebook, model_dir = aligned_run
+    ds = RecDataset.load(dirs.data)
+    histories = dict(zip(ds.interactions.users, ds.interactions.sequences))
+    trie = SIDTrie.from_codebook(codebook, AutoTokenizer.from_pretrained(str(model_dir)))
+    s = ThinkAheadStore(store)
+    assert len(s) == len(USERS) and s.users() == set(USERS) and not s.think
+    assert s.meta["beam"] == BEAM and s.meta["levels"] == codebook.levels and s.meta["history"] == "full"
+    for user in USERS:
+        state = s.get(user)
+        assert state.history == histories[user][-20:] and s.find(state.history).history == state.history
+        (thought,) = state.thoughts
+        assert thought.text == "" and thought.think_ids == []
+        prefixes = [p for p, _ in thought.prefixes]
+        scores = [sc for _, sc in thought.prefixes]
+        assert len(prefixes) == BEAM and len({tuple(p) for p in prefixes}) == BEAM
+        assert all(len(p) == codebook.levels and p[0] == trie.first_token for p in prefixes)  # <|sid_begin|> + L-1
+        assert all(len(trie.allowed(p)) > 0 for p in prefixes)  # trie nodes with last-level children
+        assert scores == sorted(scores, reverse=True) and all(sc <= 0 for sc in scores)
+    assert s.get("nobody") is None and s.find(["0", "1", "2"]) is None
+    s.close()
+
+    state = UserState("x", ["3", "1"], [Thought("cheap tools", [11, 12], [([1, 2, 3], -0.5), ([1, 2, 4], -1.25)]),
+                                        Thought("", [], [([1, 5, 6], -2.0)])])
+    meta = dict(ThinkAheadStore(store).meta, rationales=2)
+    copy = ThinkAheadStore(tmp_path / "copy.sqlite", meta)
+    copy.put(state)
+    copy.commit()
+    copy.close()
+    again = ThinkAheadStore(tmp_path / "copy.sqlite")
+    assert again.get("x") == state and again.find(["3", "1"]) == state and again.think
+
+
+def test_store_bad_input_is_named(store, aligned_run, tmp_path):
+    dirs, _, model_dir = aligned_run
+    with pytest.raises(FileNotFoundError, match="missing.sqlite"):
+        ThinkAheadStore(tmp_path / "missing.sqlite")
+    junk = tmp_path / "junk.sqlite"
+    junk.write_text("not a database, just text " * 100)
+    with pytest.raises(ValueError, match="junk.sqlite.*not a think-ahead store"):
+        ThinkAheadStore(junk)
+    with pytest.raises(ValueError, match="beam=8, not 4"):  # a rerun with other settings
+        build_store(model_dir, dirs.data, dirs.sids, store, beam=4, users=USERS, progress=False)
+    with pytest.raises(ValueError, match="users not in"):
+        build_store(model_dir, dirs.data, dirs.sids, tmp_path / "new.sqlite", users=["nobody"], progress=False)
+    with pytest.raises(ValueError, match="needs a store"):
+        build_engine("think_ahead", EngineConfig(model_dir, dirs.sids))
+
+
+def test_online_items_are_children_of_stored_prefixes(served):
+    engine, _, _, ds = served
+    levels = engine.store.meta["levels"]
+    for user in USERS[:3]:
+        stored = _stored_prefixes(engine, user)
+        hits = engine.stats["think_ahead_hits"]
+        rec = _ask(served, engine.store.get(user).history, k=5)
+        assert engine.stats["think_ahead_hits"] == hits + 1 and rec.rationale == ""
+        ids = [i for i, _ in rec.items]
+        assert len(ids) == 5 == len(set(ids)) and all(i in ds.catalog for i in ids)
+        scores = [s for _, s in rec.items]
+        assert scores == sorted(scores, reverse=True)
+        for item, score in rec.items:
+            prefix = tuple(_tokens(engine, item)[:levels])
+            assert prefix in stored and score <= stored[prefix] + 1e-6  # prefix score + a log-probability
+
+
+def _tokens(engine, item):
+    return engine.tok.convert_tokens_to_ids(engine.trie.codebook.tokens(item))
+
+
+def test_banned_brand_is_honoured(served):
+    engine, _, _, ds = served
+    history = engine.store.get("u1").history
+    first = _ask(served, history, k=3)
+    brand = ds.catalog[first.items[0][0]]["brand"]
+    banned = {i for i in ds.catalog.ids if ds.catalog[i]["brand"] == brand}
+    hits = engine.stats["think_ahead_hits"]
+    rec = _ask(served, history, banned=banned, k=3)
+    assert engine.stats["think_ahead_hits"] == hits + 1  # still served from the stored prefixes
+    assert len(rec.items) == 3 and all(ds.catalog[i]["brand"] != brand for i, _ in rec.items)
+    stored = _stored_prefixes(engine, "u1")
+    levels = engine.store.meta["levels"]
+    assert all(tuple(_tokens(engine, i)[:levels]) in stored for i, _ in rec.items)
+
+
+def test_fallbacks_decode_online(served):
+    engine, _, _, ds = served
+    history = engine.store.get("u2").history
+
+    def falls_back(**kw):
+        before = engine.stats["think_ahead_fallbacks"]
+        rec = _ask(served, **kw)
+        assert engine.stats["think_ahead_fallbacks"] == before + 1, kw
+        return rec
+
+    unknown = ["0", "1", "2"]  # no stored state for this history: full online decoding by the hf engine
+    rec = falls_back(history=unknown)
+    assert rec.items == _ask(served, unknown, engine=engine.base).items and len(rec.items) == 5
+    falls_back(history=history[:-1] + [next(i for i in ds.catalog.ids if i != history[-1])])  # history changed
+    assert falls_back(history=history, think=True, k=2).rationale  # the store holds no rationales (T=0)
+    under = {engine.trie.item_of[s] for s in engine.trie.item_of
+             if tuple(s[:engine.store.meta["levels"]]) in _stored_prefixes(engine, "u2")}
+    rec = falls_back(history=history, banned=under)  # constraints remove every stored prefix
+    assert len(rec.items) == 5 and not {i for i, _ in rec.items} & under
+
+
+def test_rationales_are_stored_and_replayed(aligned_run, tmp_path):
+    """T=2 sampled rationales: both stored; a thinking request replays the first and merges both beams."""
+    dirs, _, model_dir = aligned_run
+    path = tmp_path / "think.sqlite"
+    assert build_store(model_dir, dirs.data, dirs.sids, path, rationales=2, beam=6, max_think_tokens=4,
+                       users=["u7"], progress=False) == 1
+    state = ThinkAheadStore(path).get("u7")
+    assert len(state.thoughts) == 2 and all(len(t.think_ids) <= 4 and len(t.prefixes) == 6 for t in state.thoughts)
+    assert any(t.think_ids for t in state.thoughts)
+    loop = asyncio.new_event_loop()
+    engine = build_engine("think_ahead", EngineConfig(model_dir, dirs.sids, think_ahead=path, think_ahead_base="hf"))
+    try:
+        loop.run_until_complete(engine.start())
+        ds = RecDataset.load(dirs.data)
+        conv = Conversation(ds, engine.trie.codebook, engine.tok)
+        served = (engine, loop, conv, ds)
+        rec = _ask(served, state.history, k=4, think=True)
+        assert engine.stats == {"think_ahead_hits": 1, "think_ahead_fallbacks": 0}
+        assert rec.rationale == state.thoughts[0].text and len(rec.items) == 4
+        assert all(i in ds.catalog and s <= 0 and not math.isnan(s) for i, s in rec.items)
+        _ask(served, state.history, k=4, think=False)  # a thinking store cannot answer a non-thinking request
+        assert engine.stats["think_ahead_fallbacks"] == 1
+    finally:
+        engine.shutdown()
+        loop.close()
