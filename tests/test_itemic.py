@@ -1,6 +1,5 @@
 """Itemic tokenizer: quantisers, collision resolution, encoders and the build pipeline."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from think_rec.itemic.fusion import fuse
 from think_rec.itemic.rq_kmeans import Quantized, rq_kmeans
 from think_rec.itemic.rq_vae import rq_vae
 
-BEAUTY = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon14-beauty" / "sequential_data.txt"
 
 
 def clustered(n=600, dim=16, top=6, sub=4, seed=0):
@@ -106,8 +104,8 @@ def test_fusion_weights_and_keeps_missing_modality_zero():
         fuse({"text": np.ones((1, 2))}, {"image": 1.0})
 
 
-def test_behaviour_sids_on_beauty_cover_every_item(tmp_path):
-    lines = BEAUTY.read_text().splitlines()[:3000]
+def test_behaviour_sids_on_beauty_cover_every_item(shared_data, tmp_path):
+    lines = (shared_data / "amazon14-beauty" / "sequential_data.txt").read_text().splitlines()[:3000]
     seqs = [line.split()[1:] for line in lines]
     items = sorted({i for s in seqs for i in s}, key=int)
     data = RecDataset("beauty-subset", Catalog.from_rows({"item_id": i} for i in items),
