@@ -12,7 +12,6 @@ import json
 import time
 from pathlib import Path
 
-from peft import PeftModel
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer, TrlParser
@@ -20,7 +19,7 @@ from trl import SFTTrainer, TrlParser
 from think_rec.data.schema import RecDataset
 from think_rec.data.split import leave_one_out
 from think_rec.itemic.codebook import SIDCodebook
-from think_rec.model.adapters import apply_lora, merge_and_save, warmup_only
+from think_rec.model.adapters import make_trainable, merge_and_save, warmup_only
 from think_rec.model.itemic_tokens import add_sid_tokens
 from think_rec.model.loading import load_model
 
@@ -59,12 +58,8 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     if any(t not in known for t in vocab):
         add_sid_tokens(model, processor, codebook, dict(zip(data.catalog.ids, data.catalog.items["title"])))
     new_ids = tokenizer.convert_tokens_to_ids(vocab)
-    if phase == "warmup":
-        model = warmup_only(model, new_ids)
-    elif config.lora_r > 0:
-        model = apply_lora(model, new_ids, r=config.lora_r, alpha=config.lora_alpha)
-    else:  # full fine-tuning, for models trained from scratch (the tiny preset)
-        model.requires_grad_(True)
+    model = warmup_only(model, new_ids) if phase == "warmup" else make_trainable(
+        model, new_ids, r=config.lora_r, alpha=config.lora_alpha)
     split = leave_one_out(data.interactions, max_history=config.max_history)
     mix = (config.warmup_task_mix if phase == "warmup" else None) or config.task_mix or PAPER_MIX
     train = build_align_dataset(data, codebook, split, mix, config.num_examples, seed=config.seed,
@@ -79,11 +74,7 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
         return merged  # nothing new was trained since the last merge
     if trainer.is_world_process_zero():
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        if isinstance(trainer.model, PeftModel):
-            merge_and_save(trainer.model, processor, merged)
-        else:
-            trainer.save_model(str(merged))
-            processor.save_pretrained(merged)
+        merge_and_save(trainer.model, processor, merged)
     trainer.accelerator.wait_for_everyone()
     return merged
 

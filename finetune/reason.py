@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer, TrlParser
 
@@ -22,7 +21,7 @@ from think_rec.data.schema import RecDataset
 from think_rec.data.split import leave_one_out
 from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN
 from think_rec.itemic.codebook import SIDCodebook
-from think_rec.model.adapters import apply_lora, merge_and_save
+from think_rec.model.adapters import make_trainable, merge_and_save
 from think_rec.model.loading import load_model
 
 from .align import TimeBudget, _checkpoint_step
@@ -92,7 +91,8 @@ def train_reason(config: ReasonConfig) -> Path:
     codebook = SIDCodebook.load(config.sids_dir)
     model, processor = load_model(config.model, gradient_checkpointing=config.gradient_checkpointing)
     tokenizer = getattr(processor, "tokenizer", processor)
-    missing = [t for t in [*codebook.vocabulary(), THINK_OPEN, THINK_CLOSE] if t not in tokenizer.get_vocab()]
+    known = tokenizer.get_vocab()
+    missing = [t for t in [*codebook.vocabulary(), THINK_OPEN, THINK_CLOSE] if t not in known]
     if missing:
         raise ValueError(f"{config.model}: the tokenizer lacks {missing[0]!r}; train stage 1 (think-rec train "
                          "align) on this codebook first")
@@ -101,10 +101,7 @@ def train_reason(config: ReasonConfig) -> Path:
     item_ids = tokenizer.convert_tokens_to_ids(codebook.vocabulary())
     think = tokenizer.convert_tokens_to_ids([THINK_OPEN, THINK_CLOSE])
     model.train()
-    if config.lora_r > 0:
-        model = apply_lora(model, item_ids + think, r=config.lora_r, alpha=config.lora_alpha)
-    else:  # full fine-tuning, for models trained from scratch (the tiny preset)
-        model.requires_grad_(True)
+    model = make_trainable(model, item_ids + think, r=config.lora_r, alpha=config.lora_alpha)
     compact_fused_lm_head_on_cpu()
     deadline = None if config.time_budget_minutes is None else time.monotonic() + 60 * config.time_budget_minutes
     trainer = ReasonTrainer(model=model, args=config, train_dataset=train, processing_class=processor,
@@ -117,11 +114,7 @@ def train_reason(config: ReasonConfig) -> Path:
     if trainer.is_world_process_zero():
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         (out / "reason_stats.json").write_text(json.dumps({**stats, "steps": trainer.state.global_step}, indent=1))
-        if isinstance(trainer.model, PeftModel):
-            merge_and_save(trainer.model, processor, final)
-        else:
-            trainer.save_model(str(final))
-            processor.save_pretrained(final)
+        merge_and_save(trainer.model, processor, final)
     trainer.accelerator.wait_for_everyone()
     return final
 

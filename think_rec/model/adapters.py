@@ -32,6 +32,13 @@ def apply_lora(model, new_token_ids: list[int], *, r: int = 16, alpha: int = 32,
     return get_peft_model(model, config)
 
 
+def make_trainable(model, new_token_ids: list[int], *, r: int, alpha: int):
+    """``apply_lora`` when ``r > 0``; with ``r == 0`` every weight trains (a model trained from scratch)."""
+    if r > 0:
+        return apply_lora(model, new_token_ids, r=r, alpha=alpha)
+    return model.requires_grad_(True)
+
+
 def warmup_only(model, new_token_ids: list[int]) -> PeftModel:
     """Only the new token rows (embed_tokens and lm_head) train; everything else is frozen.
 
@@ -66,10 +73,11 @@ def load_adapter(base_dir: str | Path, adapter_dir: str | Path, *, is_trainable:
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable), processor
 
 
-def merge_and_save(model: PeftModel, processor, out_dir: str | Path) -> Path:
-    """Merge LoRA/token rows into the base (in place) and save a plain checkpoint + processor."""
+def merge_and_save(model, processor, out_dir: str | Path) -> Path:
+    """Merge LoRA/token rows into the base (in place; a plain model is saved as it is) and save a plain
+    checkpoint + processor."""
     out = Path(out_dir)
-    merged = model.merge_and_unload()
+    merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
     merged.save_pretrained(out)
     processor.save_pretrained(out)
     return out
