@@ -60,7 +60,7 @@ def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: in
     dirs, data, codebook = prepare_run(dataset, work_dir, codebook_size, seed)
     stage1_reused = (dirs.align / "final" / "config.json").exists()
     if not stage1_reused:
-        train_align(align_config(dirs, budget_minutes, max_history, seed))
+        train_align(align_config(dirs, budget_minutes, seed, max_history=max_history))
     probe = None
     if not rejection_top_n and probe_examples:  # what the rank check would accept, on a few examples
         probe = rank_check_probe(dirs, data, codebook, max_history, probe_examples, seed)

@@ -1,6 +1,6 @@
-"""``think-rec bench rec``: think_rec (tiny preset, stage 1) vs SASRec vs popularity, one run, one budget.
+"""``think-rec bench rec``: think_rec (tiny preset, stage 1) vs Markov, SASRec (BCE, CE) and popularity.
 
-Both trained systems get the same wall-clock training budget; all are scored on the same test users
+Every trained system gets the same wall-clock training budget; all are scored on the same test users
 (leave-one-out, full-catalog ranking). Model selection uses the valid split only.
 """
 from __future__ import annotations
@@ -11,12 +11,13 @@ from pathlib import Path
 from think_rec.data.schema import RecDataset
 from think_rec.data.split import leave_one_out
 from think_rec.finetune.align import train_align
-from think_rec.finetune.config import AlignConfig
+from think_rec.finetune.config import AlignConfig, load_align_config
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.pipeline import RunDirs, ensure_data, ensure_sids, ensure_tiny
 
-from .evaluate import sample_users
-from .rec import METRICS, evaluate_systems
+from .evaluate import has_repeats, sample_users, split_sequences
+from .markov import MarkovModel
+from .rec import METRICS, baseline_rows, think_rec_rows
 from .report import write_report
 
 DATASETS = {
@@ -27,15 +28,14 @@ DATASETS = {
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def align_config(dirs: RunDirs, budget_minutes: float, max_history: int, seed: int = 0,
-                 num_examples: int | None = None) -> AlignConfig:
-    """The tiny-preset stage-1 recipe used by the benchmark and the quickstart."""
-    return AlignConfig(output_dir=str(dirs.align), model=str(dirs.tiny), data_dir=str(dirs.data),
-                       sids_dir=str(dirs.sids), max_history=max_history, with_images=True, max_images=2,
-                       warmup_learning_rate=5e-3, learning_rate=3e-3, lr_scheduler_type="constant",
-                       per_device_train_batch_size=32, lora_r=16, lora_alpha=32, num_train_epochs=1,
-                       warmup_budget_fraction=0.2, time_budget_minutes=budget_minutes, save_steps=50,
-                       logging_steps=10, max_length=1024, num_examples=num_examples, seed=seed)
+RECIPE = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "rec_tiny.yaml"
+
+
+def align_config(dirs: RunDirs, budget_minutes: float, seed: int = 0, recipe: str | Path = RECIPE,
+                 **overrides) -> AlignConfig:
+    """The tiny-preset stage-1 recipe (``finetune/configs/rec_tiny.yaml``) pointed at ``dirs``."""
+    return load_align_config(recipe, output_dir=str(dirs.align), model=str(dirs.tiny), data_dir=str(dirs.data),
+                             sids_dir=str(dirs.sids), time_budget_minutes=budget_minutes, seed=seed, **overrides)
 
 
 def prepare_run(dataset: str, work_dir: str | Path, codebook_size: int = 256,
@@ -49,25 +49,29 @@ def prepare_run(dataset: str, work_dir: str | Path, codebook_size: int = 256,
     return dirs, data, codebook
 
 
-def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: int | None = 1000,
-        max_history: int = 10, work_dir: str | Path = "runs/bench-rec", out_dir: str | Path = "eval/results",
-        codebook_size: int = 256, seed: int = 0, num_examples: int | None = 12000) -> dict:
-    """Prepare, build SIDs, train both systems within ``budget_minutes`` each, evaluate, write the report.
+def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: int | None = None,
+        work_dir: str | Path = "runs/bench-rec", out_dir: str | Path = "eval/results", codebook_size: int = 256,
+        seed: int = 0, valid_users: int | None = 2000, recipe: str | Path = RECIPE, **overrides) -> dict:
+    """Prepare, build SIDs, train think_rec and the SASRecs within ``budget_minutes`` each, score every system
+    on the same test users (all by default), write ``out_dir/DATASET.{json,md,png}``.
 
-    ``num_examples`` caps the stage-1 examples per phase (None: every training example once). TRL
-    tokenizes a phase's whole dataset before its first step, inside the budget: ~2 minutes for
-    Scientific's 50k examples, so the default is about what 8 CPU minutes can train."""
+    History exclusion is on when no user sequence repeats an item (stated in the result)."""
     dirs, data, codebook = prepare_run(dataset, work_dir, codebook_size, seed)
-    split = leave_one_out(data.interactions)  # SASRec's standard 50; think_rec prompts keep the last max_history
+    config = align_config(dirs, budget_minutes, seed, recipe, **overrides)
+    split = leave_one_out(data.interactions, max_history=config.sequence_max_items - 1)
+    exclude = not has_repeats(split_sequences(split))
     start = time.perf_counter()
-    model_dir = train_align(align_config(dirs, budget_minutes, max_history, seed, num_examples))
+    model_dir = train_align(config)
     train_seconds = time.perf_counter() - start
     test = sample_users(split.test, eval_users, seed)
     scored = type(split)(split.train, split.valid, test, split.max_history)
-    rows = evaluate_systems(model_dir, data, codebook, scored, think_rec_train_seconds=train_seconds,
-                            budget_seconds=60 * budget_minutes, max_history=max_history)
-    payload = {"benchmark": "rec", "dataset": dataset, "budget_minutes": budget_minutes, "num_examples": num_examples,
-               "eval_users": len(test), "max_history": max_history, "codebook": codebook.stats(),
-               "rows": rows}
+    markov = MarkovModel(split.train["item_ids"])
+    rows = think_rec_rows(model_dir, data, codebook, scored, markov, train_seconds=train_seconds,
+                          max_history=config.max_history, stream_history=config.sequence_max_items - 1,
+                          exclude_history=exclude, valid_users=valid_users, seed=seed)
+    rows += baseline_rows(data, scored, markov, budget_seconds=60 * budget_minutes, exclude_history=exclude)
+    payload = {"benchmark": "rec", "dataset": dataset, "budget_minutes": budget_minutes, "eval_users": len(test),
+               "exclude_history": exclude, "num_beams": 30, "recipe": str(Path(recipe).name),
+               "max_history": config.max_history, "codebook": codebook.stats(), "rows": rows}
     write_report(dataset, payload, out_dir, metric_keys=METRICS)
     return payload

@@ -1,13 +1,17 @@
 """``evaluate_ranker``: one protocol for think_rec, SASRec and popularity.
 
-Full-catalog ranking, leave-one-out. ``EXCLUDE_HISTORY`` (default False) is the single switch
-for whether items already in a user's history may be recommended; every ranker here reads it,
-so all systems are compared under the same rule (the target may legitimately be a repeat).
+Full-catalog ranking, leave-one-out. Whether items already in a user's history may be recommended
+is an explicit ``exclude_history`` option of every ranker (``top_k_from_scores``, ``generative_ranker``,
+``popularity_ranker``, ``sasrec_ranker``/``train_sasrec``, ``markov_ranker``); pass the same value to all
+systems of one comparison. Choose it from the data: a dataset where nobody interacts with an item twice
+(Amazon reviews) should exclude, one with repeats should not (the target may legitimately be a repeat)::
+
+    exclude_history = not has_repeats(split_sequences(split))
 """
 from __future__ import annotations
 
 import random
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import datasets
 import torch
@@ -17,21 +21,42 @@ from think_rec.data.schema import column
 
 from .metrics import aggregate
 
-EXCLUDE_HISTORY = False
 RankFn = Callable[[list[list[str]]], list[list[str]]]
 
 
+def has_repeats(sequences: Iterable[Sequence[str]]) -> bool:
+    """True when some sequence holds an item twice (then history items must stay recommendable)."""
+    for seq in sequences:
+        seq = list(seq)
+        if len(set(seq)) < len(seq):
+            return True
+    return False
+
+
+def split_sequences(split) -> list[list[str]]:
+    """Each user's whole sequence from a ``LeaveOneOut`` split: the train items, then the valid and test
+    targets (matched by user id; train sequences of users without valid/test rows come back as they are)."""
+    valid = dict(zip(column(split.valid, "user_id"), column(split.valid, "target")))
+    test = dict(zip(column(split.test, "user_id"), column(split.test, "target")))
+    return [list(seq) + [t[u] for t in (valid, test) if u in t]
+            for u, seq in zip(column(split.train, "user_id"), column(split.train, "item_ids"))]
+
+
 def top_k_from_scores(scores: torch.Tensor, item_ids: Sequence[str], histories: Sequence[Sequence[str]],
-                      k: int, exclude_history: bool = EXCLUDE_HISTORY) -> list[list[str]]:
-    """Top-``k`` item ids per row of ``scores`` (users x items, columns in ``item_ids`` order)."""
+                      k: int, exclude_history: bool = False) -> list[list[str]]:
+    """Top-``k`` item ids per row of ``scores`` (users x items, columns in ``item_ids`` order); with
+    ``exclude_history`` no row returns an item of its ``histories`` row."""
     scores = scores.float().clone()
     if exclude_history:
         index = {item: i for i, item in enumerate(item_ids)}
         for row, hist in enumerate(histories):
             cols = [index[i] for i in hist if i in index]
             scores[row, cols] = float("-inf")
-    top = scores.topk(min(k, scores.shape[1]), dim=1).indices.tolist()
-    return [[item_ids[j] for j in row] for row in top]
+    values, top = scores.topk(min(k, scores.shape[1]), dim=1)
+    if not exclude_history:
+        return [[item_ids[j] for j in row] for row in top.tolist()]
+    keep = (values > float("-inf")).tolist()  # fewer than k items left outside the history
+    return [[item_ids[j] for j, ok in zip(row, oks) if ok] for row, oks in zip(top.tolist(), keep)]
 
 
 def evaluate_ranker(rank_fn: RankFn, examples: datasets.Dataset, ks: Sequence[int] = (5, 10),
@@ -56,8 +81,9 @@ def sample_users(examples: datasets.Dataset, n: int | None, seed: int = 0) -> da
 
 
 def generative_ranker(model, tokenizer, trie, make_prompt: Callable[[list[str]], str], k: int = 10,
-                      num_beams: int | None = None, exclude_history: bool = EXCLUDE_HISTORY) -> RankFn:
-    """A ``rank_fn`` for think_rec: prompts from histories, constrained beam search over the trie."""
+                      num_beams: int | None = None, exclude_history: bool = False) -> RankFn:
+    """A ``rank_fn`` for think_rec: prompts from histories, constrained beam search over the trie;
+    ``exclude_history`` keeps each user's history items out of the beams."""
     from think_rec.decoding import recommend
 
     def rank(histories: list[list[str]]) -> list[list[str]]:

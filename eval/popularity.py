@@ -4,12 +4,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import Iterable, Sequence
 
-from .evaluate import EXCLUDE_HISTORY, RankFn
+from .evaluate import RankFn
 
 
 def popularity_ranker(train_sequences: Iterable[Sequence[str]], k: int = 10,
-                      exclude_history: bool = EXCLUDE_HISTORY) -> RankFn:
-    """``rank_fn`` returning the ``k`` most frequent training items (ties by first appearance)."""
+                      exclude_history: bool = False) -> RankFn:
+    """``rank_fn`` returning the ``k`` most frequent training items (ties by first appearance);
+    ``exclude_history`` skips each user's history items."""
     counts = Counter(i for seq in train_sequences for i in seq)
     order = [item for item, _ in counts.most_common()]
 

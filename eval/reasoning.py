@@ -22,7 +22,6 @@ from think_rec.finetune.rationale_filters import consistency, grounding, leakage
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.prompts import render_recommend_prompt
 
-from .evaluate import EXCLUDE_HISTORY
 from .metrics import aggregate
 
 QUALITY = ("grounding", "consistency", "leakage", "mean_length")
@@ -48,7 +47,7 @@ def rationale_quality(results: Sequence[ThinkResult], histories: Sequence[Sequen
 def evaluate_reasoning(model, processor, dataset: RecDataset, codebook: SIDCodebook, examples: datasets.Dataset, *,
                        think: bool = True, max_history: int = 20, k: int = 10, num_beams: int | None = None,
                        batch_size: int = 16, max_think_tokens: int = 96, num_rationales: int = 1,
-                       do_sample: bool = False, progress: bool = True,
+                       do_sample: bool = False, progress: bool = True, exclude_history: bool = False,
                        desc: str = "reasoning") -> tuple[dict[str, Any], list[ThinkResult]]:
     """Ranking metrics + ``QUALITY`` of ``think_then_recommend`` on ``examples`` (history, target); with
     ``think=False`` the think is empty. Returns ``(metrics, results)``."""
@@ -64,7 +63,7 @@ def evaluate_reasoning(model, processor, dataset: RecDataset, codebook: SIDCodeb
         results += think_then_recommend(model, processor, prompts, trie, k=k, num_beams=num_beams,
                                         num_rationales=num_rationales if think else 1, do_sample=do_sample and think,
                                         max_think_tokens=max_think_tokens if think else 0,
-                                        exclude=[set(h) for h in batch] if EXCLUDE_HISTORY else None)
+                                        exclude=[set(h) for h in batch] if exclude_history else None)
     rankings = [[i for i, _ in r.items] for r in results]
     metrics = {**aggregate(rankings, targets, (5, 10)), **rationale_quality(results, histories, targets, items),
                "users": len(targets), "eval_seconds": round(time.perf_counter() - start, 1)}

@@ -1,18 +1,25 @@
-"""Stage 1, itemic alignment: token warm-up, then multi-task integration, each an ``SFTTrainer`` run.
+"""Stage 1, itemic alignment: phases (token warm-up, itemic sequence pre-training, multi-task chat), each an
+``SFTTrainer`` run.
 
-    python -m think_rec.finetune.align --config finetune/configs/align_tiny.yaml
+    python -m think_rec.finetune.align --config finetune/configs/rec_tiny.yaml
     accelerate launch -m think_rec.finetune.align --config finetune/configs/align_multitask.yaml
 
 Each phase writes ``output_dir/<phase>/`` (checkpoints, ``log_history.json``) and resumes from its last
-checkpoint when rerun; ``warmup/merged/`` feeds the next phase and the last one merges into ``output_dir/final``.
+checkpoint when rerun; ``<phase>/merged/`` feeds the next phase and the last one merges into ``output_dir/final``.
+With ``select_every_steps`` each phase keeps its best weights by valid NDCG@10 (``<phase>/selection.json``).
 """
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
+from typing import Callable
 
-from transformers import TrainerCallback
+import datasets
+import torch
+
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer, TrlParser
 
@@ -23,9 +30,14 @@ from think_rec.model.adapters import make_trainable, merge_and_save, warmup_only
 from think_rec.model.itemic_tokens import add_sid_tokens
 from think_rec.model.loading import load_model
 
+from think_rec.decoding.trie import SIDTrie
+from think_rec.prompts import render_recommend_prompt
+
 from .align_data import PAPER_MIX, build_align_dataset
 from .config import AlignConfig
 from .cpu_patches import compact_fused_lm_head_on_cpu
+from .selection import ValidSelection
+from .sequence_data import build_sequence_dataset, item_token_ids, sid_stream
 
 
 class TimeBudget(TrainerCallback):
@@ -41,8 +53,64 @@ class TimeBudget(TrainerCallback):
         return control
 
 
+class SequenceTrainer(SFTTrainer):
+    """``SFTTrainer`` for packed SID streams. Nearly every position is labelled, so TRL's fused LM-head path
+    (built for sparse labels, plus per-token metrics) only adds work; the loss is the causal-LM cross-entropy,
+    over the whole vocabulary or, with ``sid_token_ids``, a softmax over the SID tokens alone (every label is
+    one: the output head then costs a fraction of the full one). The forward runs without a KV cache:
+    transformers finds the packed sequences' boundaries in ``position_ids`` only then."""
+
+    def __init__(self, *args, sid_token_ids: list[int] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sid_token_ids = torch.tensor(sorted(sid_token_ids)) if sid_token_ids else None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = {**inputs, "use_cache": False}
+        if self.sid_token_ids is None:
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")[:, 1:]
+        outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
+        keep = labels != -100
+        hidden = outputs.hidden_states[-1][:, :-1][keep]
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        ids = self.sid_token_ids.to(hidden.device)
+        logits = hidden @ head.weight[ids].T + (head.bias[ids] if head.bias is not None else 0)
+        column = torch.searchsorted(ids, labels[keep])
+        loss = torch.nn.functional.cross_entropy(logits.float(), column, reduction="sum")
+        loss = loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum())
+        return (loss, outputs) if return_outputs else loss
+
+
 def _checkpoint_step(path: str | None) -> int:
     return int(Path(path).name.split("-")[-1]) if path else 0
+
+
+def phase_prompt(phase: str, data: RecDataset, codebook: SIDCodebook, processor,
+                 max_history: int) -> Callable[[list[str]], list[int]]:
+    """History -> prompt token ids in the phase's format: the bare SID stream or the served chat prompt."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if phase == "sequence":
+        ids = item_token_ids(codebook, tokenizer)
+        return lambda history: sid_stream(history[-max_history:], ids)
+    items = data.catalog.by_id
+    return lambda history: tokenizer(render_recommend_prompt(history[-max_history:], items, codebook, processor,
+                                                             with_images=False).text)["input_ids"]
+
+
+def _selection(config: AlignConfig, phase: str, split, data: RecDataset, codebook: SIDCodebook, processor,
+               out: Path) -> list[ValidSelection]:
+    if not config.select_every_steps or phase == "warmup":
+        return []
+    valid = split.valid
+    if config.select_users < len(valid):
+        valid = valid.select(sorted(random.Random(config.seed).sample(range(len(valid)), config.select_users)))
+    history_len = config.sequence_max_items - 1 if phase == "sequence" else config.max_history
+    out.mkdir(parents=True, exist_ok=True)
+    return [ValidSelection(processor, SIDTrie.from_codebook(codebook, processor),
+                           phase_prompt(phase, data, codebook, processor, history_len), valid["history"],
+                           valid["target"], config.select_every_steps, num_beams=config.select_num_beams,
+                           exclude_history=config.exclude_history, patience=config.select_patience,
+                           log_path=out / "selection.json")]
 
 
 def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, data: RecDataset,
@@ -60,14 +128,23 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     new_ids = tokenizer.convert_tokens_to_ids(vocab)
     model = warmup_only(model, new_ids) if phase == "warmup" else make_trainable(
         model, new_ids, r=config.lora_r, alpha=config.lora_alpha)
-    split = leave_one_out(data.interactions, max_history=config.max_history)
-    mix = (config.warmup_task_mix if phase == "warmup" else None) or config.task_mix or PAPER_MIX
-    train = build_align_dataset(data, codebook, split, mix, config.num_examples, seed=config.seed,
-                                with_images=config.with_images, max_images=config.max_images,
-                                image_root=config.data_dir)
+    if phase == "sequence":
+        split = leave_one_out(data.interactions, max_history=config.sequence_max_items - 1)
+        train = build_sequence_dataset(split, item_token_ids(codebook, tokenizer), config.sequence_max_items)
+    else:
+        split = leave_one_out(data.interactions, max_history=config.max_history)
+        mix = (config.warmup_task_mix if phase == "warmup" else None) or config.task_mix or PAPER_MIX
+        train = build_align_dataset(data, codebook, split, mix, config.num_examples, seed=config.seed,
+                                    with_images=config.with_images, max_images=config.max_images,
+                                    image_root=config.data_dir)
     compact_fused_lm_head_on_cpu()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                         callbacks=[TimeBudget(deadline)])
+    callbacks = [TimeBudget(deadline), *_selection(config, phase, split, data, codebook, processor, out)]
+    if phase == "sequence":
+        trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
+                                  callbacks=callbacks, sid_token_ids=new_ids if config.sequence_sid_softmax else None)
+    else:
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
+                             callbacks=callbacks)
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     trainer.train(resume_from_checkpoint=last)
     if trainer.state.global_step == _checkpoint_step(last) and (merged / "config.json").exists():
@@ -84,15 +161,18 @@ def train_align(config: AlignConfig) -> Path:
     for name in ("model", "data_dir", "sids_dir"):
         if not getattr(config, name):
             raise ValueError(f"AlignConfig.{name} is required")
+    if config.disable_tqdm:  # also the per-phase tokenising / packing bars of `datasets`
+        datasets.disable_progress_bars()
     data = RecDataset.load(config.data_dir)
     codebook = SIDCodebook.load(config.sids_dir)
     start = time.monotonic()
     budget = None if config.time_budget_minutes is None else 60 * config.time_budget_minutes
-    phases = ["warmup", "multitask"] if config.phase == "both" else [config.phase]
+    phases = config.phases
     base: str | Path = config.model
+    spent = 0.0
     for phase in phases:
-        share = config.warmup_budget_fraction if phase == "warmup" and len(phases) == 2 else 1.0
-        deadline = None if budget is None else start + share * budget
+        spent += config.budget_share(phase)
+        deadline = None if budget is None else start + spent * budget
         merged = Path(config.output_dir) / ("final" if phase == phases[-1] else f"{phase}/merged")
         base = run_phase(config, phase, base, merged, data, codebook, deadline)
     return Path(base)

@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from trl import SFTConfig
 
-PHASES = ("warmup", "multitask", "both")
+PHASES = ("warmup", "sequence", "multitask")
+ALIASES = {"both": "warmup,multitask"}
 
 
-def _mix(value: dict | str | None, name: str) -> dict[str, float] | None:
+def _mapping(value: dict | str | None, name: str) -> dict | None:
     if value is None or isinstance(value, dict):
         return value
     try:
@@ -23,16 +25,38 @@ def _mix(value: dict | str | None, name: str) -> dict[str, float] | None:
 
 @dataclass
 class AlignConfig(SFTConfig):
-    """Itemic alignment: token warm-up (new SID rows only), then multi-task LoRA integration.
+    """Itemic alignment, as a list of phases run in order, each from the previous one's merged weights:
 
-    ``max_steps``/``num_train_epochs``/``learning_rate`` drive the multi-task phase; the warm-up
-    has its own ``warmup_*`` values (``-1``/``None`` = same as multi-task).
+    - ``warmup``: only the new SID rows of embed_tokens/lm_head train (pretrained bases);
+    - ``sequence``: itemic sequence pre-training, each user's training sequence as a bare SID stream with
+      loss on every item after the first, packed without padding (``finetune/sequence_data.py``);
+    - ``multitask``: the chat tasks of ``task_mix`` (the served prompt is the ``sequential`` task).
+
+    ``max_steps``/``num_train_epochs``/``learning_rate`` etc. drive every phase; ``phase_overrides`` changes
+    any ``SFTConfig`` field for one phase, and the warm-up has its own ``warmup_*`` values (``-1``/``None`` =
+    same as the others). ``select_every_steps`` > 0 turns on model selection on valid NDCG@10.
     """
 
     model: str = field(default="", metadata={"help": "Base model: folder, hub id or think_rec preset name."})
     data_dir: str = field(default="", metadata={"help": "Prepared RecDataset folder."})
     sids_dir: str = field(default="", metadata={"help": "Folder holding sid_meta.json."})
-    phase: str = field(default="both", metadata={"help": "warmup | multitask | both"})
+    phase: str = field(default="both", metadata={
+        "help": "Comma-separated phases among warmup, sequence, multitask ('both' = warmup,multitask)."})
+    phase_overrides: dict | str | None = field(default=None, metadata={
+        "help": "Per-phase SFTConfig fields, e.g. {sequence: {learning_rate: 3.0e-3, num_train_epochs: 30}}."})
+    phase_budget: dict | str | None = field(default=None, metadata={
+        "help": "Share of time_budget_minutes per phase, e.g. {sequence: 0.8, multitask: 0.2} (default: equal)."})
+    sequence_max_items: int = field(default=50, metadata={"help": "Items per sequence pre-training window."})
+    sequence_sid_softmax: bool = field(default=True, metadata={
+        "help": "Sequence phase: softmax over the SID tokens only (every label is one; a much cheaper head)."})
+    select_every_steps: int = field(default=0, metadata={
+        "help": "Valid NDCG@10 every N steps; the best weights of each phase are kept (0: off)."})
+    select_users: int = field(default=500, metadata={"help": "Seeded sample of valid users for model selection."})
+    select_num_beams: int = field(default=20, metadata={"help": "Beam width of the model-selection search."})
+    select_patience: int = field(default=0, metadata={
+        "help": "Stop a phase after this many evaluations without a better valid score (0: never)."})
+    exclude_history: bool = field(default=True, metadata={
+        "help": "Model selection never recommends items already in the history."})
     task_mix: dict | str | None = field(default=None, metadata={
         "help": "Task fractions, e.g. {persona: 0.24, sequential: 0.66, captioning: 0.05, general: 0.05}."})
     warmup_task_mix: dict | str | None = field(default=None, metadata={"help": "Warm-up mix (default: task_mix)."})
@@ -48,7 +72,6 @@ class AlignConfig(SFTConfig):
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     quantization: str | None = field(default=None, metadata={"help": "None | 4bit | 8bit (QLoRA)."})
     time_budget_minutes: float | None = field(default=None, metadata={"help": "Stop (and checkpoint) when spent."})
-    warmup_budget_fraction: float = field(default=0.25, metadata={"help": "Share of the budget for warm-up."})
 
     # SFTConfig defaults changed for this stage
     assistant_only_loss: bool = True
@@ -60,24 +83,60 @@ class AlignConfig(SFTConfig):
     max_length: int | None = 2048
 
     def __post_init__(self) -> None:
-        if self.phase not in PHASES:
-            raise ValueError(f"phase: expected one of {PHASES}, got {self.phase!r}")
+        unknown = [p for p in self.phases if p not in PHASES]
+        if unknown or not self.phases:
+            raise ValueError(f"phase: expected a comma-separated list of {PHASES}, got {self.phase!r}")
         if self.quantization not in (None, "4bit", "8bit"):
             raise ValueError(f"quantization: expected None, '4bit' or '8bit', got {self.quantization!r}")
-        self.task_mix = _mix(self.task_mix, "task_mix")
-        self.warmup_task_mix = _mix(self.warmup_task_mix, "warmup_task_mix")
+        self.task_mix = _mapping(self.task_mix, "task_mix")
+        self.warmup_task_mix = _mapping(self.warmup_task_mix, "warmup_task_mix")
+        self.phase_overrides = _mapping(self.phase_overrides, "phase_overrides") or {}
+        self.phase_budget = _mapping(self.phase_budget, "phase_budget")
+        for name in (*self.phase_overrides, *(self.phase_budget or {})):
+            if name not in PHASES:
+                raise ValueError(f"phase_overrides/phase_budget: {name!r} is not a phase; phases: {PHASES}")
+        sft_fields = {f.name for f in fields(SFTConfig) if f.init}
+        for name, overrides in self.phase_overrides.items():
+            bad = set(overrides) - sft_fields
+            if bad:
+                raise ValueError(f"phase_overrides.{name}: {sorted(bad)[0]!r} is not an SFTConfig field")
         if not torch.cuda.is_available():
             self.use_cpu, self.bf16, self.fp16 = True, False, False
         super().__post_init__()
+
+    @property
+    def phases(self) -> list[str]:
+        return [p.strip() for p in ALIASES.get(self.phase, self.phase).split(",") if p.strip()]
+
+    def budget_share(self, phase: str) -> float:
+        """Share of the time budget for ``phase``."""
+        if not self.phase_budget:
+            return 1.0 / len(self.phases)
+        shares = {p: self.phase_budget.get(p, 0.0) for p in self.phases}
+        return shares[phase] / sum(shares.values()) if sum(shares.values()) else 1.0 / len(self.phases)
 
     def phase_args(self, phase: str) -> SFTConfig:
         """Plain ``SFTConfig`` for one phase, writing to ``output_dir/<phase>``."""
         kw: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(SFTConfig) if f.init}
         kw["output_dir"] = str(Path(self.output_dir) / phase)
+        if phase == "sequence":  # pre-tokenized SID streams: loss on the completion mask, packed, no pads
+            kw.update(assistant_only_loss=False, completion_only_loss=True, packing=True,
+                      packing_strategy="bfd", padding_free=True,
+                      max_length=max(kw["max_length"] or 0, 8 * self.sequence_max_items))
         if phase == "warmup":
             kw["learning_rate"] = self.warmup_learning_rate
             if self.warmup_max_steps != -1:
                 kw["max_steps"] = self.warmup_max_steps
             if self.warmup_num_train_epochs is not None:
                 kw["num_train_epochs"] = self.warmup_num_train_epochs
+        kw.update(self.phase_overrides.get(phase, {}))
         return SFTConfig(**kw)
+
+
+def load_align_config(path: str | Path, **overrides: Any) -> AlignConfig:
+    """``AlignConfig`` from a YAML recipe (``finetune/configs/*.yaml``) with ``overrides`` on top."""
+    values = {**(yaml.safe_load(Path(path).read_text()) or {}), **overrides}
+    unknown = set(values) - {f.name for f in fields(AlignConfig) if f.init}
+    if unknown:
+        raise ValueError(f"{path}: unknown field {sorted(unknown)[0]!r}")
+    return AlignConfig(**values)

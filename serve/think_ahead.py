@@ -207,7 +207,7 @@ def build_store(model: Path, data: Path, sids: Path, out: Path, *, rationales: i
     dataset, codebook = RecDataset.load(data), SIDCodebook.load(sids)
     tok = AutoTokenizer.from_pretrained(str(model))
     trie = SIDTrie.from_codebook(codebook, tok)
-    levels = len(next(iter(trie.item_of))) - 2
+    levels = trie.levels
     store = ThinkAheadStore(out, {"format_version": FORMAT_VERSION, "model": str(Path(model).resolve()),
                                   "sids_sha": codebook_fingerprint(sids), "levels": levels,
                                   "rationales": rationales, "beam": beam, "max_history": max_history,
@@ -269,7 +269,7 @@ class ThinkAheadEngine:
         self.base = build_engine(config.think_ahead_base, config)
         self.tok = AutoTokenizer.from_pretrained(str(config.model))
         self.trie = SIDTrie.from_codebook(SIDCodebook.load(config.sids), self.tok)
-        if self.store.meta["levels"] != len(next(iter(self.trie.item_of))) - 2:
+        if self.store.meta["levels"] != self.trie.levels:
             raise ValueError(f"{config.think_ahead}: levels={self.store.meta['levels']} does not match {config.sids}")
         self.open_id, self.close_id = self.tok.convert_tokens_to_ids([THINK_OPEN, THINK_CLOSE])
         self.end_id = next(iter(self.trie.item_of))[-1]

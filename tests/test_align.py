@@ -151,10 +151,11 @@ def test_time_budget_stops_and_saves():
     assert control.should_training_stop and control.should_save
 
 
-@pytest.mark.parametrize("name", ["align_tiny", "align_warmup", "align_multitask"])
+@pytest.mark.parametrize("name", ["rec_tiny", "align_warmup", "align_multitask"])
 def test_yaml_configs_parse(name):
     (cfg,) = TrlParser((AlignConfig,)).parse_args_and_config(["--config", str(CONFIGS / f"{name}.yaml")])
-    assert cfg.phase in ("warmup", "both") and cfg.assistant_only_loss and cfg.report_to == []
+    assert cfg.phases in (["warmup"], ["warmup", "multitask"], ["sequence", "multitask"])
+    assert cfg.assistant_only_loss and cfg.report_to == []
     assert abs(sum(cfg.task_mix.values()) - 1) < 1e-9 and cfg.model and cfg.data_dir and cfg.sids_dir
 
 

@@ -1,15 +1,20 @@
-"""SASRec beats popularity on Markov sequences; popularity and exclusion behave as documented."""
+"""SASRec beats popularity on Markov sequences; popularity, the item-transition (Markov) baseline and
+history exclusion behave as documented."""
 from __future__ import annotations
 
 import random
 
+import pytest
+import torch
+
 from think_rec.data.schema import Interactions
 from think_rec.data.split import leave_one_out
-from think_rec.eval.evaluate import evaluate_ranker, top_k_from_scores
+from think_rec.eval.evaluate import (evaluate_ranker, generative_ranker, has_repeats, split_sequences,
+                                     top_k_from_scores)
+from think_rec.eval.markov import MarkovConfig, MarkovModel, markov_ranker
 from think_rec.eval.popularity import popularity_ranker
-from think_rec.eval.sasrec import SASRecConfig, score_all, sasrec_ranker, train_sasrec
-
-import torch
+from think_rec.eval.sasrec import (SASRecConfig, load_sasrec, save_sasrec, score_all, sasrec_ranker,
+                                   train_sasrec)
 
 
 def markov_split(n_items: int = 60, users: int = 400, seed: int = 0):
@@ -41,10 +46,140 @@ def test_top_k_exclude_history():
 def test_sasrec_beats_popularity():
     split, items = markov_split()
     config = SASRecConfig(hidden=32, max_len=20, dropout=0.2, lr=5e-3, epochs=80, patience=8,
-                          batch_size=64)
+                          batch_size=64, loss="bce")
     model = train_sasrec(split, items, config, time_budget_seconds=15, progress=False)
     assert score_all(model, [["1", "2"]]).shape == (1, len(items))
     sas = evaluate_ranker(sasrec_ranker(model, 10), split.test, progress=False)
     pop = evaluate_ranker(popularity_ranker(split.train["item_ids"], 10), split.test, progress=False)
     assert sas["ndcg@10"] > pop["ndcg@10"] + 0.05, (sas, pop)
     assert sas["recall@10"] > pop["recall@10"]
+
+
+def cycle_split(n_items: int = 20, users: int = 150, seed: int = 0):
+    """Deterministic cycle 0 -> 1 -> ... -> n-1 -> 0; each user walks 6-12 steps of it (no repeats)."""
+    rng = random.Random(seed)
+    rows = []
+    for u in range(users):
+        start = rng.randrange(n_items)
+        rows.append({"user_id": u, "item_ids": [(start + t) % n_items for t in range(rng.randint(6, 12))]})
+    return leave_one_out(Interactions.from_rows(rows), max_history=20), [str(i) for i in range(n_items)]
+
+
+# popularity c:4, b:3, a:2, d:2, e:2 (ties by first appearance: a, d, e);
+# transitions a->b:2, b->c:2, b->d:1, e->d:1, e->c:1
+HAND = [["a", "b", "c"], ["a", "b", "d"], ["b", "c"], ["e", "d"], ["e", "c"], ["c"]]
+
+
+def test_markov_scores_with_decay():
+    model = MarkovModel.fit(HAND)  # last_n=5, decay=0.5
+    assert model.by_popularity == ["c", "b", "a", "d", "e"]
+    assert model.scores(["a", "b"]) == {"c": 2.0, "d": 1.0, "b": 0.5 * 2}
+    assert model.scores(["b", "a"]) == {"b": 2.0, "c": 0.5 * 2, "d": 0.5 * 1}
+    assert MarkovModel(HAND, MarkovConfig(last_n=1)).scores(["a", "b"]) == {"c": 2.0, "d": 1.0}
+    deep = MarkovModel(HAND, MarkovConfig(last_n=3, decay=0.25))
+    assert deep.scores(["e", "a", "b"]) == {"c": 2 + 0.0625, "d": 1 + 0.0625, "b": 0.25 * 2}
+    assert deep.scores(["x", "e", "a", "b"]) == deep.scores(["e", "a", "b"])  # only the last 3 vote
+    assert model.scores(["unknown"]) == {} and model.scores([]) == {}
+
+
+def test_markov_rank_ties_exclusion_and_fill():
+    model = MarkovModel(HAND)
+    # scores c:2, b:1, d:1 -> b before d (more popular), then the most popular of the rest
+    assert model.rank(["a", "b"], k=5) == ["c", "b", "d", "a", "e"]
+    assert model.rank(["a", "b"], k=2) == ["c", "b"]
+    assert model.rank(["a", "b"], k=5, exclude={"a", "b"}) == ["c", "d", "e"]
+    # e -> d and e -> c once each: c (popularity 4) beats d (2) though d was seen first after e
+    assert model.rank(["e"], k=3) == ["c", "d", "b"]
+    assert model.rank(["e"], k=10, exclude={"e"}) == ["c", "d", "b", "a"]  # fewer than k items left
+    assert model.rank(["unknown"], k=3) == ["c", "b", "a"]  # pure popularity
+    rank = markov_ranker(model, k=3, exclude_history=True)
+    assert rank([["a", "b"], ["e"]]) == [["c", "d", "e"], ["c", "d", "b"]]
+    assert markov_ranker(model, k=3)([["a", "b"]]) == [["c", "b", "d"]]
+
+
+def test_markov_config_validation():
+    with pytest.raises(ValueError, match="last_n"):
+        MarkovConfig(last_n=0)
+    with pytest.raises(ValueError, match="decay"):
+        MarkovConfig(decay=1.5)
+
+
+def test_markov_learns_transitions():
+    split, _ = markov_split()
+    train = split.train["item_ids"]
+    markov = evaluate_ranker(markov_ranker(MarkovModel(train), 10), split.valid, progress=False)
+    pop = evaluate_ranker(popularity_ranker(train, 10), split.valid, progress=False)
+    assert markov["ndcg@10"] > pop["ndcg@10"] + 0.1, (markov, pop)
+
+
+def test_has_repeats_and_split_sequences():
+    assert not has_repeats([["a", "b"], ["b", "a"], []])
+    assert has_repeats([["a", "b"], ["c", "a", "c"]])
+    assert not has_repeats([])
+    rows = [{"user_id": 0, "item_ids": ["a", "b", "c", "d"]}, {"user_id": 1, "item_ids": ["x", "y", "x"]}]
+    split = leave_one_out(Interactions.from_rows(rows))
+    assert split_sequences(split) == [["a", "b", "c", "d"], ["x", "y", "x"]]
+    assert has_repeats(split_sequences(split))
+    assert not has_repeats(split_sequences(cycle_split()[0]))
+
+
+def test_sasrec_config_loss_validated_and_saved(tmp_path):
+    with pytest.raises(ValueError, match="loss"):
+        SASRecConfig(loss="softmax")
+    with pytest.raises(ValueError, match="init_std"):
+        SASRecConfig(init_std=0.0)
+    split, items = cycle_split(users=20)
+    model = train_sasrec(split, items, SASRecConfig(hidden=16, max_len=10, epochs=1, loss="ce"), progress=False)
+    loaded = load_sasrec(save_sasrec(model, tmp_path))
+    assert loaded.config.loss == "ce"
+    assert torch.allclose(score_all(loaded, [["1", "2"]]), score_all(model, [["1", "2"]]))
+    blob = torch.load(tmp_path / "sasrec.pt", weights_only=True)
+    for field in ("loss", "init_std"):  # a file saved before these fields existed
+        del blob["config"][field]
+    torch.save(blob, tmp_path / "sasrec.pt")
+    old = load_sasrec(tmp_path)
+    assert (old.config.loss, old.config.init_std) == ("bce", None) and torch.allclose(score_all(old, [["1", "2"]]), score_all(model, [["1", "2"]]))
+
+
+def test_sasrec_ce_learns_a_cycle():
+    split, items = cycle_split()
+    config = SASRecConfig(hidden=32, max_len=20, dropout=0.1, lr=5e-3, epochs=30, patience=5, batch_size=32,
+                          loss="ce")
+    model = train_sasrec(split, items, config, time_budget_seconds=20, progress=False, exclude_history=True)
+    assert model.exclude_history is True
+    sas = evaluate_ranker(sasrec_ranker(model, 10, exclude_history=True), split.test, progress=False)
+    # random ranking would give recall@10 = 10 / 20 and NDCG@10 ~0.2; the next item is deterministic
+    assert sas["recall@10"] > 0.95 and sas["ndcg@10"] > 0.8, sas
+
+
+def test_exclusion_removes_history_from_every_ranker(monkeypatch):
+    split, items = markov_split(n_items=30, users=120)
+    train = split.train["item_ids"]
+    histories = split.valid["history"][:50]
+    model = train_sasrec(split, items, SASRecConfig(hidden=16, max_len=20, epochs=2, loss="ce"), progress=False,
+                         exclude_history=True)
+    calls = []
+
+    def fake_recommend(model, tokenizer, prompts, trie, k=10, num_beams=None, exclude=None):
+        calls.append(exclude)
+        return [[(i, 0.0) for i in items if not exclude or i not in exclude[n]][:k] for n in range(len(prompts))]
+
+    import think_rec.decoding
+
+    monkeypatch.setattr(think_rec.decoding, "recommend", fake_recommend)
+    k = 10
+    rankers = {"popularity": popularity_ranker(train, k, exclude_history=True),
+               "markov": markov_ranker(MarkovModel(train), k, exclude_history=True),
+               "sasrec": sasrec_ranker(model, k, exclude_history=True),
+               "generative": generative_ranker(None, None, None, lambda h: " ".join(h), k, exclude_history=True)}
+    for name, rank in rankers.items():
+        ranked = rank(histories)
+        assert len(ranked) == len(histories), name
+        for hist, row in zip(histories, ranked):
+            assert len(row) == k and not set(row) & set(hist), (name, hist, row)
+    assert calls == [[set(h) for h in histories]]
+    # without exclusion the history items do come back (the sequences revisit items)
+    plain = {"popularity": popularity_ranker(train, k), "markov": markov_ranker(MarkovModel(train), k),
+             "sasrec": sasrec_ranker(model, k)}
+    for name, rank in plain.items():
+        assert any(set(row) & set(h) for h, row in zip(histories, rank(histories))), name

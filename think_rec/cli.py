@@ -162,6 +162,13 @@ def _split_examples(data: Path, split: str, users: Optional[int], seed: int):
     return dataset, loo, sample_users(getattr(loo, split), users, seed)
 
 
+def _exclude_history(loo) -> bool:
+    """History exclusion is on when no user sequence repeats an item (as in ``bench rec``)."""
+    from think_rec.eval.evaluate import has_repeats, split_sequences
+
+    return not has_repeats(split_sequences(loo))
+
+
 def _report(name: str, payload: dict, out_dir: Optional[Path]) -> None:
     from think_rec.eval.rec import METRICS
     from think_rec.eval.report import write_report
@@ -190,12 +197,14 @@ def eval_rec(
     from think_rec.itemic.codebook import SIDCodebook
 
     dataset, loo, examples = _split_examples(data, split, users, seed)
-    rank = think_rec_ranker(model, dataset, SIDCodebook.load(sids), max_history=max_history, num_beams=num_beams)
+    exclude = _exclude_history(loo)
+    rank = think_rec_ranker(model, dataset, SIDCodebook.load(sids), max_history=max_history, num_beams=num_beams,
+                            exclude_history=exclude)
     rows = [{"system": "think_rec", **evaluate_ranker(rank, examples, batch_size=32, desc="think_rec")},
-            {"system": "popularity", **evaluate_ranker(popularity_ranker(loo.train["item_ids"]), examples,
-                                                       desc="popularity")}]
+            {"system": "popularity", **evaluate_ranker(popularity_ranker(loo.train["item_ids"], 10, exclude),
+                                                       examples, desc="popularity")}]
     _report(f"eval-{data.name}-{split}", {"benchmark": "eval-rec", "dataset": str(data), "model": str(model),
-                                          "split": split, "rows": rows}, out_dir)
+                                          "split": split, "exclude_history": exclude, "rows": rows}, out_dir)
 
 
 @baseline_app.command("sasrec")
@@ -206,11 +215,12 @@ def baseline_sasrec(
     epochs: int = typer.Option(200, help="Maximum epochs (early stopping on valid NDCG@10)."),
     hidden: int = typer.Option(64),
     max_len: int = typer.Option(50),
+    loss: str = typer.Option("ce", help="ce (full softmax) | bce (one sampled negative, the paper's)."),
     split: str = typer.Option("test", help="valid | test: the split scored after training."),
     users: Optional[int] = typer.Option(None, help="Score a seeded sample of this many users (default all)."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Train SASRec (BCE, 1 negative, valid early stopping), save it, score it beside popularity."""
+    """Train SASRec (CE or BCE, valid early stopping), save it, score it beside popularity."""
     import torch
 
     from think_rec.eval.evaluate import evaluate_ranker
@@ -218,14 +228,15 @@ def baseline_sasrec(
     from think_rec.eval.sasrec import SASRecConfig, sasrec_ranker, save_sasrec, train_sasrec
 
     dataset, loo, examples = _split_examples(data, split, users, seed)
-    config = SASRecConfig(hidden=hidden, max_len=max_len, epochs=epochs, seed=seed)
-    model = train_sasrec(loo, dataset.catalog.ids, config,
+    exclude = _exclude_history(loo)
+    config = SASRecConfig(hidden=hidden, max_len=max_len, epochs=epochs, seed=seed, loss=loss)
+    model = train_sasrec(loo, dataset.catalog.ids, config, exclude_history=exclude,
                          time_budget_seconds=None if budget_minutes is None else 60 * budget_minutes)
     console.print(f"SASRec -> {save_sasrec(model, out)} (best valid NDCG@10 {model.best_valid_ndcg10:.4f})")
     with torch.no_grad():
-        rows = [{"system": "sasrec", **evaluate_ranker(sasrec_ranker(model), examples, desc="sasrec")},
-                {"system": "popularity", **evaluate_ranker(popularity_ranker(loo.train["item_ids"]), examples,
-                                                           desc="popularity")}]
+        rows = [{"system": "sasrec", **evaluate_ranker(sasrec_ranker(model, 10, exclude), examples, desc="sasrec")},
+                {"system": "popularity", **evaluate_ranker(popularity_ranker(loo.train["item_ids"], 10, exclude),
+                                                           examples, desc="popularity")}]
     _report(f"sasrec-{data.name}-{split}", {"benchmark": "baseline-sasrec", "dataset": str(data), "rows": rows},
             out)
 
@@ -233,30 +244,30 @@ def baseline_sasrec(
 @app.command("quickstart")
 def quickstart(
     work_dir: Path = typer.Option(Path("runs/quickstart"), help="Where every artefact goes."),
-    budget_minutes: float = typer.Option(4.0, help="Training budget for think_rec and for SASRec."),
-    eval_users: int = typer.Option(300, help="Test users scored (the same for every system)."),
+    budget_minutes: float = typer.Option(3.0, help="Training budget for think_rec and for each SASRec."),
+    eval_users: int = typer.Option(0, help="Test users scored (0: all; the same for every system)."),
 ) -> None:
-    """Offline end to end on MovieLens-100k: prepare -> SIDs -> tiny preset -> align -> eval vs SASRec."""
+    """Offline end to end on MovieLens-100k: prepare -> SIDs -> tiny preset -> align -> eval vs Markov, SASRec."""
     from think_rec.quickstart import run
 
-    run(work_dir, budget_minutes, eval_users)
+    run(work_dir, budget_minutes, eval_users or None)
 
 
 @bench_app.command("rec")
 def bench_rec(
     dataset: str = typer.Option("scientific", help="scientific | industrial | ml-100k"),
-    budget_minutes: float = typer.Option(8.0, help="Wall-clock training budget, the same for each system."),
-    eval_users: int = typer.Option(1000, help="Test users scored (a seeded sample, the same for all systems)."),
-    max_history: int = typer.Option(10, help="History items in think_rec's prompt."),
+    budget_minutes: float = typer.Option(10.0, help="Wall-clock training budget, the same for each trained system."),
+    eval_users: int = typer.Option(0, help="Test users scored (0: all; else a seeded sample, the same for all)."),
+    valid_users: int = typer.Option(2000, help="Valid users that choose think_rec's prior weight (0: all)."),
+    recipe: Path = typer.Option(None, help="Stage-1 recipe YAML (default: finetune/configs/rec_tiny.yaml)."),
     work_dir: Path = typer.Option(Path("runs/bench-rec")),
     out_dir: Path = typer.Option(Path("eval/results")),
-    num_examples: int = typer.Option(12000, help="Stage-1 examples per phase (0: every training example)."),
 ) -> None:
-    """think_rec (tiny, stage 1) vs SASRec vs popularity -> eval/results/DATASET.json + .md + .png."""
-    from think_rec.eval.bench_rec import run
+    """think_rec (tiny, stage 1) vs Markov, SASRec (BCE, CE) and popularity -> eval/results/DATASET.{json,md,png}."""
+    from think_rec.eval.bench_rec import RECIPE, run
 
-    payload = run(dataset, budget_minutes, eval_users, max_history, work_dir, out_dir,
-                  num_examples=num_examples or None)
+    payload = run(dataset, budget_minutes, eval_users or None, work_dir, out_dir, valid_users=valid_users or None,
+                  recipe=recipe or RECIPE)
     print_dict(f"bench rec {dataset}", {r["system"]: {m: r[m] for m in ("ndcg@10", "recall@10")}
                                          for r in payload["rows"]})
 

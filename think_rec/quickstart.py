@@ -1,6 +1,6 @@
 """The offline quickstart: MovieLens-100k (from the ``recbole`` wheel) -> SIDs -> tiny preset ->
-stage-1 alignment -> evaluation against SASRec and popularity, then a few users' recommendations, and a
-short stage-2 run that prints one user's rationale and items."""
+stage-1 alignment -> evaluation against Markov, SASRec and popularity, then a few users' recommendations,
+and a short stage-2 run that prints one user's rationale and items."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,12 +15,12 @@ from think_rec.eval import bench_rec
 from think_rec.eval.rec import METRICS, think_rec_ranker
 
 
-def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 4.0, eval_users: int = 300,
+def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 3.0, eval_users: int | None = None,
         show_users: int = 3) -> dict:
     console = Console()
     console.rule("think_rec quickstart: MovieLens-100k, tiny Qwen3-VL, CPU")
     payload = bench_rec.run("ml-100k", budget_minutes=budget_minutes, eval_users=eval_users, codebook_size=64,
-                            num_examples=8000, work_dir=work_dir, out_dir=Path(work_dir) / "results")
+                            work_dir=work_dir, out_dir=Path(work_dir) / "results", valid_users=None)
     root = Path(work_dir) / "ml-100k"
     data = RecDataset.load(root / "data")
     for title, values in (("dataset", data.stats()), ("semantic IDs", payload["codebook"])):
@@ -34,10 +34,14 @@ def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 4.0, e
         table.add_column(col)
     for row in payload["rows"]:
         table.add_row(row["system"], *(f"{row[m]:.4f}" for m in METRICS), f"{row['train_seconds']:.0f}")
+    console.print("think_rec = the stage-1 model on the bare SID stream with a collaborative prior (weight "
+                  f"{payload['rows'][0]['prior_weight']:g}, chosen on valid); think_rec_stream / think_rec_chat = "
+                  "the model alone on each prompt; history excluded: " + str(payload["exclude_history"]))
     console.print(table)
 
     codebook = SIDCodebook.load(root / "sids")
-    rank = think_rec_ranker(root / "align" / "final", data, codebook, max_history=payload["max_history"])
+    rank = think_rec_ranker(root / "align" / "final", data, codebook, max_history=payload["max_history"],
+                            exclude_history=payload["exclude_history"])
     test = leave_one_out(data.interactions).test.select(range(show_users))
     for example, ranked in zip(test, rank(test["history"])):
         console.rule(f"user {example['user_id']}")

@@ -73,8 +73,15 @@ class Catalog:
             self._index = {item_id: i for i, item_id in enumerate(self.ids)}
         return self._index
 
+    @property
+    def by_id(self) -> dict[str, dict[str, Any]]:
+        """``item_id -> row`` as plain dicts (built once; the fast lookup for prompts and serving)."""
+        if not hasattr(self, "_by_id"):
+            self._by_id = dict(zip(self.ids, self.items.to_list()))
+        return self._by_id
+
     def __getitem__(self, item_id: str) -> dict[str, Any]:
-        return self.items[self.index[item_id]]
+        return self.by_id[item_id]
 
     def __contains__(self, item_id: str) -> bool:
         return item_id in self.index

@@ -43,7 +43,7 @@ def recommend(model, tokenizer_or_processor, prompts: Sequence[str] | Any, trie:
     n, prompt_len = inputs["input_ids"].shape
     if exclude is not None and len(exclude) != n:
         raise ValueError(f"exclude has {len(exclude)} sets for {n} prompts")
-    levels = len(next(iter(trie.item_of))) - 2
+    levels = trie.levels
     end_id = tok.convert_tokens_to_ids(SID_END)
     processors = LogitsProcessorList()
     if not unconstrained:

@@ -26,11 +26,15 @@ class SIDTrie:
         self.count: list[int] = [0]
         self.item_of: dict[tuple[int, ...], str] = {}
         self.path_of: dict[str, list[int]] = {}
+        self.tokens_of: dict[str, tuple[int, ...]] = {}
         for item, seq in sequences.items():
             seq = tuple(int(t) for t in seq)
             if seq in self.item_of:
                 raise ValueError(f"SIDTrie: items {self.item_of[seq]!r} and {item!r} share a token sequence")
+            if self.item_of and len(seq) != len(next(iter(self.item_of))):
+                raise ValueError(f"SIDTrie: item {item!r} has {len(seq)} tokens, others {len(next(iter(self.item_of)))}")
             self.item_of[seq] = item
+            self.tokens_of[item] = seq
             path = [0]
             for d in range(1, len(seq) + 1):
                 node = self.node_of.get(seq[:d])
@@ -44,7 +48,10 @@ class SIDTrie:
                 self.count[node] += 1
             self.path_of[item] = path
         self.child_tokens = [torch.tensor(sorted(c), dtype=torch.long) for c in children]
-        self.first_token = next(iter(self.item_of))[0]
+        first = next(iter(self.item_of))
+        self.first_token, self.end_token = first[0], first[-1]
+        self.levels = len(first) - 2  # code tokens between the begin and end markers
+        self.token_ids = torch.tensor(sorted({t for seq in self.item_of for t in seq}), dtype=torch.long)
 
     @classmethod
     def from_codebook(cls, codebook: SIDCodebook, tokenizer) -> "SIDTrie":

@@ -1,0 +1,160 @@
+"""Itemic sequence pre-training (stage-1 ``sequence`` phase), the KV-cached trie beam search and model selection."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from think_rec.data.split import leave_one_out
+from think_rec.decoding import SIDTrie, recommend
+from think_rec.decoding.search import beam_search, score_items
+from think_rec.finetune import align, selection
+from think_rec.finetune.config import AlignConfig, load_align_config
+from think_rec.finetune.sequence_data import build_sequence_dataset, item_token_ids, sid_stream, windows
+from think_rec.model.loading import load_model
+from think_rec.prompts import render_recommend_prompt
+
+CONFIGS = Path(__file__).resolve().parents[1] / "finetune" / "configs"
+
+
+def test_windows_supervise_every_transition_once():
+    seq = [str(i) for i in range(12)]
+    parts = windows(seq, 5)
+    assert all(len(w) <= 5 for w in parts) and parts[0][0] == "0" and parts[-1][-1] == "11"
+    transitions = [(a, b) for w in parts for a, b in zip(w, w[1:])]
+    assert sorted(transitions) == sorted(zip(seq, seq[1:]))
+    assert windows(seq[:3], 5) == [seq[:3]]
+    with pytest.raises(ValueError, match="max_items"):
+        windows(seq, 1)
+
+
+def test_sequence_labels_cover_every_item_after_the_first_and_nothing_of_valid_or_test(synthetic_dataset,
+                                                                                      aligned_run):
+    _, codebook, model_dir = aligned_run
+    _, processor = load_model(model_dir)
+    ids = item_token_ids(codebook, processor)
+    item_of = {tuple(v): k for k, v in ids.items()}
+    split = leave_one_out(synthetic_dataset.interactions)
+    ds = build_sequence_dataset(split, ids, max_items=8)
+    width = codebook.levels + 2
+    streams = []
+    for row in ds:
+        tokens, mask = row["input_ids"], row["completion_mask"]
+        items = [item_of[tuple(tokens[i:i + width])] for i in range(0, len(tokens), width)]
+        assert mask == [0] * width + [1] * (len(tokens) - width)  # every SID token after the first item
+        streams.append(items)
+    per_user = []
+    for seq in split.train["item_ids"]:
+        if len(seq) >= 2:
+            per_user.append(windows(seq, 8))
+    assert streams == [list(w) for user in per_user for w in user]  # train items only, in order
+    full = dict(zip(synthetic_dataset.interactions.users, synthetic_dataset.interactions.sequences))
+    assert all(seq == full[u][:-2] for u, seq in zip(split.train["user_id"], split.train["item_ids"]))
+
+
+def test_packing_changes_no_loss(synthetic_dataset, aligned_run, tmp_path):
+    dirs, codebook, model_dir = aligned_run
+    model, processor = load_model(model_dir)
+    split = leave_one_out(synthetic_dataset.interactions)
+    rows = build_sequence_dataset(split, item_token_ids(codebook, processor), max_items=6).select(range(3))
+    config = AlignConfig(output_dir=str(tmp_path), model=str(model_dir), data_dir=str(dirs.data),
+                         sids_dir=str(dirs.sids), phase="sequence", per_device_train_batch_size=3, max_length=64)
+    trainer = align.SequenceTrainer(model=model, args=config.phase_args("sequence"), train_dataset=rows,
+                                    processing_class=processor, sid_token_ids=SIDTrie.from_codebook(
+                                        codebook, processor).token_ids.tolist())
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape == (1, sum(len(r) for r in rows["input_ids"]))  # one row, no pads
+    examples = [{"input_ids": r["input_ids"],
+                 "labels": [t if m else -100 for t, m in zip(r["input_ids"], r["completion_mask"])]} for r in rows]
+    model.eval()
+    with torch.no_grad():
+        packed = trainer.compute_loss(model, trainer.data_collator(examples))
+        total, count = 0.0, 0
+        for ex in examples:
+            n = sum(label != -100 for label in ex["labels"][1:])
+            total += trainer.compute_loss(model, trainer.data_collator([ex])) * n
+            count += n
+    torch.testing.assert_close(packed, total / count, rtol=1e-5, atol=1e-5)
+
+
+def test_cached_beam_search_matches_generate_and_its_own_scores(synthetic_dataset, aligned_run):
+    _, codebook, model_dir = aligned_run
+    model, processor = load_model(model_dir)
+    model.eval()
+    trie = SIDTrie.from_codebook(codebook, processor)
+    split = leave_one_out(synthetic_dataset.interactions, max_history=5)
+    texts = [render_recommend_prompt(h, synthetic_dataset.catalog, codebook, processor, with_images=False).text
+             for h in split.valid["history"][:6]]
+    prompts = [processor.tokenizer(t)["input_ids"] for t in texts]
+    fast = beam_search(model, processor, prompts, trie, num_beams=20, k=10, batch_size=4)
+    slow = recommend(model, processor, texts, trie, k=10, num_beams=20)
+    for a, b in zip(fast, slow):
+        assert a[0][0] == b[0][0]
+        assert len({i for i, _ in a} & {i for i, _ in b}) >= 8
+    rescored = score_items(model, processor, prompts, [[i for i, _ in row] for row in fast], trie, batch_size=4)
+    for row, scores in zip(fast, rescored):
+        assert scores == pytest.approx([s for _, s in row], abs=1e-4)
+        assert [s for _, s in row] == sorted([s for _, s in row], reverse=True)
+    banned = [set(i for i, _ in row[:3]) for row in fast]
+    excluded = beam_search(model, processor, prompts, trie, num_beams=20, k=10, exclude=banned)
+    assert all(not ({i for i, _ in row} & ban) for row, ban in zip(excluded, banned))
+
+
+def test_recipe_yaml_loads_with_overrides(tmp_path):
+    cfg = load_align_config(CONFIGS / "rec_tiny.yaml", output_dir=str(tmp_path), time_budget_minutes=3)
+    assert cfg.phases == ["sequence", "multitask"] and cfg.lora_r == 0 and cfg.time_budget_minutes == 3
+    seq = cfg.phase_args("sequence")
+    assert seq.packing and seq.padding_free and not seq.assistant_only_loss
+    assert cfg.phase_args("multitask").learning_rate == cfg.phase_overrides["multitask"]["learning_rate"]
+    with pytest.raises(ValueError, match="unknown field 'lora_rank'"):
+        load_align_config(CONFIGS / "rec_tiny.yaml", lora_rank=3)
+    with pytest.raises(ValueError, match="not an SFTConfig field"):
+        AlignConfig(output_dir="x", phase="sequence", phase_overrides={"sequence": {"lr": 1}})
+    with pytest.raises(ValueError, match="'chat' is not a phase"):
+        AlignConfig(output_dir="x", phase="sequence", phase_budget={"chat": 1})
+
+
+@pytest.fixture(scope="module")
+def sequence_run(aligned_run, tmp_path_factory, monkeypatch_module):
+    """The new recipe's sequence phase on the generated shop (60 steps, full training), with model selection;
+    every prompt model selection scores is recorded."""
+    dirs, codebook, _ = aligned_run
+    seen: list[list[int]] = []
+    original = selection.beam_search
+
+    def recording(model, tokenizer, prompts, *args, **kwargs):
+        seen.extend(prompts)
+        return original(model, tokenizer, prompts, *args, **kwargs)
+
+    monkeypatch_module.setattr(selection, "beam_search", recording)
+    out = tmp_path_factory.mktemp("sequence_run")
+    config = load_align_config(CONFIGS / "rec_tiny.yaml", output_dir=str(out), model=str(dirs.tiny),
+                               data_dir=str(dirs.data), sids_dir=str(dirs.sids), phase="sequence",
+                               phase_budget=None, phase_overrides=None, time_budget_minutes=None, max_steps=60,
+                               select_every_steps=20, select_users=100, sequence_max_items=12, save_steps=1000,
+                               logging_steps=10)
+    return out, align.train_align(config), seen
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def test_model_selection_reads_valid_histories_only_and_keeps_the_best(synthetic_dataset, aligned_run,
+                                                                       sequence_run):
+    _, codebook, _ = aligned_run
+    out, _, seen = sequence_run
+    _, processor = load_model(out / "final")
+    ids = item_token_ids(codebook, processor)
+    split = leave_one_out(synthetic_dataset.interactions, max_history=11)
+    valid = {tuple(sid_stream(h, ids)) for h in split.valid["history"]}
+    test = {tuple(sid_stream(h, ids)) for h in split.test["history"]}
+    assert seen and all(tuple(p) in valid for p in seen)
+    assert not any(tuple(p) in test - valid for p in seen)
+    log = json.loads((out / "sequence" / "selection.json").read_text())
+    assert [e["step"] for e in log["evaluations"]] == [20, 40, 60]
+    assert log["best_valid_ndcg@10"] == max(e["valid_ndcg@10"] for e in log["evaluations"])

@@ -1,0 +1,140 @@
+"""Trie-constrained beam search that encodes each prompt once, and exact scoring of candidate items.
+
+``beam_search`` prefills every prompt (plus ``<|sid_begin|>``) once, then expands its KV cache over
+the beams, one SID level per step: a prompt of P tokens costs P + (levels - 1) * beams token
+forwards instead of HF ``generate``'s beams * P. ``score_items`` gives the log-probability of any
+candidate items' SIDs under the same cache. Both take prompts as token-id lists (text only) and
+score an item by the sum of its code tokens' log-probabilities, each a softmax over the SID tokens
+(inside a SID nothing else may follow; a model pre-trained with a SID-only head has no calibrated
+mass elsewhere). The constant ``<|sid_begin|>`` and the forced ``<|sid_end|>`` are left out, so
+rankings equal those of the full sequence score.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .trie import SIDTrie
+
+Ranked = list[tuple[str, float]]
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        mask[row, width - len(p):] = 1
+    return ids, mask
+
+
+class _Decoder:
+    """One batch of prompts: a prefilled cache that rows (beams or candidates) are forked from."""
+
+    def __init__(self, model, prompts: Sequence[Sequence[int]], begin_id: int, pad_id: int, sid_ids: torch.Tensor):
+        self.model, self.sid_ids = model, sid_ids
+        ids, self.mask = _left_pad([list(p) + [begin_id] for p in prompts], pad_id)
+        device = model.device
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids.to(device), attention_mask=self.mask.to(device), position_ids=positions.to(device),
+                    use_cache=True, logits_to_keep=1)
+        self.cache = out.past_key_values
+        self.first_logprobs = self._logprobs(out.logits[:, -1:])[:, 0]  # (prompts, vocab): level 0
+
+    def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Log-softmax over the SID tokens (``-inf`` elsewhere), on the CPU."""
+        logits = logits.float().cpu()
+        out = torch.full_like(logits, float("-inf"))
+        out[..., self.sid_ids] = logits[..., self.sid_ids].log_softmax(-1)
+        return out
+
+    def fork(self, rows: torch.Tensor) -> None:
+        """Keep cache row ``rows[i]`` as new row ``i`` (rows may repeat)."""
+        self.cache.batch_select_indices(rows.to(self.model.device))
+        self.mask = self.mask[rows]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed ``tokens`` (rows x n) after each row; log-probs (rows x n x vocab) of what follows each."""
+        positions = self.mask.sum(-1, keepdim=True) + torch.arange(tokens.shape[1])
+        self.mask = torch.cat([self.mask, torch.ones_like(tokens)], dim=1)
+        device = self.model.device
+        out = self.model(input_ids=tokens.to(device), attention_mask=self.mask.to(device),
+                         position_ids=positions.to(device), past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        return self._logprobs(out.logits)
+
+
+def _token_ids(tokenizer, trie: SIDTrie) -> tuple[int, int]:
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else trie.first_token
+    return trie.first_token, pad
+
+
+@torch.no_grad()
+def beam_search(model, tokenizer, prompts: Sequence[Sequence[int]], trie: SIDTrie, *, num_beams: int = 20,
+                k: int = 10, exclude: Sequence[set[str]] | None = None, batch_size: int = 64) -> list[Ranked]:
+    """Up to ``k`` ``(item_id, log-prob)`` per prompt (token ids), best first, every item in the trie."""
+    if num_beams < k:
+        raise ValueError(f"num_beams={num_beams} must be >= k={k}")
+    if exclude is not None and len(exclude) != len(prompts):
+        raise ValueError(f"exclude has {len(exclude)} sets for {len(prompts)} prompts")
+    begin, pad = _token_ids(tokenizer, trie)
+    results: list[Ranked] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        banned = [trie.banned_counts(exclude[start + i]) if exclude else None for i in range(len(chunk))]
+        results.extend(_search(_Decoder(model, chunk, begin, pad, trie.token_ids), trie, banned, num_beams, k, begin))
+    return results
+
+
+def _search(decoder: _Decoder, trie: SIDTrie, banned: list, num_beams: int, k: int, begin: int) -> list[Ranked]:
+    n = len(banned)
+    beams: list[list[tuple[tuple[int, ...], float]]] = [[((begin,), 0.0)] for _ in range(n)]
+    logprobs, width = decoder.first_logprobs.unsqueeze(1), 1  # (rows, 1, vocab); row r serves user r // width
+    for level in range(trie.levels):
+        if level:
+            decoder.fork(torch.tensor(parents))
+            logprobs, width = decoder.step(torch.tensor(tokens).unsqueeze(1)), num_beams
+        new_beams, parents, tokens = [], [], []
+        for user in range(n):
+            cands = []
+            for b, (prefix, score) in enumerate(beams[user]):
+                allowed = trie.allowed(prefix, banned[user])
+                if len(allowed):
+                    lp = (score + logprobs[user * width + b, -1, allowed]).tolist()
+                    cands.extend(zip([b] * len(lp), allowed.tolist(), lp))
+            cands.sort(key=lambda c: -c[2])
+            kept = [c for c in cands[:num_beams] if c[2] > float("-inf")]
+            new_beams.append([(beams[user][b][0] + (t,), s) for b, t, s in kept])
+            kept = kept or [(0, begin, float("-inf"))]  # a user with nothing left keeps a dead row
+            kept += [kept[-1]] * (num_beams - len(kept))
+            parents.extend(user * width + b for b, _, _ in kept)
+            tokens.extend(t for _, t, _ in kept)
+        beams = new_beams
+    return [[(trie.item_at(p + (trie.end_token,)), s) for p, s in user][:k] for user in beams]
+
+
+@torch.no_grad()
+def score_items(model, tokenizer, prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[str]],
+                trie: SIDTrie, batch_size: int = 64) -> list[list[float]]:
+    """Log-probability of each candidate item's SID codes after each prompt (teacher forcing, one cache per prompt)."""
+    begin, pad = _token_ids(tokenizer, trie)
+    out: list[list[float]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk, cands = prompts[start:start + batch_size], candidates[start:start + batch_size]
+        decoder = _Decoder(model, chunk, begin, pad, trie.token_ids)
+        codes = [[trie.tokens_of[item][1:-1] for item in row] for row in cands]
+        rows = torch.tensor([u for u, row in enumerate(codes) for _ in row], dtype=torch.long)
+        flat = torch.tensor([c for row in codes for c in row], dtype=torch.long)  # (rows, levels)
+        if not len(flat):
+            out.extend([] for _ in chunk)
+            continue
+        first = decoder.first_logprobs[rows].gather(1, flat[:, :1])
+        decoder.fork(rows)
+        later = decoder.step(flat[:, :-1]).gather(2, flat[:, 1:].unsqueeze(-1)).squeeze(-1)
+        total = (first.squeeze(1) + later.sum(1)).tolist()
+        it = iter(total)
+        out.extend([next(it) for _ in row] for row in codes)
+    return out
