@@ -102,7 +102,8 @@ class VLLMEngine:
         if think:
             think_ids: list[int] = []
             if max_think_tokens > 0:
-                params = SamplingParams(max_tokens=max_think_tokens, temperature=0.0, stop_token_ids=[self.close_id],
+                params = SamplingParams(max_tokens=max_think_tokens, min_tokens=1, temperature=0.0,
+                                        stop_token_ids=[self.close_id],
                                         output_kind=RequestOutputKind.DELTA, extra_args={KEY: {"mode": "think"}})
                 async for out in self._generate(ids + [self.open_id], params):
                     delta = out.outputs[0]

