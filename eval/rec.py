@@ -23,7 +23,7 @@ from think_rec.finetune.align import phase_prompt
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.loading import load_model
 
-from .evaluate import RankFn, evaluate_ranker
+from .evaluate import RankFn, evaluate_ranker, sample_users
 from .markov import MarkovModel, markov_ranker
 from .metrics import aggregate
 from .popularity import popularity_ranker
@@ -114,8 +114,6 @@ def think_rec_rows(model_dir: str | Path, dataset: RecDataset, codebook: SIDCode
     model alone on the bare SID stream) and ``think_rec_chat`` (the model alone on the served chat prompt).
     The stream rows score the sequence phase's model (``../sequence/merged`` beside ``model_dir``) when the
     run has one, the chat row the final model."""
-    from .evaluate import sample_users
-
     stream_dir = Path(model_dir).parent / "sequence" / "merged"
     stream_dir = stream_dir if (stream_dir / "config.json").exists() else Path(model_dir)
     stream = ThinkRecScorer(stream_dir, dataset, codebook, prompt="stream", max_history=stream_history,
