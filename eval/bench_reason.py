@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from think_rec.data.split import leave_one_out
+from think_rec.data.split import leave_one_out, sample_users
 from think_rec.finetune.align import train_align
 from think_rec.finetune.reason import train_reason
 from think_rec.finetune.rationales import TemplateTeacher
@@ -23,7 +23,6 @@ from think_rec.model.loading import load_model
 from think_rec.pipeline import RunDirs
 
 from .bench_rec import align_config, prepare_run
-from .evaluate import sample_users
 from .reasoning import reasoning_ablation
 from .report import write_report
 

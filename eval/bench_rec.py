@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 
 from think_rec.data.schema import RecDataset
-from think_rec.data.split import leave_one_out
+from think_rec.data.split import leave_one_out, sample_users
 from think_rec.finetune.align import train_align
 from think_rec.finetune.config import AlignConfig, load_align_config
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.pipeline import RunDirs, ensure_data, ensure_sids, ensure_tiny
 
-from .evaluate import has_repeats, sample_users, split_sequences
+from .evaluate import has_repeats, split_sequences
 from .markov import MarkovModel
 from .rec import METRICS, baseline_rows, think_rec_rows
 from .report import write_report

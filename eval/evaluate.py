@@ -10,7 +10,6 @@ systems of one comparison. Choose it from the data: a dataset where nobody inter
 """
 from __future__ import annotations
 
-import random
 from typing import Callable, Iterable, Sequence
 
 import datasets
@@ -71,13 +70,6 @@ def evaluate_ranker(rank_fn: RankFn, examples: datasets.Dataset, ks: Sequence[in
             raise ValueError(f"rank_fn returned {len(ranked)} rankings for {len(batch)} histories")
         rankings.extend(ranked)
     return {**aggregate(rankings, targets, ks), "users": len(targets)}
-
-
-def sample_users(examples: datasets.Dataset, n: int | None, seed: int = 0) -> datasets.Dataset:
-    """A seeded sample of ``n`` rows (all rows when ``n`` is None or not smaller), in their original order."""
-    if n is None or n >= len(examples):
-        return examples
-    return examples.select(sorted(random.Random(seed).sample(range(len(examples)), n)))
 
 
 def generative_ranker(model, tokenizer, trie, make_prompt: Callable[[list[str]], str], k: int = 10,

@@ -16,14 +16,14 @@ from typing import Any, Sequence
 import torch
 
 from think_rec.data.schema import RecDataset, column
-from think_rec.data.split import LeaveOneOut
+from think_rec.data.split import LeaveOneOut, sample_users
 from think_rec.decoding import SIDTrie
 from think_rec.decoding.search import beam_search, score_items
 from think_rec.finetune.align import phase_prompt
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.loading import load_model
 
-from .evaluate import RankFn, evaluate_ranker, sample_users
+from .evaluate import RankFn, evaluate_ranker
 from .markov import MarkovModel, markov_ranker
 from .metrics import aggregate
 from .popularity import popularity_ranker

@@ -11,20 +11,18 @@ With ``select_every_steps`` each phase keeps its best weights by valid NDCG@10 (
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 from typing import Callable
 
 import datasets
 import torch
-
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer, TrlParser
 
 from think_rec.data.schema import RecDataset
-from think_rec.data.split import leave_one_out
+from think_rec.data.split import leave_one_out, sample_users
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.adapters import make_trainable, merge_and_save, warmup_only
 from think_rec.model.itemic_tokens import add_sid_tokens
@@ -101,9 +99,7 @@ def _selection(config: AlignConfig, phase: str, split, data: RecDataset, codeboo
                out: Path) -> list[ValidSelection]:
     if not config.select_every_steps or phase == "warmup":
         return []
-    valid = split.valid
-    if config.select_users < len(valid):
-        valid = valid.select(sorted(random.Random(config.seed).sample(range(len(valid)), config.select_users)))
+    valid = sample_users(split.valid, config.select_users, config.seed)
     history_len = config.sequence_max_items - 1 if phase == "sequence" else config.max_history
     out.mkdir(parents=True, exist_ok=True)
     return [ValidSelection(processor, SIDTrie.from_codebook(codebook, processor),

@@ -153,7 +153,7 @@ def train_reason_cmd(
 def _split_examples(data: Path, split: str, users: Optional[int], seed: int):
     from think_rec.data.schema import RecDataset
     from think_rec.data.split import leave_one_out
-    from think_rec.eval.evaluate import sample_users
+    from think_rec.data.split import sample_users
 
     if split not in ("valid", "test"):
         raise typer.BadParameter(f"--split must be valid or test, got {split!r}")

@@ -1,6 +1,7 @@
 """Leave-one-out split: last item test, second-to-last valid, the rest train."""
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import datasets
@@ -56,3 +57,10 @@ def leave_one_out(interactions: Interactions, max_history: int = 50,
         test=datasets.Dataset.from_list(test, features=EXAMPLE_FEATURES),
         max_history=max_history,
     )
+
+
+def sample_users(examples: datasets.Dataset, n: int | None, seed: int = 0) -> datasets.Dataset:
+    """A seeded sample of ``n`` rows (all rows when ``n`` is None or not smaller), in their original order."""
+    if n is None or n >= len(examples):
+        return examples
+    return examples.select(sorted(random.Random(seed).sample(range(len(examples)), n)))
