@@ -28,23 +28,28 @@ DATASETS = {
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+# text + co-occurrence behaviour: 1.5x the valid NDCG@10 of text alone (eval/results/sids_quality.json)
+SID_ENCODER = "text+behaviour"
 RECIPE = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "rec_tiny.yaml"
 
 
 def align_config(dirs: RunDirs, budget_minutes: float, seed: int = 0, recipe: str | Path = RECIPE,
                  **overrides) -> AlignConfig:
-    """The tiny-preset stage-1 recipe (``finetune/configs/rec_tiny.yaml``) pointed at ``dirs``."""
-    return load_align_config(recipe, output_dir=str(dirs.align), model=str(dirs.tiny), data_dir=str(dirs.data),
-                             sids_dir=str(dirs.sids), time_budget_minutes=budget_minutes, seed=seed, **overrides)
+    """The tiny-preset stage-1 recipe (``finetune/configs/rec_tiny.yaml``) pointed at ``dirs`` (``overrides`` win)."""
+    paths = dict(output_dir=str(dirs.align), model=str(dirs.tiny), data_dir=str(dirs.data), sids_dir=str(dirs.sids))
+    return load_align_config(recipe, **{**paths, "time_budget_minutes": budget_minutes, "seed": seed, **overrides})
 
 
-def prepare_run(dataset: str, work_dir: str | Path, codebook_size: int = 256,
-                seed: int = 0) -> tuple[RunDirs, RecDataset, SIDCodebook]:
+def prepare_run(dataset: str, work_dir: str | Path, codebook_size: int = 256, seed: int = 0,
+                encoder: str = SID_ENCODER) -> tuple[RunDirs, RecDataset, SIDCodebook]:
     """``work_dir/DATASET`` with its prepared data, semantic IDs and tiny preset (each built once)."""
     source, folder = DATASETS[dataset]
     dirs = RunDirs(Path(work_dir) / dataset)
     data = ensure_data(dirs, source, folder if source == "recbole" else str(SHARED_DATA / folder))
-    codebook = ensure_sids(dirs, data, codebook_size=codebook_size, seed=seed)
+    codebook = ensure_sids(dirs, data, codebook_size=codebook_size, seed=seed, encoder=encoder)
+    if codebook.meta.get("encoder") != encoder or codebook.meta.get("codebook_size") != codebook_size:
+        raise ValueError(f"{dirs.sids}: SIDs built with {codebook.meta.get('encoder')} x "
+                         f"{codebook.meta.get('codebook_size')}, asked {encoder} x {codebook_size}; remove it")
     ensure_tiny(dirs, data, seed=seed)
     return dirs, data, codebook
 

@@ -31,7 +31,7 @@ from .sasrec import SASRecConfig, sasrec_ranker, train_sasrec
 
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 PROMPTS = {"stream": "sequence", "chat": "multitask"}  # prompt kind -> the stage-1 phase that trains it
-PRIOR_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+PRIOR_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 class ThinkRecScorer:

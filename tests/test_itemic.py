@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from think_rec.data.schema import Catalog, Interactions, RecDataset
-from think_rec.itemic.build import build_and_save, build_sids, load_embeddings, quantise
+from think_rec.itemic.build import build_and_save, build_sids, item_embeddings, load_embeddings, quantise
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.itemic.collisions import collision_rate, resolve
 from think_rec.itemic.encoders import encode_behaviour, encode_text
@@ -144,3 +144,15 @@ def test_build_sids_text_and_bad_arguments():
         build_sids(data, method="kmeans", progress=False)
     with pytest.raises(ValueError, match="image model"):
         build_sids(data, encoder="image", progress=False)
+
+
+def test_item_embeddings_reuse_encoded_modalities():
+    rows = [{"item_id": str(i), "title": t} for i, t in enumerate(["kettle", "teapot", "drill", "hammer"])]
+    seqs = [{"user_id": "u0", "item_ids": ["0", "1", "0", "1", "2"]}, {"user_id": "u1", "item_ids": ["2", "3", "2", "3"]}]
+    data = RecDataset("toy", Catalog.from_rows(rows), Interactions.from_rows(seqs))
+    text = np.eye(4, 8, dtype=np.float32)  # stands in for an earlier text encoding: never re-encoded
+    emb, meta = item_embeddings(data, "text+behaviour", encoded={"text": text}, progress=False)
+    fresh, _ = item_embeddings(data, "text+behaviour", progress=False)
+    assert emb.shape == (4, 8 + fresh.shape[1] - 384) and meta["encoder"] == "text+behaviour"
+    np.testing.assert_array_equal(emb[:, :8], text)
+    np.testing.assert_allclose(emb[:, 8:], fresh[:, 384:])  # behaviour still from the training sequences

@@ -132,7 +132,7 @@ def sequence_run(aligned_run, tmp_path_factory, monkeypatch_module):
     out = tmp_path_factory.mktemp("sequence_run")
     config = load_align_config(CONFIGS / "rec_tiny.yaml", output_dir=str(out), model=str(dirs.tiny),
                                data_dir=str(dirs.data), sids_dir=str(dirs.sids), phase="sequence",
-                               phase_budget=None, phase_overrides=None, time_budget_minutes=None, max_steps=60,
+                               phase_budget=None, time_budget_minutes=None, max_steps=60,
                                select_every_steps=20, select_users=100, sequence_max_items=12, save_steps=1000,
                                logging_steps=10)
     return out, align.train_align(config), seen

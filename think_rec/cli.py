@@ -399,6 +399,25 @@ def bench_sids(
     run(out_dir, quick=quick)
 
 
+@bench_app.command("sids-quality")
+def bench_sids_quality(
+    dataset: str = typer.Option("scientific", help="scientific | industrial | ml-100k"),
+    budget_minutes: float = typer.Option(4.0, help="Stage-1 sequence-phase budget per codebook."),
+    shapes: str = typer.Option("3x256,3x64,4x32", help="Codebook shapes (LEVELSxCODES), comma-separated."),
+    encoders: str = typer.Option("text,text+behaviour", help="Item encoders, comma-separated."),
+    valid_users: int = typer.Option(2000, help="Valid users scored (0: all)."),
+    work_dir: Path = typer.Option(Path("runs/bench-rec")),
+    out_dir: Path = typer.Option(Path("eval/results")),
+) -> None:
+    """Codebook shape x encoder by the stage-1 model's valid NDCG@10 -> eval/results/sids_quality.json."""
+    from think_rec.eval.bench_sids_quality import run
+
+    payload = run(dataset, budget_minutes, tuple(shapes.split(",")), tuple(encoders.split(",")),
+                  valid_users or None, work_dir=work_dir, out_dir=out_dir)
+    print_dict("bench sids-quality", {r["system"]: {m: r[m] for m in ("valid_ndcg@10", "collision_rate_after")}
+                                      for r in payload["rows"]})
+
+
 @bench_app.command("decode")
 def bench_decode(
     out_dir: Path = typer.Option(Path("eval/results")),

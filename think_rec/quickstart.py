@@ -19,7 +19,7 @@ def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 3.0, e
         show_users: int = 3) -> dict:
     console = Console()
     console.rule("think_rec quickstart: MovieLens-100k, tiny Qwen3-VL, CPU")
-    payload = bench_rec.run("ml-100k", budget_minutes=budget_minutes, eval_users=eval_users, codebook_size=64,
+    payload = bench_rec.run("ml-100k", budget_minutes=budget_minutes, eval_users=eval_users,
                             work_dir=work_dir, out_dir=Path(work_dir) / "results", valid_users=None)
     root = Path(work_dir) / "ml-100k"
     data = RecDataset.load(root / "data")

@@ -22,27 +22,29 @@ METHODS = ("rq-kmeans", "rq-vae")
 def item_embeddings(dataset: RecDataset, encoder: str = "text", *, text_model: str = DEFAULT_TEXT_MODEL,
                     image_model: str | None = None, weights: dict[str, float] | None = None,
                     train_sequences: list[list[str]] | None = None, seed: int = 0,
-                    progress: bool = True) -> tuple[np.ndarray, dict]:
+                    progress: bool = True, encoded: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, dict]:
     """Fused embeddings in catalog order for ``encoder`` (e.g. ``"text+behaviour"``), plus meta.
 
     Behaviour uses ``train_sequences``; when None, each user's sequence without its last two items
-    (the leave-one-out training part), so held-out targets never shape the SIDs."""
+    (the leave-one-out training part), so held-out targets never shape the SIDs. ``encoded`` holds
+    modalities already encoded in catalog order (e.g. the text embeddings of an earlier build)."""
     modalities = encoder.split("+")
     bad = [m for m in modalities if m not in MODALITIES]
     if bad or len(set(modalities)) != len(modalities):
         raise ValueError(f"encoder {encoder!r}: use '+'-joined modalities from {MODALITIES}")
-    catalog, parts, meta = dataset.catalog, {}, {}
-    if "text" in modalities:
+    catalog, meta = dataset.catalog, {}
+    parts = {m: np.asarray(x) for m, x in (encoded or {}).items() if m in modalities}
+    if "text" in modalities and "text" not in parts:
         parts["text"] = encode_text(catalog.texts(), text_model, progress=progress)
         meta["text_model"] = text_model
-    if "behaviour" in modalities:
+    if "behaviour" in modalities and "behaviour" not in parts:
         if train_sequences is None:
             train_sequences = [s[:-2] for s in dataset.interactions.sequences]
         parts["behaviour"] = encode_behaviour(train_sequences, list(catalog.ids), seed=seed)
-    if "image" in modalities:
+    if "image" in modalities and "image" not in parts:
         parts["image"] = encode_images(list(catalog.items["image"]), image_model, progress=progress)
         meta["image_model"] = image_model
-    emb = fuse(parts, weights)
+    emb = fuse({m: parts[m] for m in modalities}, weights)
     cold = np.linalg.norm(emb, axis=1) == 0
     if cold.any():  # nothing known about these items: random directions spread them over codes
         noise = np.random.default_rng(seed).standard_normal((int(cold.sum()), emb.shape[1]))
