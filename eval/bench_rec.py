@@ -28,7 +28,7 @@ DATASETS = {
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-# text + co-occurrence behaviour: 1.5x the valid NDCG@10 of text alone (eval/results/sids_quality.json)
+# text + co-occurrence behaviour (eval/results/sids_quality.json: helps 3x64 and 4x32, neutral at 3x256)
 SID_ENCODER = "text+behaviour"
 RECIPE = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "rec_tiny.yaml"
 
