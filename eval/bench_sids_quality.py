@@ -47,10 +47,9 @@ def run(dataset: str = "scientific", budget_minutes: float = 4.0, shapes: tuple[
     split = leave_one_out(data.interactions, max_history=history)
     exclude = not has_repeats(split_sequences(split))
     valid = sample_users(split.valid, valid_users, seed)
-    train_sequences = leave_one_out(data.interactions).train["item_ids"]
     rows = []
     for encoder in encoders:
-        emb, _ = item_embeddings(data, encoder, train_sequences=train_sequences, seed=seed, progress=False,
+        emb, _ = item_embeddings(data, encoder, train_sequences=split.train["item_ids"], seed=seed, progress=False,
                                  encoded={"text": text})
         for shape in shapes:
             levels, size, collision = SHAPES[shape]
