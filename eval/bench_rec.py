@@ -47,9 +47,6 @@ def prepare_run(dataset: str, work_dir: str | Path, codebook_size: int = 256, se
     dirs = RunDirs(Path(work_dir) / dataset)
     data = ensure_data(dirs, source, folder if source == "recbole" else str(SHARED_DATA / folder))
     codebook = ensure_sids(dirs, data, codebook_size=codebook_size, seed=seed, encoder=encoder)
-    if codebook.meta.get("encoder") != encoder or codebook.meta.get("codebook_size") != codebook_size:
-        raise ValueError(f"{dirs.sids}: SIDs built with {codebook.meta.get('encoder')} x "
-                         f"{codebook.meta.get('codebook_size')}, asked {encoder} x {codebook_size}; remove it")
     ensure_tiny(dirs, data, seed=seed)
     return dirs, data, codebook
 

@@ -156,3 +156,18 @@ def test_item_embeddings_reuse_encoded_modalities():
     assert emb.shape == (4, 8 + fresh.shape[1] - 384) and meta["encoder"] == "text+behaviour"
     np.testing.assert_array_equal(emb[:, :8], text)
     np.testing.assert_allclose(emb[:, 8:], fresh[:, 384:])  # behaviour still from the training sequences
+
+
+def test_ensure_sids_refuses_a_folder_built_with_other_options(tmp_path):
+    from think_rec.pipeline import RunDirs, ensure_sids
+
+    rows = [{"item_id": str(i), "title": f"item {i}"} for i in range(6)]
+    seqs = [{"user_id": f"u{u}", "item_ids": [str((u + j) % 6) for j in range(5)]} for u in range(6)]
+    data = RecDataset("toy", Catalog.from_rows(rows), Interactions.from_rows(seqs))
+    dirs = RunDirs(tmp_path)
+    book = ensure_sids(dirs, data, encoder="behaviour", levels=2, codebook_size=2)
+    assert ensure_sids(dirs, data, encoder="behaviour", levels=2, codebook_size=2).codes == book.codes
+    with pytest.raises(ValueError, match="codebook_size"):
+        ensure_sids(dirs, data, encoder="behaviour", levels=2, codebook_size=4)
+    with pytest.raises(ValueError, match="encoder"):
+        ensure_sids(dirs, data, encoder="text", levels=2, codebook_size=2)

@@ -44,11 +44,22 @@ def ensure_data(dirs: RunDirs, source: str, path: str | None, **options) -> RecD
     return RecDataset.load(dirs.data)
 
 
+# ``build_sids`` option -> the codebook meta key that records it
+BUILT_WITH = {"encoder": "encoder", "method": "method", "levels": "quant_levels", "codebook_size": "codebook_size",
+              "seed": "seed", "collision": "collision_strategy"}
+
+
 def ensure_sids(dirs: RunDirs, dataset: RecDataset, **options) -> SIDCodebook:
+    """The SIDs in ``dirs.sids``, built once; a folder built with other ``options`` is an error, never reused."""
     if not (dirs.sids / "sid_meta.json").exists():
         train = leave_one_out(dataset.interactions).train["item_ids"]
         build_and_save(dataset, dirs.sids, train_sequences=train, **options)
-    return SIDCodebook.load(dirs.sids)
+    book = SIDCodebook.load(dirs.sids)
+    stale = {k: (book.meta.get(BUILT_WITH[k]), v) for k, v in options.items()
+             if k in BUILT_WITH and book.meta.get(BUILT_WITH[k]) != v}
+    if stale:
+        raise ValueError(f"{dirs.sids}: SIDs built with other options (built, asked): {stale}; remove it to rebuild")
+    return book
 
 
 def tokenizer_corpus(dataset: RecDataset) -> list[str]:
