@@ -25,6 +25,7 @@ from think_rec.data.schema import RecDataset
 from think_rec.data.split import leave_one_out, sample_users
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.adapters import make_trainable, merge_and_save, warmup_only
+from think_rec.model.dropout import add_dropout
 from think_rec.model.itemic_tokens import add_sid_tokens
 from think_rec.model.loading import load_model
 
@@ -124,6 +125,8 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     new_ids = tokenizer.convert_tokens_to_ids(vocab)
     model = warmup_only(model, new_ids) if phase == "warmup" else make_trainable(
         model, new_ids, r=config.lora_r, alpha=config.lora_alpha)
+    if config.model_dropout and phase != "warmup":
+        add_dropout(model, config.model_dropout)
     if phase == "sequence":
         split = leave_one_out(data.interactions, max_history=config.sequence_max_items - 1)
         train = build_sequence_dataset(split, item_token_ids(codebook, tokenizer), config.sequence_max_items)

@@ -70,6 +70,8 @@ class AlignConfig(SFTConfig):
     lora_r: int = field(default=16, metadata={
         "help": "LoRA rank (multi-task phase); 0 = full fine-tuning (the from-scratch tiny preset)."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    model_dropout: float = field(default=0.0, metadata={
+        "help": "Dropout on embeddings, attention and residual branches while training (models from scratch)."})
     quantization: str | None = field(default=None, metadata={"help": "None | 4bit | 8bit (QLoRA)."})
     time_budget_minutes: float | None = field(default=None, metadata={"help": "Stop (and checkpoint) when spent."})
 
@@ -81,6 +83,7 @@ class AlignConfig(SFTConfig):
     save_total_limit: int | None = 2
     logging_steps: float = 5
     max_length: int | None = 2048
+    include_num_input_tokens_seen: str | bool = "non_padding"  # compute per phase, logged by model selection
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.phases if p not in PHASES]

@@ -54,11 +54,12 @@ class ValidSelection(TrainerCallback):
         self.history: list[dict[str, float]] = []
         self.best, self.best_state, self.bad, self.last_step = -1.0, None, 0, -1
 
-    def _evaluate(self, model, step: int) -> float:
+    def _evaluate(self, model, state) -> float:
         score = valid_ndcg10(model, self.tokenizer, self.trie, self.prompt, self.histories, self.targets,
                              num_beams=self.num_beams, exclude_history=self.exclude_history)
-        self.history.append({"step": step, "valid_ndcg@10": score})
-        self.last_step = step
+        self.history.append({"step": state.global_step, "tokens_seen": state.num_input_tokens_seen,
+                             "valid_ndcg@10": score})
+        self.last_step = state.global_step
         if score > self.best:
             self.best, self.bad = score, 0
             self.best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -71,7 +72,7 @@ class ValidSelection(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
-            self._evaluate(model, state.global_step)
+            self._evaluate(model, state)
             if self.patience and self.bad >= self.patience:
                 control.should_training_stop = True
                 control.should_save = True
@@ -79,7 +80,7 @@ class ValidSelection(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if state.global_step != self.last_step and state.global_step > 0:
-            self._evaluate(model, state.global_step)
+            self._evaluate(model, state)
         if self.best_state is not None:
             with torch.no_grad():
                 params = dict(model.named_parameters())

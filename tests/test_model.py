@@ -10,6 +10,7 @@ from PIL import Image
 from think_rec.itemic.codebook import SIDCodebook, code_token
 from think_rec.model import (add_sid_tokens, apply_lora, build_tiny, load_adapter, load_model, merge_and_save,
                              save_adapter, sid_token_ids, warmup_only)
+from think_rec.model.dropout import add_dropout
 
 TITLES = {f"i{k}": f"{color} {kind} size {k % 7}" for k, (color, kind) in enumerate(
     (c, t) for c in ("red", "blue", "green", "black", "white") for t in ("shoe", "shirt", "hat", "bag", "sock", "cup"))}
@@ -168,6 +169,28 @@ def test_lora_save_reload_and_merge_give_same_logits(sid_base, tmp_path):
     merged, _ = load_model(tmp_path / "merged")
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_dropout_acts_in_training_only_and_is_not_saved(tiny_dir, tmp_path):
+    model, processor = load_model(tiny_dir)
+    ids = processor.tokenizer("a red shoe then a blue hat", return_tensors="pt")
+    with torch.no_grad():
+        clean = model(**ids).logits
+        add_dropout(model, 0.3)
+        text_attention = [m for n, m in model.named_modules() if "language_model" in n and n.endswith(".self_attn")]
+        assert text_attention and all(m.attention_dropout == 0.3 for m in text_attention)
+        model.train()
+        a, b = model(**ids).logits, model(**ids).logits
+        assert not torch.equal(a, b) and not torch.equal(a, clean)
+        model.eval()
+        assert torch.equal(model(**ids).logits, clean)
+    model.save_pretrained(tmp_path)
+    reloaded, _ = load_model(tmp_path)
+    reloaded.train()
+    with torch.no_grad():
+        assert torch.equal(reloaded(**ids).logits, reloaded(**ids).logits)
+    with pytest.raises(ValueError, match="dropout"):
+        add_dropout(model, 1.0)
 
 
 def test_qlora_4bit_backward_on_cpu(sid_base):

@@ -118,8 +118,8 @@ def test_recipe_yaml_loads_with_overrides(tmp_path):
 
 @pytest.fixture(scope="module")
 def sequence_run(aligned_run, tmp_path_factory, monkeypatch_module):
-    """The new recipe's sequence phase on the generated shop (60 steps, full training), with model selection;
-    every prompt model selection scores is recorded."""
+    """The new recipe's sequence phase on the generated shop (300 steps, full training), with model selection
+    on every valid user; every prompt model selection scores is recorded."""
     dirs, codebook, _ = aligned_run
     seen: list[list[int]] = []
     original = selection.beam_search
@@ -132,8 +132,8 @@ def sequence_run(aligned_run, tmp_path_factory, monkeypatch_module):
     out = tmp_path_factory.mktemp("sequence_run")
     config = load_align_config(CONFIGS / "rec_tiny.yaml", output_dir=str(out), model=str(dirs.tiny),
                                data_dir=str(dirs.data), sids_dir=str(dirs.sids), phase="sequence",
-                               phase_budget=None, time_budget_minutes=None, max_steps=60,
-                               select_every_steps=20, select_users=100, sequence_max_items=12, save_steps=1000,
+                               phase_budget=None, time_budget_minutes=None, max_steps=300,
+                               select_every_steps=25, select_users=200, sequence_max_items=12, save_steps=1000,
                                logging_steps=10)
     return out, align.train_align(config), seen
 
@@ -156,5 +156,24 @@ def test_model_selection_reads_valid_histories_only_and_keeps_the_best(synthetic
     assert seen and all(tuple(p) in valid for p in seen)
     assert not any(tuple(p) in test - valid for p in seen)
     log = json.loads((out / "sequence" / "selection.json").read_text())
-    assert [e["step"] for e in log["evaluations"]] == [20, 40, 60]
+    assert [e["step"] for e in log["evaluations"]] == list(range(25, 301, 25))
     assert log["best_valid_ndcg@10"] == max(e["valid_ndcg@10"] for e in log["evaluations"])
+
+
+def test_sequence_recipe_reaches_the_chat_recipe_with_less_compute(synthetic_dataset, aligned_run, sequence_run):
+    """Supervision density: the old recipe (chat prompts, loss on the target's SID only, LoRA; the ``aligned_run``
+    fixture) against the new one (bare SID streams, every item supervised): input tokens each needs to reach the
+    old recipe's valid NDCG@10 on the same valid users."""
+    dirs, codebook, model_dir = aligned_run
+    model, processor = load_model(model_dir)
+    split = leave_one_out(synthetic_dataset.interactions, max_history=5)
+    prompt = align.phase_prompt("multitask", synthetic_dataset, codebook, processor, 5)
+    old_ndcg = selection.valid_ndcg10(model, processor, SIDTrie.from_codebook(codebook, processor), prompt,
+                                      split.valid["history"], split.valid["target"])
+    old_tokens = sum(max(e.get("num_input_tokens_seen", 0) for e in json.loads(
+        (dirs.align / phase / "log_history.json").read_text())) for phase in ("warmup", "multitask"))
+    out, _, _ = sequence_run
+    evaluations = json.loads((out / "sequence" / "selection.json").read_text())["evaluations"]
+    reached = [e["tokens_seen"] for e in evaluations if e["valid_ndcg@10"] >= old_ndcg]
+    assert old_ndcg > 0.1 and reached, (old_ndcg, evaluations)
+    assert old_tokens >= 2 * reached[0], (old_tokens, reached[0], old_ndcg, evaluations)
