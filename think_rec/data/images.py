@@ -1,0 +1,90 @@
+"""Item images: checked where a loader finds them, copied into the prepared folder, and resolved
+under a data root whenever they are opened (nothing outside it is ever read or served)."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError, FieldError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"}
+URL_SCHEMES = ("http://", "https://")
+
+
+def is_url(value: str) -> bool:
+    return value.lower().startswith(URL_SCHEMES)
+
+
+def _under(root: Path, stored: str | Path) -> Path:
+    """``stored`` (relative to ``root``, or absolute) resolved; ``ValueError`` when it leaves ``root``."""
+    base = root.resolve()
+    p = Path(stored)
+    p = (p if p.is_absolute() else base / p).resolve()
+    if not p.is_relative_to(base):
+        raise ValueError(f"{str(stored)!r} lies outside {base}")
+    if p.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{str(stored)!r} is not an image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return p
+
+
+def resolve_image(root: str | Path, stored: str | Path) -> Path:
+    """The file an item's stored image path names, guaranteed to lie under ``root`` (symlinks
+    followed) and to have an image suffix; ``DataError`` otherwise. The file need not exist."""
+    try:
+        return _under(Path(root), stored)
+    except ValueError as e:
+        raise DataError(str(root), None, "image", str(e)) from None
+
+
+def source_image(root: Path, value: Any) -> str | None:
+    """A loader's ``image`` field: ``None``, an http(s) URL, or an existing image file under the
+    source folder ``root`` (returned absolute). ``FieldError`` for anything else."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise FieldError("image", f"expected a path or URL, got {type(value).__name__}")
+    if is_url(value):
+        return value
+    if "://" in value:
+        raise FieldError("image", f"only http(s) URLs are kept, got {value!r}")
+    try:
+        p = _under(root, value)
+    except ValueError as e:
+        raise FieldError("image", str(e)) from None
+    try:
+        with Image.open(p) as im:
+            im.format  # noqa: B018 - the header is read here
+    except FileNotFoundError:
+        raise FieldError("image", f"{value!r}: file not found") from None
+    except (UnidentifiedImageError, OSError):
+        raise FieldError("image", f"{value!r} is not a readable image") from None
+    return str(p)
+
+
+def store_images(images: list[str | None], folder: Path) -> list[str | None]:
+    """Local images as paths relative to ``folder``: files already inside it stay, others are
+    hard-linked (or copied) to ``folder/images``, keeping their layout below their common folder."""
+    folder = folder.resolve()
+    local = [p for p in images if p and not is_url(p) and not Path(p).resolve().is_relative_to(folder)]
+    common = Path(os.path.commonpath([str(Path(p).resolve().parent) for p in local])) if local else None
+    out: list[str | None] = []
+    for img in images:
+        if not img or is_url(img):
+            out.append(img or None)
+            continue
+        src = Path(img).resolve()
+        if not src.is_relative_to(folder):
+            dest = folder / "images" / src.relative_to(common)
+            if not dest.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(src, dest)
+                except OSError:
+                    shutil.copyfile(src, dest)
+            src = dest
+        out.append(str(src.relative_to(folder)))
+    return out
