@@ -256,7 +256,8 @@ ITEMS_18 = json.dumps({str(i): {"title": f"t{i}"} for i in range(1, 7)}).encode(
 HEADER_18 = b"user_id,history_item_title,item_title,history_item_id,item_id,history_item_sid,item_sid\n"
 META_14 = b"{'asin': 'a', 'title': 'A'}\n{'asin': 'b', 'title': 'B'}\n"
 META_23 = b'{"parent_asin": "A1"}\n{"parent_asin": "A2"}\n'
-REVIEWS_23 = b'{"user_id": "U1", "parent_asin": "A1", "timestamp": 1}\n{"user_id": "U1", "parent_asin": "A2", "timestamp": 2}\n'
+REVIEWS_23 = (b'{"user_id": "U1", "parent_asin": "A1", "timestamp": 1}\n'
+              b'{"user_id": "U1", "parent_asin": "A2", "timestamp": 2}\n')
 NOT_UTF8 = jsonl_files([b'{"item_id": "caf\xe9"}'], [])
 # source, files, bad file, line, field, message
 BAD_VALUES = {
@@ -290,11 +291,12 @@ BAD_VALUES = {
     "amazon23-timestamp-overflow": ("amazon23", {"meta_Beauty.jsonl": META_23, "Beauty.jsonl": REVIEWS_23 + (
         b'{"user_id": "U2", "parent_asin": "A1", "timestamp": 99999999999999999999}\n')}, "Beauty.jsonl", 3,
         "timestamp", "out of the int64 range"),
-    "amazon18-not-utf8": ("amazon18", {"index.X.item.json": ITEMS_18, "valid.X.csv": HEADER_18 + b'U1,[],t,"[1, 2]",3,[],s\n',
+    "amazon18-not-utf8": ("amazon18", {"index.X.item.json": ITEMS_18,
+                                       "valid.X.csv": HEADER_18 + b'U1,[],t,"[1, 2]",3,[],s\n',
                                        "test.X.csv": HEADER_18 + b'U1,[],t,"[2, 3]",4,[],s\nU2,[],t\xff,[5],6,[],s\n'},
                           "test.X.csv", 3, None, f"invalid UTF-8 at byte {len(HEADER_18) + 25 + 6}"),
-    "amazon18-history-string": ("amazon18", {"index.X.item.json": ITEMS_18,
-                                             "valid.X.csv": HEADER_18 + b'U1,[],t,"[1, 2]",3,[],s\nU2,[],t,\'56\',6,[],s\n',
+    "amazon18-history-string": ("amazon18", {"index.X.item.json": ITEMS_18, "valid.X.csv": HEADER_18 + (
+                                             b'U1,[],t,"[1, 2]",3,[],s\nU2,[],t,\'56\',6,[],s\n'),
                                              "test.X.csv": HEADER_18 + b'U1,[],t,"[2, 3]",4,[],s\n'},
                                 "valid.X.csv", 3, "history_item_id", "expected a list of item ids"),
 }

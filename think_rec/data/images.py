@@ -19,15 +19,23 @@ def is_url(value: str) -> bool:
     return value.lower().startswith(URL_SCHEMES)
 
 
-def _under(root: Path, stored: str | Path) -> Path:
-    """``stored`` (relative to ``root``, or absolute) resolved; ``ValueError`` when it leaves ``root``."""
-    base = root.resolve()
-    p = Path(stored)
-    p = (p if p.is_absolute() else base / p).resolve()
-    if not p.is_relative_to(base):
+def _joined(base: str, stored: str | Path) -> str:
+    """``stored`` (relative to the absolute ``base``, or absolute) normalised, without following links;
+    ``ValueError`` when it leaves ``base`` or lacks an image suffix."""
+    p = os.path.normpath(os.path.join(base, stored))
+    if not p.startswith(base.rstrip(os.sep) + os.sep):
         raise ValueError(f"{str(stored)!r} lies outside {base}")
-    if p.suffix.lower() not in IMAGE_SUFFIXES:
+    if os.path.splitext(p)[1].lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"{str(stored)!r} is not an image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return p
+
+
+def _under(root: Path, stored: str | Path) -> Path:
+    """``_joined`` with symlinks followed too."""
+    base = str(root.resolve())
+    p = Path(_joined(base, stored)).resolve()
+    if not p.is_relative_to(base):
+        raise ValueError(f"{str(stored)!r} lies outside {base} (through a link)")
     return p
 
 
@@ -38,6 +46,16 @@ def resolve_image(root: str | Path, stored: str | Path) -> Path:
         return _under(Path(root), stored)
     except ValueError as e:
         raise DataError(str(root), None, "image", str(e)) from None
+
+
+def absolute_images(root: Path, images: list[str | None]) -> list[str | None]:
+    """A prepared folder's stored image paths made absolute (URLs kept); ``DataError`` for one that
+    leaves the folder (links are only followed when an image is opened, by ``resolve_image``)."""
+    base = str(root.resolve())
+    try:
+        return [img if not img or is_url(img) else _joined(base, img) for img in images]
+    except ValueError as e:
+        raise DataError(str(root / "catalog"), None, "image", str(e)) from None
 
 
 def source_image(root: Path, value: Any) -> str | None:

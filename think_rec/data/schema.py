@@ -14,7 +14,7 @@ import datasets
 
 from .atomic import atomic_folder
 from .errors import DataError
-from .images import is_url, resolve_image, store_images
+from .images import absolute_images, store_images
 
 ITEM_FEATURES = datasets.Features(
     {
@@ -184,7 +184,8 @@ class RecDataset:
 
     @classmethod
     def load(cls, data_dir: str | Path) -> "RecDataset":
-        """A prepared folder; its image paths come back absolute, each checked to lie inside it."""
+        """A prepared folder, checked against its ``stats.json``; image paths come back absolute,
+        each checked to lie inside it."""
         d = Path(data_dir)
         if not (d / "stats.json").exists():
             raise FileNotFoundError(f"{d}: not a prepared data folder (no stats.json); "
@@ -196,7 +197,7 @@ class RecDataset:
             raise DataError(str(d / "stats.json"), None, None, f"{len(items)} items and {len(table)} users on "
                             f"disk, stats.json says {saved.get('items')} and {saved.get('users')}; "
                             "re-run `think-rec data prepare`")
-        images = [img if not img or is_url(img) else str(resolve_image(d, img)) for img in column(items, "image")]
+        images = absolute_images(d, column(items, "image"))
         ds = cls(saved.get("name", d.name), Catalog(with_images(items, images)), Interactions(table))
         ds.extra_stats = {k: v for k, v in saved.items() if k not in BASE_STATS}
         return ds

@@ -67,5 +67,5 @@ def first_image(images: Any, root: Path) -> str | None:
         return None
     if not isinstance(images, list):
         raise FieldError("images", f"expected a list, got {type(images).__name__}")
-    found = next((im.get("large") or im.get("hi_res") or im.get("thumb") for im in images if isinstance(im, dict)), None)
-    return source_image(root, found)
+    found = (im.get("large") or im.get("hi_res") or im.get("thumb") for im in images if isinstance(im, dict))
+    return source_image(root, next(found, None))
