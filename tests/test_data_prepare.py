@@ -178,3 +178,15 @@ def test_sigkill_mid_write_leaves_the_old_folder(tmp_path, stall_after):
     time.sleep(0.1)
     assert prepare("jsonl", str(new_src), out, overwrite=True)["users"] == 7  # and the leftovers go
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "old", "out"]
+
+
+def test_skip_bad_rows_prints_a_summary_by_reason(tmp_path):
+    src = source(tmp_path / "src")
+    with (src / "interactions.jsonl").open("a") as f:
+        f.write('{"user_id": "x", "item_ids": ["zz"]}\n{"user_id": "y", "item_ids": ["yy"]}\n{"user_id": 0.5}\n')
+    result = CliRunner().invoke(app, ["data", "prepare", "--source", "jsonl", "--path", str(src), "--out",
+                                      str(tmp_path / "out"), "--skip-bad-rows"])
+    assert result.exit_code == 0, result.output
+    tail = result.output[result.output.index("dropped 3 bad rows:"):].splitlines()
+    assert [line.split(None, 1) for line in tail[1:] if line.strip()] == [
+        ["2", "item_ids: unknown item id '…'"], ["1", "user_id: expected a string or integer id, got float"]]
