@@ -39,7 +39,7 @@ def fail(error: Exception) -> None:
 @data_app.command("prepare")
 def data_prepare(
     source: str = typer.Option(..., help="amazon18 | amazon14 | amazon23 | lcrec | recbole | jsonl | synthetic"),
-    out: Path = typer.Option(..., help="Output folder (catalog/, interactions/, stats.json)."),
+    out: Path = typer.Option(..., help="Output folder (catalog/, interactions/, images/, stats.json)."),
     path: Optional[str] = typer.Option(None, help="Input folder or file; 'ml-100k' = MovieLens-100k from recbole."),
     kcore: int = typer.Option(0, help="Iterative k-core filter on users and items (0 = off)."),
     skip_bad_rows: bool = typer.Option(False, help="Drop malformed rows (counted) instead of stopping."),
@@ -71,7 +71,7 @@ def data_stats(data: Path = typer.Argument(..., help="A prepared data folder."))
 
     try:
         print_dict(str(data), RecDataset.load(data).stats())
-    except FileNotFoundError as e:
+    except (OSError, ValueError) as e:  # incl. DataError: a folder that does not match its stats.json
         fail(e)
 
 

@@ -74,8 +74,7 @@ def source_image(root: Path, value: Any) -> str | None:
     except ValueError as e:
         raise FieldError("image", str(e)) from None
     try:
-        with Image.open(p) as im:
-            im.format  # noqa: B018 - the header is read here
+        Image.open(p).close()  # reads and identifies the header only
     except FileNotFoundError:
         raise FieldError("image", f"{value!r}: file not found") from None
     except (UnidentifiedImageError, OSError):
@@ -87,14 +86,14 @@ def store_images(images: list[str | None], folder: Path) -> list[str | None]:
     """Local images as paths relative to ``folder``: files already inside it stay, others are
     hard-linked (or copied) to ``folder/images``, keeping their layout below their common folder."""
     folder = folder.resolve()
-    local = [p for p in images if p and not is_url(p) and not Path(p).resolve().is_relative_to(folder)]
-    common = Path(os.path.commonpath([str(Path(p).resolve().parent) for p in local])) if local else None
+    local = [None if not p or is_url(p) else Path(p).resolve() for p in images]
+    outside = {str(p.parent) for p in local if p is not None and not p.is_relative_to(folder)}
+    common = Path(os.path.commonpath(outside)) if outside else folder
     out: list[str | None] = []
-    for img in images:
-        if not img or is_url(img):
+    for img, src in zip(images, local):
+        if src is None:
             out.append(img or None)
             continue
-        src = Path(img).resolve()
         if not src.is_relative_to(folder):
             dest = folder / "images" / src.relative_to(common)
             if not dest.exists():
