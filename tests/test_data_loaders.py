@@ -288,6 +288,8 @@ BAD_VALUES = {
     "amazon14-categories-dict": ("amazon14", {"sequential_data.txt": b"1 a b\n", "meta_X.json": META_14 + (
         b"{'asin': 'c', 'categories': {'Beauty': ['Skin']}}\n")}, "meta_X.json", 3, "categories",
         "expected a list of category paths, got an object"),
+    "amazon14-imurl-outside": ("amazon14", {"sequential_data.txt": b"1 a b\n", "meta_X.json": META_14 + (
+        b"{'asin': 'c', 'imUrl': '/etc/passwd'}\n")}, "meta_X.json", 3, "image", "lies outside"),
     "amazon23-timestamp-overflow": ("amazon23", {"meta_Beauty.jsonl": META_23, "Beauty.jsonl": REVIEWS_23 + (
         b'{"user_id": "U2", "parent_asin": "A1", "timestamp": 99999999999999999999}\n')}, "Beauty.jsonl", 3,
         "timestamp", "out of the int64 range"),
