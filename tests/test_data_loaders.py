@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from think_rec.data.errors import DataError
 from think_rec.data.loaders import LOADERS, load_source, movielens_100k_path
@@ -116,7 +117,14 @@ def test_recbole_atomic_files_sorted_by_time(tmp_path):
     assert len(ds.catalog) == 3 and ds.catalog["a"]["categories"] == ["x", "y"]
 
 
+def png(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), "red").save(path)
+    return path
+
+
 def test_jsonl_format(tmp_path):
+    png(tmp_path / "images" / "42.png")
     write_jsonl(tmp_path / "items.jsonl", [
         {"item_id": "42", "title": "Red kettle", "categories": "Kitchen > Kettles", "price": 24.5,
          "image": "images/42.png"},
@@ -232,3 +240,104 @@ def test_amazon18_contradicting_window(tmp_path, shared_data):
     assert {r["user_id"]: r["item_ids"] for r in ds.interactions.table} == {
         "U1": ["1", "2", "3", "4"], "U2": ["5", "6"]}
     assert ds.stats()["dropped_rows"] == 1
+
+
+# --- bad values: every one names file:line: field ----------------------------------------------------
+
+def jsonl_files(items: list, inter: list) -> dict[str, bytes]:
+    def lines(rows: list) -> bytes:
+        return b"".join((r if isinstance(r, bytes) else (r if isinstance(r, str) else json.dumps(r)).encode())
+                        + b"\n" for r in rows)
+    return {"items.jsonl": lines(GOOD_ITEMS + items), "interactions.jsonl": lines([GOOD_USER] + inter)}
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+ITEMS_18 = json.dumps({str(i): {"title": f"t{i}"} for i in range(1, 7)}).encode()
+HEADER_18 = b"user_id,history_item_title,item_title,history_item_id,item_id,history_item_sid,item_sid\n"
+META_14 = b"{'asin': 'a', 'title': 'A'}\n{'asin': 'b', 'title': 'B'}\n"
+META_23 = b'{"parent_asin": "A1"}\n{"parent_asin": "A2"}\n'
+REVIEWS_23 = (b'{"user_id": "U1", "parent_asin": "A1", "timestamp": 1}\n'
+              b'{"user_id": "U1", "parent_asin": "A2", "timestamp": 2}\n')
+NOT_UTF8 = jsonl_files([b'{"item_id": "caf\xe9"}'], [])
+# source, files, bad file, line, field, message
+BAD_VALUES = {
+    "categories-int": ("jsonl", jsonl_files([{"item_id": "c", "categories": 5}], []), "items.jsonl", 3,
+                       "categories", "expected a list of strings, got int"),
+    "image-int": ("jsonl", jsonl_files([{"item_id": "c", "image": 5}], []), "items.jsonl", 3, "image",
+                  "expected a path or URL, got int"),
+    "image-file-url": ("jsonl", jsonl_files([{"item_id": "c", "image": "file:///etc/passwd"}], []), "items.jsonl", 3,
+                       "image", "only http(s) URLs"),
+    "id-object": ("jsonl", jsonl_files([{"item_id": {"x": 1}}], []), "items.jsonl", 3, "item_id",
+                  "expected a string or integer id, got dict"),
+    "user-id-list": ("jsonl", jsonl_files([], [{"user_id": ["u"], "item_ids": ["a"]}]), "interactions.jsonl", 2,
+                     "user_id", "expected a string or integer id, got list"),
+    "title-object": ("jsonl", jsonl_files([{"item_id": "c", "title": {"en": "x"}}], []), "items.jsonl", 3, "title",
+                     "expected text, got dict"),
+    "price-nan": ("jsonl", jsonl_files(['{"item_id": "c", "price": NaN}'], []), "items.jsonl", 3, "price",
+                  "expected a finite number"),
+    "price-infinity": ("jsonl", jsonl_files(['{"item_id": "c", "price": Infinity}'], []), "items.jsonl", 3, "price",
+                       "expected a finite number"),
+    "timestamps-string": ("jsonl", jsonl_files([], [{"user_id": "u", "item_ids": ["a", "b"], "timestamps": "12"}]),
+                          "interactions.jsonl", 2, "timestamps", "expected a list of integers, got str"),
+    "timestamp-overflow": ("jsonl", jsonl_files([], [{"user_id": "u", "item_ids": ["a"], "timestamps": [2**63]}]),
+                           "interactions.jsonl", 2, "timestamps", "out of the int64 range"),
+    "deep-nesting": ("jsonl", jsonl_files([f'{{"item_id": "c", "title": {DEEP}}}'], []), "items.jsonl", 3, None,
+                     "nested too deeply"),
+    "not-utf8": ("jsonl", NOT_UTF8, "items.jsonl", 3, None,
+                 f"invalid UTF-8 at byte {NOT_UTF8['items.jsonl'].index(0xE9)}"),
+    "amazon14-categories-dict": ("amazon14", {"sequential_data.txt": b"1 a b\n", "meta_X.json": META_14 + (
+        b"{'asin': 'c', 'categories': {'Beauty': ['Skin']}}\n")}, "meta_X.json", 3, "categories",
+        "expected a list of category paths, got an object"),
+    "amazon14-imurl-outside": ("amazon14", {"sequential_data.txt": b"1 a b\n", "meta_X.json": META_14 + (
+        b"{'asin': 'c', 'imUrl': '/etc/passwd'}\n")}, "meta_X.json", 3, "image", "lies outside"),
+    "amazon23-timestamp-overflow": ("amazon23", {"meta_Beauty.jsonl": META_23, "Beauty.jsonl": REVIEWS_23 + (
+        b'{"user_id": "U2", "parent_asin": "A1", "timestamp": 99999999999999999999}\n')}, "Beauty.jsonl", 3,
+        "timestamp", "out of the int64 range"),
+    "amazon18-not-utf8": ("amazon18", {"index.X.item.json": ITEMS_18,
+                                       "valid.X.csv": HEADER_18 + b'U1,[],t,"[1, 2]",3,[],s\n',
+                                       "test.X.csv": HEADER_18 + b'U1,[],t,"[2, 3]",4,[],s\nU2,[],t\xff,[5],6,[],s\n'},
+                          "test.X.csv", 3, None, f"invalid UTF-8 at byte {len(HEADER_18) + 25 + 6}"),
+    "amazon18-history-string": ("amazon18", {"index.X.item.json": ITEMS_18, "valid.X.csv": HEADER_18 + (
+                                             b'U1,[],t,"[1, 2]",3,[],s\nU2,[],t,\'56\',6,[],s\n'),
+                                             "test.X.csv": HEADER_18 + b'U1,[],t,"[2, 3]",4,[],s\n'},
+                                "valid.X.csv", 3, "history_item_id", "expected a list of item ids"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_VALUES))
+def test_bad_values_name_file_line_and_field(tmp_path, case):
+    source, files, bad_file, line, field, message = BAD_VALUES[case]
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(DataError) as err:
+        load_source(source, tmp_path)
+    e = err.value
+    assert (Path(e.path).name, e.line, e.field) == (bad_file, line, field) and message in e.message
+    assert str(e) == f"{e.path}:{line}: " + (f"{field}: " if field else "") + e.message
+    ds = load_source(source, tmp_path, skip_bad_rows=True)
+    assert ds.extra_stats["dropped_rows"] == 1 and ds.extra_stats["dropped_by_reason"] == {e.reason: 1}
+
+
+def test_id_zero_is_an_id_and_long_csv_fields_load(tmp_path):
+    jsonl = tmp_path / "jsonl"
+    jsonl.mkdir()
+    write_jsonl(jsonl / "items.jsonl", [{"item_id": 0, "price": "$1,250.00"}, {"item_id": "1", "price": "n/a"}])
+    write_jsonl(jsonl / "interactions.jsonl", [{"user_id": 0, "item_ids": [0, "1"], "timestamps": [1, "2"]}])
+    ds = load_source("jsonl", jsonl)
+    assert ds.catalog.ids == ["0", "1"] and ds.interactions.users == ["0"]
+    assert ds.interactions.table[0]["timestamps"] == [1, 2]
+    assert (ds.catalog["0"]["price"], ds.catalog["1"]["price"]) == (1250.0, None)
+    long_title = "x" * 140_000
+    (tmp_path / "index.X.item.json").write_bytes(ITEMS_18)
+    (tmp_path / "valid.X.csv").write_bytes(HEADER_18 + f'U1,[],{long_title},"[1, 2]",3,[],s\n'.encode())
+    (tmp_path / "test.X.csv").write_bytes(HEADER_18 + b'U1,[],t,"[2, 3]",4,[],s\n')
+    assert load_source("amazon18", tmp_path).interactions.sequences == [["1", "2", "3", "4"]]
+
+
+def test_dropped_rows_are_summarised_by_reason(tmp_path):
+    folder = jsonl_case(tmp_path, GOOD_ITEMS + [{"item_id": "a"}, {"item_id": "b"}, {"item_id": "c", "price": "inf"}],
+                        [GOOD_USER, {"user_id": "u", "item_ids": ["zz"]}, {"user_id": "v", "item_ids": ["yy"]}])
+    ds = load_source("jsonl", folder, skip_bad_rows=True)
+    assert ds.extra_stats["dropped_by_reason"] == {"item_id: duplicate item id '…'": 2,
+                                                   "item_ids: unknown item id '…'": 2,
+                                                   "price: expected a finite number, got inf": 1}

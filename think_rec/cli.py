@@ -39,24 +39,29 @@ def fail(error: Exception) -> None:
 @data_app.command("prepare")
 def data_prepare(
     source: str = typer.Option(..., help="amazon18 | amazon14 | amazon23 | lcrec | recbole | jsonl | synthetic"),
-    out: Path = typer.Option(..., help="Output folder (catalog/, interactions/, stats.json)."),
+    out: Path = typer.Option(..., help="Output folder (catalog/, interactions/, images/, stats.json)."),
     path: Optional[str] = typer.Option(None, help="Input folder or file; 'ml-100k' = MovieLens-100k from recbole."),
     kcore: int = typer.Option(0, help="Iterative k-core filter on users and items (0 = off)."),
     skip_bad_rows: bool = typer.Option(False, help="Drop malformed rows (counted) instead of stopping."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out folder (only once the new one is complete)."),
     n_items: int = typer.Option(500, help="synthetic: number of items."),
     n_users: int = typer.Option(1000, help="synthetic: number of users."),
     seed: int = typer.Option(0, help="synthetic: random seed."),
 ) -> None:
-    """Load a dataset, filter it and store it as Arrow datasets plus stats.json."""
-    from think_rec.data.errors import DataError
+    """Load a dataset, filter it and store it as Arrow datasets plus stats.json (and its images)."""
     from think_rec.data.prepare import prepare
 
     options = {"n_items": n_items, "n_users": n_users, "seed": seed} if source == "synthetic" else {}
     try:
-        stats = prepare(source, path, out, kcore=kcore, skip_bad_rows=skip_bad_rows, **options)
-    except (DataError, FileNotFoundError, ValueError) as e:
+        stats = prepare(source, path, out, kcore=kcore, skip_bad_rows=skip_bad_rows, overwrite=overwrite,
+                        **options)
+    except (OSError, ValueError) as e:  # DataError is a ValueError
         fail(e)
     print_dict(f"{source} -> {out}", stats)
+    if stats.get("dropped_rows"):
+        console.print(f"[bold yellow]dropped {stats['dropped_rows']} bad rows:[/]")
+        for reason, n in stats["dropped_by_reason"].items():
+            console.print(f"  {n:>8}  {reason}")
 
 
 @data_app.command("stats")
@@ -66,7 +71,7 @@ def data_stats(data: Path = typer.Argument(..., help="A prepared data folder."))
 
     try:
         print_dict(str(data), RecDataset.load(data).stats())
-    except FileNotFoundError as e:
+    except (OSError, ValueError) as e:  # incl. DataError: a folder that does not match its stats.json
         fail(e)
 
 

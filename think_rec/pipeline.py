@@ -40,7 +40,7 @@ class RunDirs:
 
 def ensure_data(dirs: RunDirs, source: str, path: str | None, **options) -> RecDataset:
     if not (dirs.data / "stats.json").exists():
-        prepare(source, path, dirs.data, **options)
+        prepare(source, path, dirs.data, overwrite=True, **options)  # an unfinished folder is redone
     return RecDataset.load(dirs.data)
 
 

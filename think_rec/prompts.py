@@ -17,6 +17,7 @@ import yaml
 from PIL import Image
 
 from .data.errors import DataError
+from .data.images import IMAGE_SUFFIXES, resolve_image
 from .data.schema import Catalog
 
 Items = Catalog | Mapping[str, dict[str, Any]]  # anything with catalog[item_id] -> row
@@ -39,13 +40,21 @@ def load_templates(path: str | Path = PROMPTS_DIR / "align.yaml") -> dict[str, A
 
 
 def image_path(item: dict[str, Any], image_root: str | Path | None = None) -> Path | None:
-    """The item's local image file, or None (no image, a URL, or a missing file)."""
+    """The item's local image file, or None (no image, a URL, or a missing file).
+
+    With ``image_root`` (the prepared data folder) the path is resolved by ``resolve_image``, which
+    raises ``DataError`` when it leaves that folder; without it only absolute image paths (as
+    ``RecDataset.load`` returns them, already checked) are accepted.
+    """
     img = item.get("image")
     if not img or "://" in img:
         return None
-    p = Path(img)
-    if not p.is_absolute() and image_root is not None:
-        p = Path(image_root) / p
+    if image_root is not None:
+        p = resolve_image(image_root, img)
+    else:
+        p = Path(img)
+        if not p.is_absolute() or p.suffix.lower() not in IMAGE_SUFFIXES:
+            return None
     return p if p.is_file() else None
 
 

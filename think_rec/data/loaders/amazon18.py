@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import ast
 import csv
+import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError
 from ..schema import RecDataset
-from .common import Builder, find_one
+from .common import Builder, Lines, find_one, to_id
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long titles/histories exceed the 131,072 default
 
 
 def load(path: str | Path, *, skip_bad_rows: bool = False, category: str = "*") -> RecDataset:
@@ -27,22 +31,32 @@ def load(path: str | Path, *, skip_bad_rows: bool = False, category: str = "*") 
     sequences: dict[str, list[str]] = {}
     first_line: dict[str, tuple[Path, int]] = {}
     for csv_path in windows:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
+        lines = Lines(csv_path)
+        reader = csv.DictReader(lines)
+        try:
             missing = {"user_id", "history_item_id", "item_id"} - set(reader.fieldnames or ())
-            if missing:
-                raise DataError(str(csv_path), 1, None, f"missing columns {sorted(missing)}")
-            for row in reader:
+        except csv.Error as e:
+            raise DataError(str(csv_path), 1, None, f"malformed CSV: {e}") from None
+        if missing:
+            raise DataError(str(csv_path), 1, None, f"missing columns {sorted(missing)}")
+        while True:
+            start = reader.line_num
+            with b.row(csv_path, start + 1):
                 try:
-                    user, history, target = parse_window(row, csv_path, reader.line_num, b.items)
-                    seq = sequences.get(user)
-                    if seq is not None and (len(history) > len(seq) or seq[len(seq) - len(history):] != history):
-                        raise DataError(str(csv_path), reader.line_num, "history_item_id",
-                                        f"window contradicts user {user!r}'s sequence so far "
-                                        f"(history is not its suffix)")
-                except DataError as e:
-                    b.errors.report(e)
-                    continue
+                    row = next(reader, None)
+                except csv.Error as e:
+                    raise DataError(str(csv_path), reader.line_num, None, f"malformed CSV: {e}") from None
+                if row is None:
+                    break
+                bad = next((n for n in range(start + 1, reader.line_num + 1) if n in lines.bad), None)
+                if bad is not None:
+                    raise DataError(str(csv_path), bad, None, lines.bad[bad])
+                user, history, target = parse_window(row, csv_path, reader.line_num, b.items)
+                seq = sequences.get(user)
+                if seq is not None and (len(history) > len(seq) or seq[len(seq) - len(history):] != history):
+                    raise DataError(str(csv_path), reader.line_num, "history_item_id",
+                                    f"window contradicts user {user!r}'s sequence so far "
+                                    f"(history is not its suffix)")
                 if seq is None:
                     sequences[user] = history + [target]
                     first_line[user] = (csv_path, reader.line_num)
@@ -53,16 +67,19 @@ def load(path: str | Path, *, skip_bad_rows: bool = False, category: str = "*") 
     return b.build()
 
 
-def parse_window(row: dict[str, str], path: Path, line: int, items: dict) -> tuple[str, list[str], str]:
+def parse_window(row: dict[str, Any], path: Path, line: int, items: dict) -> tuple[str, list[str], str]:
     """``(user, history, target)`` of one CSV row, every id checked against the catalog."""
+    if None in row or any(v is None for v in row.values()):
+        raise DataError(str(path), line, None, "wrong number of columns")
     try:
-        history = [str(i) for i in ast.literal_eval(row["history_item_id"] or "[]")]
-    except (ValueError, SyntaxError, TypeError):
-        raise DataError(str(path), line, "history_item_id", "expected a list of item ids") from None
-    target = (row["item_id"] or "").strip()
+        history = ast.literal_eval(row["history_item_id"] or "[]")
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        history = None
+    if not isinstance(history, (list, tuple)):
+        raise DataError(str(path), line, "history_item_id", "expected a list of item ids")
+    history = [to_id(i, "history_item_id") for i in history]
+    target = to_id(row["item_id"], "item_id")
     for field_name, item_id in [("history_item_id", i) for i in history] + [("item_id", target)]:
         if item_id not in items:
             raise DataError(str(path), line, field_name, f"unknown item id {item_id!r}")
-    if not row["user_id"]:
-        raise DataError(str(path), line, "user_id", "missing user id")
-    return row["user_id"].strip(), history, target
+    return to_id(row["user_id"], "user_id"), history, target

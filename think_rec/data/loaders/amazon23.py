@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, FieldError
+from ..images import source_image
 from ..schema import RecDataset
-from .common import Builder, iter_jsonl, require_file, to_price, to_text
+from .common import (Builder, iter_jsonl, require_file, to_categories, to_float, to_id, to_price, to_text,
+                     to_timestamp)
 
 
 def load(path: str | Path, *, skip_bad_rows: bool = False, meta: str | Path | None = None,
@@ -32,36 +35,37 @@ def load(path: str | Path, *, skip_bad_rows: bool = False, meta: str | Path | No
     if meta is not None:
         meta_file = require_file(meta)
         for line, rec in iter_jsonl(meta_file, b.errors):
-            images = rec.get("images") or []
-            image = next((im.get("large") or im.get("hi_res") or im.get("thumb")
-                          for im in images if isinstance(im, dict)), None)
-            b.add_item({"item_id": rec.get("parent_asin"), "title": to_text(rec.get("title")),
-                        "description": to_text(rec.get("description")) or to_text(rec.get("features")),
-                        "brand": to_text(rec.get("store")), "categories": list(rec.get("categories") or []),
-                        "price": to_price(rec.get("price")), "image": image}, meta_file, line)
+            with b.row(meta_file, line):
+                b.add_item({"item_id": rec.get("parent_asin"), "title": to_text(rec.get("title"), "title"),
+                            "description": to_text(rec.get("description"), "description")
+                            or to_text(rec.get("features"), "features"),
+                            "brand": to_text(rec.get("store"), "store"),
+                            "categories": to_categories(rec.get("categories")), "price": to_price(rec.get("price")),
+                            "image": first_image(rec.get("images"), meta_file.parent.resolve())}, meta_file, line)
     events: dict[str, list[tuple[int, str]]] = defaultdict(list)
     first_line: dict[str, int] = {}
     for line, rec in iter_jsonl(reviews_file, b.errors):
-        try:
-            user, item = str(rec.get("user_id") or ""), str(rec.get("parent_asin") or "")
-            for field_name, value in (("user_id", user), ("parent_asin", item)):
-                if not value:
-                    raise DataError(str(reviews_file), line, field_name, "missing")
+        with b.row(reviews_file, line):
+            user, item = to_id(rec.get("user_id"), "user_id"), to_id(rec.get("parent_asin"), "parent_asin")
             if meta is not None and item not in b.items:
-                raise DataError(str(reviews_file), line, "parent_asin", f"unknown item id {item!r}")
-            try:
-                ts = int(rec["timestamp"])
-            except (KeyError, TypeError, ValueError):
-                raise DataError(str(reviews_file), line, "timestamp", "expected an integer") from None
-        except DataError as e:
-            b.errors.report(e)
-            continue
-        if min_rating is not None and float(rec.get("rating") or 0) < min_rating:
-            continue
-        events[user].append((ts, item))
-        first_line.setdefault(user, line)
+                raise FieldError("parent_asin", f"unknown item id {item!r}")
+            ts = to_timestamp(rec.get("timestamp"))
+            if min_rating is not None and to_float(rec.get("rating") or 0, "rating") < min_rating:
+                continue
+            events[user].append((ts, item))
+            first_line.setdefault(user, line)
     for user, evs in events.items():
         evs.sort(key=lambda e: e[0])
         b.add_user(user, [i for _, i in evs], [t for t, _ in evs], reviews_file, first_line[user],
                    known_items=meta is not None)
     return b.build(known_items=meta is not None, only_used_items=True)
+
+
+def first_image(images: Any, root: Path) -> str | None:
+    """The first ``large`` (or ``hi_res``, ``thumb``) image of a metadata ``images`` list."""
+    if images is None:
+        return None
+    if not isinstance(images, list):
+        raise FieldError("images", f"expected a list, got {type(images).__name__}")
+    found = (im.get("large") or im.get("hi_res") or im.get("thumb") for im in images if isinstance(im, dict))
+    return source_image(root, next(found, None))

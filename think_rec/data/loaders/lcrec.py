@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DataError
 from ..schema import RecDataset
 from .common import Builder, find_one, iter_json_object
 
@@ -19,8 +18,5 @@ def load(path: str | Path, *, skip_bad_rows: bool = False, name: str = "*") -> R
     b = Builder(f"lcrec-{prefix}", folder, skip_bad_rows)
     b.add_item_file(item_file)
     for user, items, line in iter_json_object(inter_file):
-        if not isinstance(items, list):
-            b.errors.report(DataError(str(inter_file), line, user, "expected a list of item ids"))
-            continue
         b.add_user(user, items, None, inter_file, line)
     return b.build()

@@ -14,9 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import DataError
+from ..errors import DataError, FieldError
 from ..schema import RecDataset
-from .common import Builder, find_one, require_file, to_price
+from .common import Builder, find_one, iter_lines, to_float, to_id, to_price, to_timestamp
 
 TITLE, CATEGORIES = ("title", "movie_title", "name", "item_name"), ("categories", "genre", "class")
 
@@ -34,17 +34,17 @@ def movielens_100k_path() -> Path:
 
 def read_atomic(path: Path, b: Builder) -> Iterator[tuple[int, dict[str, str]]]:
     """``(line, {column name: value})`` per row; the header's ``:type`` suffixes are dropped."""
-    with open(require_file(path), encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        names = [h.split(":")[0] for h in header]
-        for n, text in enumerate(f, 2):
-            if not text.strip():
-                continue
-            values = text.rstrip("\n").split("\t")
-            if len(values) != len(names):
-                b.errors.report(DataError(str(path), n, None, f"expected {len(names)} columns, got {len(values)}"))
-                continue
-            yield n, dict(zip(names, values))
+    rows = iter_lines(path, b.errors)
+    first = next(rows, None)
+    if first is None or first[0] != 1:
+        raise DataError(str(path), 1, None, "expected a header line")
+    names = [h.split(":")[0] for h in first[1].rstrip("\r\n").split("\t")]
+    for n, text in rows:
+        values = text.rstrip("\r\n").split("\t")
+        if len(values) != len(names):
+            b.errors.report(DataError(str(path), n, None, f"expected {len(names)} columns, got {len(values)}"))
+            continue
+        yield n, dict(zip(names, values))
 
 
 def load(path: str | Path, *, skip_bad_rows: bool = False, min_rating: float | None = None) -> RecDataset:
@@ -57,37 +57,29 @@ def load(path: str | Path, *, skip_bad_rows: bool = False, min_rating: float | N
     has_items = item_file.is_file()
     if has_items:
         for line, row in read_atomic(item_file, b):
-            title = next((row[c] for c in TITLE if row.get(c)), "")
-            categories = next((row[c].split() for c in CATEGORIES if row.get(c)), [])
-            year = row.get("release_year") or row.get("year")
-            b.add_item({"item_id": row.get("item_id"), "title": title, "brand": row.get("brand", ""),
-                        "description": row.get("description") or (f"Released {year}" if year else ""),
-                        "categories": categories, "price": to_price(row.get("price"))}, item_file, line)
-    events: dict[str, list[tuple[float, str]]] = defaultdict(list)
+            with b.row(item_file, line):
+                title = next((row[c] for c in TITLE if row.get(c)), "")
+                categories = next((row[c].split() for c in CATEGORIES if row.get(c)), [])
+                year = row.get("release_year") or row.get("year")
+                b.add_item({"item_id": row.get("item_id"), "title": title, "brand": row.get("brand", ""),
+                            "description": row.get("description") or (f"Released {year}" if year else ""),
+                            "categories": categories, "price": to_price(row.get("price"))}, item_file, line)
+    events: dict[str, list[tuple[int, str]]] = defaultdict(list)
     first_line: dict[str, int] = {}
     has_time = False
     for line, row in read_atomic(inter_file, b):
         has_time = "timestamp" in row
-        try:
-            user, item = row.get("user_id", ""), row.get("item_id", "")
-            if not user or not item:
-                raise DataError(str(inter_file), line, "user_id" if not user else "item_id", "missing")
+        with b.row(inter_file, line):
+            user, item = to_id(row.get("user_id"), "user_id"), to_id(row.get("item_id"), "item_id")
             if has_items and item not in b.items:
-                raise DataError(str(inter_file), line, "item_id", f"unknown item id {item!r}")
-            ts = float(row.get("timestamp", 0) or 0)
-            rating = float(row.get("rating", "inf")) if min_rating is not None else None
-        except ValueError:
-            b.errors.report(DataError(str(inter_file), line, "timestamp/rating", "expected a number"))
-            continue
-        except DataError as e:
-            b.errors.report(e)
-            continue
-        if rating is not None and rating < min_rating:
-            continue
-        events[user].append((ts, item))
-        first_line.setdefault(user, line)
+                raise FieldError("item_id", f"unknown item id {item!r}")
+            ts = to_timestamp(row["timestamp"] or 0) if has_time else 0
+            if min_rating is not None and "rating" in row and to_float(row["rating"], "rating") < min_rating:
+                continue
+            events[user].append((ts, item))
+            first_line.setdefault(user, line)
     for user, evs in events.items():
         evs.sort(key=lambda e: e[0])
-        b.add_user(user, [i for _, i in evs], [int(t) for t, _ in evs] if has_time else None,
+        b.add_user(user, [i for _, i in evs], [t for t, _ in evs] if has_time else None,
                    inter_file, first_line[user], known_items=has_items)
     return b.build(known_items=has_items)
