@@ -118,7 +118,7 @@ def test_recipe_yaml_loads_with_overrides(tmp_path):
 
 @pytest.fixture(scope="module")
 def sequence_run(aligned_run, tmp_path_factory, monkeypatch_module):
-    """The new recipe's sequence phase on the generated shop (300 steps, full training), with model selection
+    """The new recipe's sequence phase on the generated shop (400 steps, full training), with model selection
     on every valid user; every prompt model selection scores is recorded."""
     dirs, codebook, _ = aligned_run
     seen: list[list[int]] = []
@@ -132,7 +132,7 @@ def sequence_run(aligned_run, tmp_path_factory, monkeypatch_module):
     out = tmp_path_factory.mktemp("sequence_run")
     config = load_align_config(CONFIGS / "rec_tiny.yaml", output_dir=str(out), model=str(dirs.tiny),
                                data_dir=str(dirs.data), sids_dir=str(dirs.sids), phase="sequence",
-                               phase_budget=None, time_budget_minutes=None, max_steps=300,
+                               phase_budget=None, time_budget_minutes=None, max_steps=400,
                                select_every_steps=25, select_users=200, sequence_max_items=12, save_steps=1000,
                                logging_steps=10)
     return out, align.train_align(config), seen
@@ -156,7 +156,7 @@ def test_model_selection_reads_valid_histories_only_and_keeps_the_best(synthetic
     assert seen and all(tuple(p) in valid for p in seen)
     assert not any(tuple(p) in test - valid for p in seen)
     log = json.loads((out / "sequence" / "selection.json").read_text())
-    assert [e["step"] for e in log["evaluations"]] == list(range(25, 301, 25))
+    assert [e["step"] for e in log["evaluations"]] == list(range(25, 401, 25))
     assert log["best_valid_ndcg@10"] == max(e["valid_ndcg@10"] for e in log["evaluations"])
 
 

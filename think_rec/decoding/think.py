@@ -68,6 +68,16 @@ def think_ids(tokenizer_or_processor, prompt: str, rationale: str) -> list[int]:
     return [*ids, _token_id(tok, THINK_OPEN), *body, _token_id(tok, THINK_CLOSE)]
 
 
+def rationale_banned_ids(tokenizer, trie: SIDTrie) -> list[int]:
+    """Tokens a rationale may not hold: SID codes, special (chat/vision) tokens, pads and a second ``<think>``;
+    ``</think>`` stays allowed (it ends the rationale)."""
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    close_id = _token_id(tok, THINK_CLOSE)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else close_id
+    return sorted({*(i for seq in trie.item_of for i in seq), *tok.all_special_ids, _token_id(tok, THINK_OPEN),
+                   pad_id} - {close_id})
+
+
 def merge_scores(per_rationale: Sequence[Sequence[tuple[str, float]]], k: int) -> list[tuple[str, float]]:
     """Mean-probability merge of several ranked lists (see the module docstring); top ``k``."""
     if len(per_rationale) == 1:
@@ -98,8 +108,7 @@ def generate_rationales(model, tokenizer_or_processor, prompts: Sequence[str], t
     if max_think_tokens == 0:
         return [[b + [close_id]] * num_rationales for b in bases]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else close_id
-    # the rationale is plain text: no SID codes, chat/vision markers or a second <think>
-    banned = sorted({*(i for seq in trie.item_of for i in seq), *tok.all_special_ids, open_id, pad_id} - {close_id})
+    banned = rationale_banned_ids(tok, trie)
     inputs = {key: v.to(model.device) for key, v in left_pad(bases, pad_id).items()}
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
     out = model.generate(**inputs, max_new_tokens=max_think_tokens, num_return_sequences=num_rationales,

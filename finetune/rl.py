@@ -1,0 +1,127 @@
+"""Stage 3, reasoning enhancement: TRL GRPO on the stage-2 model with the rollout-beam reward.
+
+    python -m think_rec.finetune.rl --config finetune/configs/rl_tiny.yaml
+    think-rec train rl --config finetune/configs/rl_tiny.yaml
+
+Each prompt is the recommend prompt followed by ``<think>``; each of the ``num_generations`` completions is a
+sampled rationale (SID and special tokens suppressed) that ends at ``</think>``; the rewards of
+``finetune/rl_rewards.py`` run a trie beam search after it. Checkpoints go to ``output_dir/`` and resume from
+the last one; ``rl_log.json`` (mean reward, reward std, zero-variance group share, KL, rationale length per
+step) and ``reward_curve.png`` are written beside them; the merged model goes to ``output_dir/final``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import datasets
+from transformers.trainer_utils import get_last_checkpoint
+from trl import GRPOTrainer, TrlParser
+
+from think_rec.data.schema import RecDataset
+from think_rec.data.split import leave_one_out
+from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN, rationale_banned_ids
+from think_rec.decoding.trie import SIDTrie
+from think_rec.itemic.codebook import SIDCodebook
+from think_rec.model.adapters import make_trainable, merge_and_save
+from think_rec.model.loading import load_model
+
+from .align import TimeBudget, _checkpoint_step
+from .reason_data import recommend_prompts, sample_examples
+from .rl_config import RLConfig
+from .rl_rewards import BeamRollout
+
+LOGGED = {"reward": "mean_reward", "reward_std": "reward_std", "frac_reward_zero_std": "zero_variance_group_share",
+          "kl": "kl", "completions/mean_length": "rationale_length"}
+
+
+def rl_dataset(config: RLConfig, data: RecDataset, codebook: SIDCodebook, processor) -> datasets.Dataset:
+    """``prompt`` (the recommend prompt + ``<think>``) and ``target`` for a seeded sample of training examples."""
+    split = leave_one_out(data.interactions, max_history=config.max_history)
+    examples = sample_examples(split, codebook, config.num_examples, seed=config.seed)
+    items = {row["item_id"]: row for row in data.catalog.items.to_list()}
+    prompts = recommend_prompts(examples["history"], items, codebook, processor)
+    return datasets.Dataset.from_dict({"prompt": [p + THINK_OPEN for p in prompts], "target": examples["target"]})
+
+
+def step_log(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per training step: the GRPO figures of ``LOGGED`` (renamed) and each reward's mean."""
+    rows = []
+    for entry in log_history:
+        if "reward" not in entry:
+            continue
+        row = {"step": entry["step"], **{new: entry[old] for old, new in LOGGED.items() if old in entry}}
+        row.update({k.split("/")[1]: v for k, v in entry.items() if k.startswith("rewards/") and k.endswith("/mean")})
+        rows.append(row)
+    return rows
+
+
+def plot_reward_curve(rows: list[dict[str, Any]], path: Path) -> None:
+    """Mean reward (and the zero-variance group share) by step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["mean_reward"] for r in rows], label="mean reward")
+    ax.plot(steps, [r.get("zero_variance_group_share", float("nan")) for r in rows], label="zero-variance groups")
+    ax.set_xlabel("GRPO step")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def train_rl(config: RLConfig) -> Path:
+    """GRPO from the stage-2 model, merge; returns ``output_dir/final``."""
+    for name in ("model", "data_dir", "sids_dir", "output_dir"):
+        if not getattr(config, name):
+            raise ValueError(f"RLConfig.{name} is required")
+    data = RecDataset.load(config.data_dir)
+    codebook = SIDCodebook.load(config.sids_dir)
+    model, processor = load_model(config.model)
+    tok = processor.tokenizer
+    missing = [t for t in [*codebook.vocabulary(), THINK_OPEN, THINK_CLOSE] if t not in tok.get_vocab()]
+    if missing:
+        raise ValueError(f"{config.model}: the tokenizer lacks {missing[0]!r}; train stages 1 and 2 on this "
+                         "codebook first")
+    trie = SIDTrie.from_codebook(codebook, processor)
+    close_id = tok.convert_tokens_to_ids(THINK_CLOSE)
+    model.generation_config.eos_token_id = [tok.eos_token_id, close_id]  # a rationale ends at </think>
+    config.generation_kwargs = {**(config.generation_kwargs or {}),
+                                "suppress_tokens": rationale_banned_ids(tok, trie)}
+    model = make_trainable(model, tok.convert_tokens_to_ids([*codebook.vocabulary(), THINK_CLOSE]),
+                           r=config.lora_r, alpha=config.lora_alpha)
+    rollout = BeamRollout(tok, trie, close_id, config.num_beams)
+    deadline = None if config.time_budget_minutes is None else time.monotonic() + 60 * config.time_budget_minutes
+    trainer = GRPOTrainer(model=model, reward_funcs=rollout.reward_functions(codebook.codes, list(config.rewards)),
+                          args=config, train_dataset=rl_dataset(config, data, codebook, processor),
+                          processing_class=tok, callbacks=[TimeBudget(deadline)])
+    rollout.model = trainer.model
+    out, final = Path(config.output_dir), Path(config.output_dir) / "final"
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+    if trainer.state.global_step == _checkpoint_step(last) and (final / "config.json").exists():
+        return final  # nothing new was trained since the last merge
+    if trainer.is_world_process_zero():
+        rows = step_log(trainer.state.log_history)
+        (out / "rl_log.json").write_text(json.dumps(rows, indent=1))
+        if rows:
+            plot_reward_curve(rows, out / "reward_curve.png")
+        merge_and_save(trainer.model, processor, final)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def main(argv: list[str] | None = None) -> Path:
+    (config,) = TrlParser((RLConfig,)).parse_args_and_config(argv)
+    final = train_rl(config)
+    print(f"GRPO model: {final}")
+    return final
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Stage-3 rewards (OneRec-Think §4.3): a sampled rationale is scored by the items a constrained beam search
+finds after it, not by a pass/fail check that is almost always 0 in recommendation.
+
+``BeamRollout`` runs one trie beam search (width ``num_beams``) per completion from the current policy and
+caches it for the batch, so every reward below reads the same beams:
+
+- ``rollout_beam``: max over beams of the leading SID levels matching the target, divided by the levels;
+- ``rank``: ``1 / log2(rank + 2)`` for the target's rank among the beams, 0 if absent (MiniOneRec-style);
+- ``format``: -1 when the rationale has no ``</think>`` (cut by the token budget), else 0.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from think_rec.decoding.search import beam_search
+from think_rec.decoding.trie import SIDTrie
+
+RewardFn = Callable[..., list[float]]
+REWARDS = ("rollout_beam", "rank", "format")
+
+
+def prefix_match(beam_codes: Sequence[Sequence[int]], target_codes: Sequence[int]) -> float:
+    """Max over beams of the number of leading levels equal to ``target_codes``, normalised to [0, 1]."""
+    best = 0
+    for codes in beam_codes:
+        n = 0
+        while n < len(target_codes) and n < len(codes) and codes[n] == target_codes[n]:
+            n += 1
+        best = max(best, n)
+    return best / len(target_codes)
+
+
+def rank_reward(beam_items: Sequence[str], target: str) -> float:
+    """``1 / log2(rank + 2)`` of ``target`` among ``beam_items`` (best first), 0 when absent."""
+    return 1.0 / math.log2(list(beam_items).index(target) + 2) if target in beam_items else 0.0
+
+
+class BeamRollout:
+    """Beams after ``prompt <think> completion`` under the policy ``model`` (set once the trainer wraps it)."""
+
+    def __init__(self, tokenizer, trie: SIDTrie, close_id: int, num_beams: int = 32):
+        self.tokenizer, self.trie, self.close_id, self.num_beams = tokenizer, trie, close_id, num_beams
+        self.model = None
+        self._key: tuple | None = None
+        self._beams: list[list[str]] = []
+
+    def closed(self, completion: Sequence[int]) -> list[int]:
+        """The completion up to and including its first ``</think>`` (one appended when it has none)."""
+        ids = list(completion)
+        return ids[:ids.index(self.close_id) + 1] if self.close_id in ids else [*ids, self.close_id]
+
+    def beams(self, prompts: Sequence[str], completion_ids: Sequence[Sequence[int]]) -> list[list[str]]:
+        """Items of each completion's beams, best first (computed once per batch)."""
+        key = (tuple(prompts), tuple(tuple(c) for c in completion_ids))
+        if key != self._key:
+            if self.model is None:
+                raise RuntimeError("BeamRollout.model is not set")
+            rows = [self.tokenizer(p, add_special_tokens=False)["input_ids"] + self.closed(c)
+                    for p, c in zip(prompts, completion_ids)]
+            was_training = self.model.training
+            self.model.eval()
+            with torch.no_grad():
+                ranked = beam_search(self.model, self.tokenizer, rows, self.trie, num_beams=self.num_beams,
+                                     k=self.num_beams)
+            self.model.train(was_training)
+            self._key, self._beams = key, [[item for item, _ in r] for r in ranked]
+        return self._beams
+
+    def reward_functions(self, codes: dict[str, Sequence[int]], names: Sequence[str] = REWARDS) -> list[RewardFn]:
+        """TRL reward functions (named as in ``REWARDS``); ``codes`` maps item ids to their SID codes."""
+        def rollout_beam(prompts, completions, completion_ids, target, **_):
+            beams = self.beams(prompts, completion_ids)
+            return [prefix_match([codes[i] for i in b], codes[t]) for b, t in zip(beams, target)]
+
+        def rank(prompts, completions, completion_ids, target, **_):
+            return [rank_reward(b, t) for b, t in zip(self.beams(prompts, completion_ids), target)]
+
+        def format(prompts, completions, completion_ids, **_):  # noqa: A001 - the logged reward name
+            return [0.0 if self.close_id in c else -1.0 for c in completion_ids]
+
+        funcs = {"rollout_beam": rollout_beam, "rank": rank, "format": format}
+        unknown = [n for n in names if n not in funcs]
+        if unknown:
+            raise ValueError(f"unknown reward {unknown[0]!r}; rewards: {REWARDS}")
+        return [funcs[n] for n in names]
