@@ -81,10 +81,10 @@ def ask_teacher(teacher: Teacher, requests: list[RationaleRequest], *, retries: 
         if not todo:
             break
     if len(todo) > max_failure_rate * len(requests):
-        raise TeacherError(f"the teacher failed on {len(todo)} of {len(requests)} requests after {retries} retries, "
-                           f"over max_teacher_failure_rate={max_failure_rate}" + (f" (last error: {error!r})" if error
-                                                                                 else "")
-                           + "; nothing was saved for them: fix the teacher (is its server up?) and rerun")
+        cause = f" (last error: {error!r})" if error else ""
+        raise TeacherError(f"the teacher failed on {len(todo)} of {len(requests)} requests after {retries} retries"
+                           f"{cause}, over max_teacher_failure_rate={max_failure_rate}; nothing was saved for them: "
+                           "fix the teacher (is its server up?) and rerun")
     return out
 
 
