@@ -19,6 +19,7 @@ from think_rec.finetune.reason import train_reason
 from think_rec.finetune.rationales import TemplateTeacher
 from think_rec.finetune.reason_config import ReasonConfig
 from think_rec.finetune.reason_data import build_rationales, sample_examples
+from think_rec.finetune.run_state import MANIFEST
 from think_rec.model.loading import load_model
 from think_rec.pipeline import RunDirs
 
@@ -57,7 +58,7 @@ def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: in
         probe_examples: int = 48, codebook_size: int = 256, seed: int = 0) -> dict:
     """Stage 1 (reused or trained), stage 2, the ablation on test users; writes ``DATASET_reason.*``."""
     dirs, data, codebook = prepare_run(dataset, work_dir, codebook_size, seed)
-    stage1_reused = (dirs.align / "final" / "config.json").exists()
+    stage1_reused = (dirs.align / "final" / MANIFEST).exists()
     if not stage1_reused:
         train_align(align_config(dirs, budget_minutes, seed, max_history=max_history))
     probe = None

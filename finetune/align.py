@@ -4,8 +4,9 @@
     python -m think_rec.finetune.align --config finetune/configs/rec_tiny.yaml
     accelerate launch -m think_rec.finetune.align --config finetune/configs/align_multitask.yaml
 
-Each phase writes ``output_dir/<phase>/`` (checkpoints, ``log_history.json``) and resumes from its last
-checkpoint when rerun; ``<phase>/merged/`` feeds the next phase and the last one merges into ``output_dir/final``.
+Each phase writes ``output_dir/<phase>/`` (checkpoints, ``log_history.json``) and resumes from its last complete
+checkpoint when rerun with the same config, data, SIDs and base (``run_state.py``; ``--overwrite true`` starts
+over); ``<phase>/merged/`` feeds the next phase and the last one merges into ``output_dir/final``.
 With ``select_every_steps`` each phase keeps its best weights by valid NDCG@10 (``<phase>/selection.json``).
 """
 from __future__ import annotations
@@ -18,13 +19,12 @@ from typing import Callable
 import datasets
 import torch
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer, TrlParser
 
 from think_rec.data.schema import RecDataset
 from think_rec.data.split import leave_one_out, sample_users
 from think_rec.itemic.codebook import SIDCodebook
-from think_rec.model.adapters import make_trainable, merge_and_save, warmup_only
+from think_rec.model.adapters import make_trainable, warmup_only
 from think_rec.model.dropout import add_dropout
 from think_rec.model.itemic_tokens import add_sid_tokens
 from think_rec.model.loading import load_model
@@ -33,8 +33,10 @@ from think_rec.decoding.trie import SIDTrie
 from think_rec.prompts import render_recommend_prompt
 
 from .align_data import PAPER_MIX, build_align_dataset
-from .config import AlignConfig
+from .config import AlignConfig, PHASES
 from .cpu_patches import compact_fused_lm_head_on_cpu
+from .run_state import (config_fingerprint, data_fingerprint, is_complete, model_fingerprint, resume_point,
+                        save_merged, sids_fingerprint)
 from .selection import ValidSelection
 from .sequence_data import build_sequence_dataset, item_token_ids, sid_stream
 
@@ -80,10 +82,6 @@ class SequenceTrainer(SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def _checkpoint_step(path: str | None) -> int:
-    return int(Path(path).name.split("-")[-1]) if path else 0
-
-
 def phase_prompt(phase: str, data: RecDataset, codebook: SIDCodebook, processor,
                  max_history: int) -> Callable[[list[str]], list[int]]:
     """History -> prompt token ids in the phase's format: the bare SID stream or the served chat prompt."""
@@ -110,11 +108,21 @@ def _selection(config: AlignConfig, phase: str, split, data: RecDataset, codeboo
                            log_path=out / "selection.json")]
 
 
+def phase_fingerprint(config: AlignConfig, phase: str, base: str | Path, data: str, sids: str) -> dict:
+    """What one phase's checkpoints depend on: its config (other phases' settings left out), data, SIDs, base."""
+    cfg = config_fingerprint(config, phase=phase, phase_budget=None, phase_overrides=None,
+                             phase_args=config_fingerprint(config.phase_args(phase)))
+    skip = (*(f"{p}_" for p in PHASES if p != phase), "warmup_max_steps", "warmup_num_train_epochs")
+    cfg = {k: v for k, v in cfg.items() if not k.startswith(skip)}
+    return {"config": cfg, "data": data, "sids": sids, "base": model_fingerprint(base)}
+
+
 def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, data: RecDataset,
-              codebook: SIDCodebook, deadline: float | None) -> Path:
+              codebook: SIDCodebook, deadline: float | None, fingerprint: dict) -> Path:
     """Train one phase from ``base``, merge it into ``merged`` and return that folder."""
     args = config.phase_args(phase)
     out = Path(args.output_dir)
+    last = resume_point(args, fingerprint, overwrite=config.overwrite, outputs=[merged])
     model, processor = load_model(str(base), quantization=config.quantization,
                                   gradient_checkpointing=config.gradient_checkpointing)
     tokenizer = getattr(processor, "tokenizer", processor)
@@ -144,13 +152,13 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     else:
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                              callbacks=callbacks)
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
     trainer.train(resume_from_checkpoint=last)
-    if trainer.state.global_step == _checkpoint_step(last) and (merged / "config.json").exists():
+    step = trainer.state.global_step
+    if is_complete(merged, fingerprint, step):
         return merged  # nothing new was trained since the last merge
     if trainer.is_world_process_zero():
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        merge_and_save(trainer.model, processor, merged)
+        save_merged(trainer.model, processor, merged, fingerprint, step)
     trainer.accelerator.wait_for_everyone()
     return merged
 
@@ -169,11 +177,13 @@ def train_align(config: AlignConfig) -> Path:
     phases = config.phases
     base: str | Path = config.model
     spent = 0.0
+    data_fp, sids_fp = data_fingerprint(config.data_dir), sids_fingerprint(config.sids_dir)
     for phase in phases:
         spent += config.budget_share(phase)
         deadline = None if budget is None else start + spent * budget
         merged = Path(config.output_dir) / ("final" if phase == phases[-1] else f"{phase}/merged")
-        base = run_phase(config, phase, base, merged, data, codebook, deadline)
+        fingerprint = phase_fingerprint(config, phase, base, data_fp, sids_fp)
+        base = run_phase(config, phase, base, merged, data, codebook, deadline, fingerprint)
     return Path(base)
 
 

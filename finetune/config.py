@@ -46,6 +46,8 @@ class AlignConfig(SFTConfig):
         "help": "Per-phase SFTConfig fields, e.g. {sequence: {learning_rate: 3.0e-3, num_train_epochs: 30}}."})
     phase_budget: dict | str | None = field(default=None, metadata={
         "help": "Share of time_budget_minutes per phase, e.g. {sequence: 0.8, multitask: 0.2} (default: equal)."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Start over: delete the phases' checkpoints and merged models (a changed run otherwise stops)."})
     sequence_max_items: int = field(default=50, metadata={"help": "Items per sequence pre-training window."})
     sequence_sid_softmax: bool = field(default=True, metadata={
         "help": "Sequence phase: softmax over the SID tokens only (every label is one; a much cheaper head)."})

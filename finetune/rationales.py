@@ -1,8 +1,10 @@
 """Teachers that write the rationale for a (pruned history, target) pair (OneRec-Think §4.2).
 
-Every teacher implements ``generate(requests) -> list[str]``; ``make_teacher(name, **kw)`` picks one:
-``template`` (deterministic, from shared attributes), ``openai`` (any OpenAI-compatible endpoint),
-``smol`` (SmolLM2-135M-Instruct offline) or ``self`` (the stage-1 model, or any callable).
+Every teacher implements ``generate(requests) -> list[str | None]`` (None: that request failed);
+``make_teacher(name, **kw)`` picks one: ``template`` (deterministic, from shared attributes), ``openai`` (any
+OpenAI-compatible endpoint), ``smol`` (SmolLM2-135M-Instruct offline) or ``self`` (the stage-1 model, or any
+callable). ``ask_teacher`` retries failed requests and aborts when too many still fail, so an outage never
+turns into empty rationales. Secrets come from the environment only, never from ``teacher_kwargs``.
 """
 from __future__ import annotations
 
@@ -28,6 +30,19 @@ from .rationale_filters import attributes, content_tokens, display_title, leakag
 log = logging.getLogger(__name__)
 Item = dict[str, Any]
 YEAR = re.compile(r"\bReleased (\d{4})\b")
+TEACHER_VERSION = 1  # bump when teacher_prompt or TemplateTeacher change what a teacher writes
+TRANSPORT = ("concurrency", "cache_dir", "timeout", "max_retries", "api_key_env", "batch_size")  # not in the output
+
+
+class TeacherError(RuntimeError):
+    """Too many rationale requests failed (a teacher outage)."""
+
+
+def reject_secrets(kwargs: dict[str, Any] | None, where: str = "teacher_kwargs") -> None:
+    """Configs are saved with every checkpoint (``training_args.bin``): no API key may be in them."""
+    if kwargs and "api_key" in kwargs:
+        raise ValueError(f"{where}.api_key: secrets are not accepted in configs (they would be saved with every "
+                         "checkpoint); set OPENAI_API_KEY, or name another variable with api_key_env")
 
 
 @dataclass
@@ -40,7 +55,37 @@ class RationaleRequest:
 
 
 class Teacher(Protocol):
-    def generate(self, requests: list[RationaleRequest]) -> list[str]: ...
+    def generate(self, requests: list[RationaleRequest]) -> list[str | None]: ...
+
+
+def ask_teacher(teacher: Teacher, requests: list[RationaleRequest], *, retries: int = 2, backoff: float = 1.0,
+                max_failure_rate: float = 0.05) -> list[str | None]:
+    """``teacher.generate(requests)``, asking failed requests (None, or the whole call raising) again up to
+    ``retries`` times with exponential backoff; raises ``TeacherError`` when more than ``max_failure_rate`` of
+    the requests still fail. The rest stay None: callers drop them, never treat them as empty rationales."""
+    out: list[str | None] = [None] * len(requests)
+    todo, error = list(range(len(requests))), None
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        try:
+            answers = teacher.generate([requests[i] for i in todo])
+        except Exception as e:  # noqa: BLE001 - an outage is retried, then judged by the failure rate
+            error, answers = e, [None] * len(todo)
+            log.warning("teacher failed on %d requests (try %d): %r", len(todo), attempt + 1, e)
+        if len(answers) != len(todo):
+            raise ValueError(f"teacher returned {len(answers)} rationales for {len(todo)} requests")
+        for i, text in zip(todo, answers):
+            out[i] = text
+        todo = [i for i in todo if out[i] is None]
+        if not todo:
+            break
+    if len(todo) > max_failure_rate * len(requests):
+        cause = f" (last error: {error!r})" if error else ""
+        raise TeacherError(f"the teacher failed on {len(todo)} of {len(requests)} requests after {retries} retries"
+                           f"{cause}, over max_teacher_failure_rate={max_failure_rate}; nothing was saved for them: "
+                           "fix the teacher (is its server up?) and rerun")
+    return out
 
 
 def make_requests(examples, catalog, pruned: Sequence[Sequence[str]]) -> list[RationaleRequest]:
@@ -172,11 +217,14 @@ def _article(word: str) -> str:
 # ---------------------------------------------------------------- OpenAI-compatible endpoint
 
 class RationaleCache:
-    """On-disk answers keyed by a hash of (model, prompt, sampling settings), in sqlite."""
+    """On-disk answers keyed by a hash of the teacher settings and the prompt, in sqlite (WAL, so several runs
+    can share it; writers wait up to ``timeout`` seconds for the lock)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, timeout: float = 60.0):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), check_same_thread=False)
+        self.db = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False)
+        self.db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, text TEXT)")
         self.lock = threading.Lock()
 
@@ -197,41 +245,42 @@ class RationaleCache:
 
 class OpenAITeacher:
     """Chat completions from any OpenAI-compatible server (vLLM, llama.cpp, OpenAI...), ``concurrency``
-    requests in flight, ``max_retries`` retries with exponential backoff, answers cached on disk.
+    requests in flight, each retried ``max_retries`` times with backoff by the ``openai`` client; answers
+    cached on disk. The key is read from the environment variable ``api_key_env`` ("EMPTY" when
+    ``OPENAI_API_KEY`` is unset: local servers need none).
 
-    A request that still fails yields "" (an empty think) and is not cached."""
+    A request that still fails yields None and is not cached."""
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, concurrency: int = 8,
+    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
                  max_retries: int = 3, cache_dir: str | Path | None = "outputs/rationale_cache",
-                 temperature: float = 0.0, max_tokens: int = 160, timeout: float = 60.0, backoff: float = 1.0):
+                 temperature: float = 0.0, max_tokens: int = 160, timeout: float = 60.0):
         import openai
 
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY", "EMPTY"),
-                                    max_retries=0, timeout=timeout)
-        self.model, self.concurrency, self.max_retries, self.backoff = model, concurrency, max_retries, backoff
+        api_key = os.environ.get(api_key_env)
+        if api_key is None and api_key_env != "OPENAI_API_KEY":
+            raise ValueError(f"api_key_env: the environment variable {api_key_env} is not set")
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=max_retries,
+                                    timeout=timeout)
+        self.base_url, self.model, self.concurrency = base_url, model, concurrency
         self.sampling = {"temperature": temperature, "max_tokens": max_tokens}
         self.cache = RationaleCache(Path(cache_dir) / "rationales.sqlite") if cache_dir else None
-        self.stats = Counter()  # requests, cache_hits, retries, failures
+        self.stats = Counter()  # requests, cache_hits, failures
 
-    def _complete(self, prompt: str) -> str:
-        for attempt in range(self.max_retries + 1):
-            self.stats["requests"] += 1
-            try:
-                out = self.client.chat.completions.create(
-                    model=self.model, messages=[{"role": "user", "content": prompt}], **self.sampling)
-                return clean(out.choices[0].message.content or "")
-            except Exception as e:  # noqa: BLE001 - any transport/server error is retried
-                if attempt == self.max_retries:
-                    self.stats["failures"] += 1
-                    log.warning("rationale request failed after %d tries: %s", attempt + 1, e)
-                    return ""
-                self.stats["retries"] += 1
-                time.sleep(self.backoff * 2 ** attempt)
-        return ""
+    def _complete(self, prompt: str) -> str | None:
+        self.stats["requests"] += 1
+        try:
+            out = self.client.chat.completions.create(
+                model=self.model, messages=[{"role": "user", "content": prompt}], **self.sampling)
+            return clean(out.choices[0].message.content or "")
+        except Exception as e:  # noqa: BLE001 - the client already retried; the caller judges the failure rate
+            self.stats["failures"] += 1
+            log.warning("rationale request failed: %s", e)
+            return None
 
-    def generate(self, requests: list[RationaleRequest]) -> list[str]:
+    def generate(self, requests: list[RationaleRequest]) -> list[str | None]:
         prompts = [teacher_prompt(r) for r in requests]
-        keys = [RationaleCache.key(self.model, p, self.sampling) for p in prompts]
+        keys = [RationaleCache.key("openai", self.base_url, self.model, TEACHER_VERSION, p, self.sampling)
+                for p in prompts]
         out: list[str | None] = [self.cache.get(k) if self.cache else None for k in keys]
         self.stats["cache_hits"] += sum(o is not None for o in out)
         todo = [i for i, o in enumerate(out) if o is None]
@@ -241,9 +290,9 @@ class OpenAITeacher:
                             disable=len(futures) < 2):
                 i = futures[fut]
                 out[i] = fut.result()
-                if self.cache and out[i]:
+                if self.cache and out[i] is not None:
                     self.cache.put(keys[i], out[i])
-        return [o or "" for o in out]
+        return out
 
 
 # ---------------------------------------------------------------- SmolLM2 offline
@@ -288,16 +337,24 @@ class SmolTeacher:
 
 class CallableTeacher:
     """Wraps ``fn(requests) -> texts`` (``batched=True``) or ``fn(request) -> text``, e.g. the stage-1
-    model prompted with the pruned context (the "self" teacher)."""
+    model prompted with the pruned context (the "self" teacher). Unbatched, a request whose call raises (or
+    returns None) yields None."""
 
     def __init__(self, fn: Callable, batched: bool = True):
         self.fn, self.batched = fn, batched
 
-    def generate(self, requests: list[RationaleRequest]) -> list[str]:
-        out = list(self.fn(requests)) if self.batched else [self.fn(r) for r in requests]
+    def generate(self, requests: list[RationaleRequest]) -> list[str | None]:
+        out = list(self.fn(requests)) if self.batched else [self._one(r) for r in requests]
         if len(out) != len(requests):
             raise ValueError(f"teacher function returned {len(out)} rationales for {len(requests)} requests")
-        return [clean(t) for t in out]
+        return [None if t is None else clean(t) for t in out]
+
+    def _one(self, request: RationaleRequest) -> str | None:
+        try:
+            return self.fn(request)
+        except Exception as e:  # noqa: BLE001 - one failed request; ask_teacher retries it
+            log.warning("teacher function failed for user %s: %r", request.user_id, e)
+            return None
 
 
 # ---------------------------------------------------------------- the model itself
@@ -365,4 +422,5 @@ def make_teacher(name: str, **kw: Any) -> Teacher:
     folder, with ``processor=``; or ``fn=`` any function of the requests)."""
     if name not in TEACHERS:
         raise ValueError(f"unknown teacher {name!r}; choose one of {', '.join(TEACHERS)}")
+    reject_secrets(kw)
     return TEACHERS[name](**kw)

@@ -3,9 +3,10 @@
     python -m think_rec.finetune.reason --config finetune/configs/reason_tiny.yaml
     think-rec train reason --config finetune/configs/reason_tiny.yaml
 
-``output_dir/rationales/`` holds the filtered rationales and their acceptance rate (built once, reused on
-rerun); training checkpoints go to ``output_dir/`` and resume from the last one; the merged model goes
-to ``output_dir/final``.
+``output_dir/rationales/`` holds the filtered rationales and their acceptance rate (built once, reused while the
+teacher settings, ``prune_k``, data, SIDs and model are the same); training checkpoints go to ``output_dir/`` and
+resume from the last complete one when the run is unchanged (``run_state.py``; ``--overwrite true`` starts
+over); the merged model goes to ``output_dir/final``.
 """
 from __future__ import annotations
 
@@ -14,21 +15,25 @@ import time
 from pathlib import Path
 
 import torch
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer, TrlParser
 
 from think_rec.data.schema import RecDataset
 from think_rec.data.split import leave_one_out
 from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN
 from think_rec.itemic.codebook import SIDCodebook
-from think_rec.model.adapters import make_trainable, merge_and_save
+from think_rec.model.adapters import make_trainable
 from think_rec.model.loading import load_model
 
-from .align import TimeBudget, _checkpoint_step
+from .align import TimeBudget
 from .cpu_patches import compact_fused_lm_head_on_cpu
-from .rationales import make_teacher
+from .rationales import TEACHER_VERSION, TRANSPORT, make_teacher
 from .reason_config import ReasonConfig
 from .reason_data import build_rationales, load_rows, sample_examples, save_rows, tokenize_rows
+from .run_state import (config_fingerprint, data_fingerprint, digest, is_complete, model_fingerprint, resume_point,
+                        save_merged, sids_fingerprint)
+
+RATIONALE_FIELDS = ("teacher", "teacher_kwargs", "prune_k", "num_examples", "seed", "max_history", "rejection_top_n",
+                    "rejection_num_beams")
 
 
 class ReasonTrainer(SFTTrainer):
@@ -59,11 +64,22 @@ class ReasonTrainer(SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def rationale_rows(config: ReasonConfig, data: RecDataset, codebook: SIDCodebook, model, processor):
-    """Filtered rationale rows and stats, from ``output_dir/rationales`` when already built there."""
+def reason_fingerprint(config: ReasonConfig) -> dict:
+    """What the run depends on: config, data, SIDs, base model and (``rationales``) what its rationales do."""
+    teacher_kwargs = {k: v for k, v in (config.teacher_kwargs or {}).items() if k not in TRANSPORT}
+    cfg = config_fingerprint(config, teacher_kwargs=teacher_kwargs, teacher_retries=None,
+                             max_teacher_failure_rate=None)
+    inputs = {"data": data_fingerprint(config.data_dir), "sids": sids_fingerprint(config.sids_dir),
+              "base": model_fingerprint(config.model)}
+    rationales = digest({**{f: cfg[f] for f in RATIONALE_FIELDS}, **inputs, "teacher_version": TEACHER_VERSION})
+    return {"config": cfg, **inputs, "rationales": rationales}
+
+
+def rationale_rows(config: ReasonConfig, data: RecDataset, codebook: SIDCodebook, model, processor, key: str):
+    """Filtered rationale rows and stats, from ``output_dir/rationales`` when built there under the same ``key``."""
     folder = Path(config.output_dir) / "rationales"
     cached = load_rows(folder)
-    if cached is not None:
+    if cached is not None and cached[1].get("key") == key:
         return cached
     split = leave_one_out(data.interactions, max_history=config.max_history)
     examples = sample_examples(split, codebook, config.num_examples, seed=config.seed)
@@ -76,8 +92,9 @@ def rationale_rows(config: ReasonConfig, data: RecDataset, codebook: SIDCodebook
     model.eval()
     rows, stats = build_rationales(examples, data, codebook, config.sids_dir, teacher, model=model,
                                    processor=processor, prune_k=config.prune_k, top_n=config.rejection_top_n,
-                                   num_beams=config.rejection_num_beams, batch_size=config.rejection_batch_size)
-    stats.update(teacher=config.teacher, seconds=round(time.perf_counter() - start, 1))
+                                   num_beams=config.rejection_num_beams, batch_size=config.rejection_batch_size,
+                                   retries=config.teacher_retries, max_failure_rate=config.max_teacher_failure_rate)
+    stats.update(teacher=config.teacher, key=key, seconds=round(time.perf_counter() - start, 1))
     save_rows(rows, stats, folder)
     return rows, stats
 
@@ -89,6 +106,9 @@ def train_reason(config: ReasonConfig) -> Path:
             raise ValueError(f"ReasonConfig.{name} is required")
     data = RecDataset.load(config.data_dir)
     codebook = SIDCodebook.load(config.sids_dir)
+    fingerprint = reason_fingerprint(config)
+    out, final = Path(config.output_dir), Path(config.output_dir) / "final"
+    last = resume_point(config, fingerprint, overwrite=config.overwrite, outputs=[final])
     model, processor = load_model(config.model, gradient_checkpointing=config.gradient_checkpointing)
     tokenizer = getattr(processor, "tokenizer", processor)
     known = tokenizer.get_vocab()
@@ -96,7 +116,7 @@ def train_reason(config: ReasonConfig) -> Path:
     if missing:
         raise ValueError(f"{config.model}: the tokenizer lacks {missing[0]!r}; train stage 1 (think-rec train "
                          "align) on this codebook first")
-    rows, stats = rationale_rows(config, data, codebook, model, processor)
+    rows, stats = rationale_rows(config, data, codebook, model, processor, fingerprint["rationales"])
     train = tokenize_rows(rows, data, codebook, processor, max_length=config.max_length)
     item_ids = tokenizer.convert_tokens_to_ids(codebook.vocabulary())
     think = tokenizer.convert_tokens_to_ids([THINK_OPEN, THINK_CLOSE])
@@ -106,15 +126,14 @@ def train_reason(config: ReasonConfig) -> Path:
     deadline = None if config.time_budget_minutes is None else time.monotonic() + 60 * config.time_budget_minutes
     trainer = ReasonTrainer(model=model, args=config, train_dataset=train, processing_class=processor,
                             callbacks=[TimeBudget(deadline)], item_token_ids=item_ids)
-    out, final = Path(config.output_dir), Path(config.output_dir) / "final"
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
     trainer.train(resume_from_checkpoint=last)
-    if trainer.state.global_step == _checkpoint_step(last) and (final / "config.json").exists():
+    step = trainer.state.global_step
+    if is_complete(final, fingerprint, step):
         return final  # nothing new was trained since the last merge
     if trainer.is_world_process_zero():
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        (out / "reason_stats.json").write_text(json.dumps({**stats, "steps": trainer.state.global_step}, indent=1))
-        merge_and_save(trainer.model, processor, final)
+        (out / "reason_stats.json").write_text(json.dumps({**stats, "steps": step}, indent=1))
+        save_merged(trainer.model, processor, final, fingerprint, step)
     trainer.accelerator.wait_for_everyone()
     return final
 

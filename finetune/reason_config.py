@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig
 
+from .rationales import reject_secrets
+
 
 @dataclass
 class ReasonConfig(SFTConfig):
@@ -18,7 +20,11 @@ class ReasonConfig(SFTConfig):
     sids_dir: str = field(default="", metadata={"help": "Folder with sid_meta.json and item_embeddings.npy."})
     teacher: str = field(default="template", metadata={"help": "template | self | openai | smol"})
     teacher_kwargs: dict | str | None = field(default=None, metadata={
-        "help": "Teacher options, e.g. {base_url: http://gpu:8000/v1, model: Qwen/Qwen3-32B} for openai."})
+        "help": "Teacher options, e.g. {base_url: http://gpu:8000/v1, model: Qwen/Qwen3-32B} for openai; no api_key: "
+                "the key comes from OPENAI_API_KEY (or the variable named by api_key_env)."})
+    teacher_retries: int = field(default=2, metadata={"help": "Times a failed teacher request is asked again."})
+    max_teacher_failure_rate: float = field(default=0.05, metadata={
+        "help": "Abort when more teacher requests than this share still fail (failed ones are never kept)."})
     prune_k: int = field(default=10, metadata={"help": "History items in the teacher's pruned context."})
     max_history: int = field(default=20, metadata={"help": "History items in the training prompt (the latest)."})
     num_examples: int | None = field(default=None, metadata={"help": "Training examples (seeded sample; default all)."})
@@ -32,6 +38,8 @@ class ReasonConfig(SFTConfig):
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     time_budget_minutes: float | None = field(default=None, metadata={
         "help": "Training stops (and checkpoints) when spent; rationale building is not counted."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Start over: delete the checkpoints and final model (a changed run otherwise stops)."})
 
     # SFTConfig defaults changed for this stage (rows come tokenised, with their own labels)
     gradient_checkpointing: bool = False
@@ -47,8 +55,11 @@ class ReasonConfig(SFTConfig):
                 self.teacher_kwargs = json.loads(self.teacher_kwargs)
             except json.JSONDecodeError as e:
                 raise ValueError(f"teacher_kwargs: expected a JSON mapping, got {self.teacher_kwargs!r}") from e
+        reject_secrets(self.teacher_kwargs)
         if self.rationale_loss_weight < 0 or self.item_loss_weight < 0:
             raise ValueError("rationale_loss_weight and item_loss_weight must be >= 0")
+        if not 0 <= self.max_teacher_failure_rate <= 1 or self.teacher_retries < 0:
+            raise ValueError("max_teacher_failure_rate must be in [0, 1] and teacher_retries >= 0")
         if self.prune_k < 1:
             raise ValueError(f"prune_k must be >= 1, got {self.prune_k}")
         if not torch.cuda.is_available():

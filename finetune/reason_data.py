@@ -27,7 +27,7 @@ from think_rec.prompts import render_recommend_prompt
 
 from .pruned_context import prune_examples
 from .rationale_filters import filter_rationale, rejection_sample
-from .rationales import RationaleRequest, Teacher
+from .rationales import RationaleRequest, Teacher, ask_teacher
 
 SID_TEXT = re.compile(r"<\|sid_(?:begin|end)\|>|<s_[a-z]_\d+>")
 FIELDS = ("user_id", "history", "target", "pruned", "teacher_rationale", "rationale")
@@ -68,19 +68,24 @@ def rank_with_rationales(model, processor, trie: SIDTrie, prompts: Sequence[str]
 
 def build_rationales(examples: datasets.Dataset, data: RecDataset, codebook: SIDCodebook, sids_dir: str | Path,
                      teacher: Teacher, *, model=None, processor=None, prune_k: int = 10, top_n: int | None = 10,
-                     num_beams: int | None = None, batch_size: int = 16,
+                     num_beams: int | None = None, batch_size: int = 16, retries: int = 2, retry_backoff: float = 1.0,
+                     max_failure_rate: float = 0.05,
                      progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows (``FIELDS``; ``rationale`` is "" when rejected) and filter statistics with ``acceptance_rate``.
 
-    ``top_n=None`` (or no ``model``) skips the rank check and keeps the leakage/grounding filters."""
+    ``top_n=None`` (or no ``model``) skips the rank check and keeps the leakage/grounding filters. Teacher
+    requests go through ``ask_teacher`` (``retries``, ``max_failure_rate``); examples whose request still
+    failed are left out (``teacher_failures``), neither rows nor rejections."""
     items = {row["item_id"]: row for row in data.catalog.items.to_list()}
     pruned = prune_examples(examples, sids_dir, k=prune_k, progress=progress)
     cols = examples.select_columns(["user_id", "history", "target"]).to_dict()
     requests = [RationaleRequest(u, [items[i] for i in p], items[t])
                 for u, t, p in zip(cols["user_id"], cols["target"], pruned)]
-    raw = [SID_TEXT.sub("", r).strip() for r in teacher.generate(requests)]
-    if len(raw) != len(requests):
-        raise ValueError(f"teacher returned {len(raw)} rationales for {len(requests)} examples")
+    answers = ask_teacher(teacher, requests, retries=retries, backoff=retry_backoff, max_failure_rate=max_failure_rate)
+    ok = [i for i, a in enumerate(answers) if a is not None]
+    requests, pruned = [requests[i] for i in ok], [pruned[i] for i in ok]
+    cols = {k: [v[i] for i in ok] for k, v in cols.items()}
+    raw = [SID_TEXT.sub("", answers[i]).strip() for i in ok]
     rankings: dict[int, list[str]] = {}
     if top_n and model is not None:
         passing = [i for i, (req, r) in enumerate(zip(requests, raw)) if filter_rationale(r, req.target, req.history)[0]]
@@ -94,7 +99,7 @@ def build_rationales(examples: datasets.Dataset, data: RecDataset, codebook: SID
     rows = [{"user_id": u, "history": h, "target": t, "pruned": p, "teacher_rationale": r, "rationale": k}
             for u, h, t, p, r, k in zip(cols["user_id"], cols["history"], cols["target"], pruned, raw, kept)]
     lengths = [len(k.split()) for k in kept if k]
-    stats.update(examples=len(rows), rank_check=bool(rank_fn), top_n=top_n,
+    stats.update(examples=len(rows), teacher_failures=len(answers) - len(ok), rank_check=bool(rank_fn), top_n=top_n,
                  mean_rationale_words=sum(lengths) / len(lengths) if lengths else 0.0)
     return rows, stats
 
@@ -103,6 +108,7 @@ def save_rows(rows: list[dict[str, Any]], stats: dict[str, Any], out_dir: str | 
     """``rationales.jsonl`` (one example a line) and ``rationale_stats.json`` under ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "rationale_stats.json").unlink(missing_ok=True)  # written last: rows without it are never loaded
     with (out / "rationales.jsonl").open("w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOTrainer, TrlParser
 
 from think_rec.data.schema import RecDataset
@@ -25,13 +24,15 @@ from think_rec.data.split import leave_one_out
 from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN, rationale_banned_ids
 from think_rec.decoding.trie import SIDTrie
 from think_rec.itemic.codebook import SIDCodebook
-from think_rec.model.adapters import make_trainable, merge_and_save
+from think_rec.model.adapters import make_trainable
 from think_rec.model.loading import load_model
 
-from .align import TimeBudget, _checkpoint_step
+from .align import TimeBudget
 from .reason_data import recommend_prompts, sample_examples
 from .rl_config import RLConfig
 from .rl_rewards import BeamRollout
+from .run_state import (config_fingerprint, data_fingerprint, is_complete, model_fingerprint, resume_point,
+                        save_merged, sids_fingerprint)
 
 LOGGED = {"reward": "mean_reward", "reward_std": "reward_std", "frac_reward_zero_std": "zero_variance_group_share",
           "kl": "kl", "completions/mean_length": "rationale_length"}
@@ -82,6 +83,10 @@ def train_rl(config: RLConfig) -> Path:
             raise ValueError(f"RLConfig.{name} is required")
     data = RecDataset.load(config.data_dir)
     codebook = SIDCodebook.load(config.sids_dir)
+    fingerprint = {"config": config_fingerprint(config), "data": data_fingerprint(config.data_dir),
+                   "sids": sids_fingerprint(config.sids_dir), "base": model_fingerprint(config.model)}
+    out, final = Path(config.output_dir), Path(config.output_dir) / "final"
+    last = resume_point(config, fingerprint, overwrite=config.overwrite, outputs=[final])
     model, processor = load_model(config.model)
     tok = processor.tokenizer
     missing = [t for t in [*codebook.vocabulary(), THINK_OPEN, THINK_CLOSE] if t not in tok.get_vocab()]
@@ -101,17 +106,16 @@ def train_rl(config: RLConfig) -> Path:
                           args=config, train_dataset=rl_dataset(config, data, codebook, processor),
                           processing_class=tok, callbacks=[TimeBudget(deadline)])
     rollout.model = trainer.model
-    out, final = Path(config.output_dir), Path(config.output_dir) / "final"
-    last = get_last_checkpoint(str(out)) if out.is_dir() else None
     trainer.train(resume_from_checkpoint=last)
-    if trainer.state.global_step == _checkpoint_step(last) and (final / "config.json").exists():
+    step = trainer.state.global_step
+    if is_complete(final, fingerprint, step):
         return final  # nothing new was trained since the last merge
     if trainer.is_world_process_zero():
         rows = step_log(trainer.state.log_history)
         (out / "rl_log.json").write_text(json.dumps(rows, indent=1))
         if rows:
             plot_reward_curve(rows, out / "reward_curve.png")
-        merge_and_save(trainer.model, processor, final)
+        save_merged(trainer.model, processor, final, fingerprint, step)
     trainer.accelerator.wait_for_everyone()
     return final
 

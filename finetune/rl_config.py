@@ -27,6 +27,8 @@ class RLConfig(GRPOConfig):
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (0: full training, for the tiny preset)."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     time_budget_minutes: float | None = field(default=None, metadata={"help": "Stop (and checkpoint) when spent."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Start over: delete this run's checkpoints and final/ (needed when its config, data or model changed)."})
 
     # GRPOConfig defaults changed for this stage (OneRec-Think / MiniOneRec settings, CPU-sized rationales)
     num_generations: int | None = 16

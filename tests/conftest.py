@@ -1,7 +1,11 @@
 """Shared fixtures: the read-only real data beside the repository and a small synthetic shop."""
 from __future__ import annotations
 
+import json
 import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -51,3 +55,65 @@ def aligned_run(synthetic_dataset, tmp_path_factory):
                          learning_rate=3e-3, lr_scheduler_type="constant", per_device_train_batch_size=32,
                          logging_steps=20, save_steps=1000, disable_tqdm=True)
     return dirs, codebook, train_align(config)
+
+
+class FakeServer:
+    """A local /v1/chat/completions that fails the first ``fail_first`` calls with 500; ``auth`` holds the
+    Authorization headers it was sent."""
+
+    def __init__(self, fail_first=0, delay=0.2):
+        self.calls, self.in_flight, self.peak, self.lock, self.auth = 0, 0, 0, threading.Lock(), set()
+        self.fail_first, self.delay = fail_first, delay
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.auth.add(self.headers.get("Authorization"))
+                    server.calls += 1
+                    fail = server.calls <= server.fail_first
+                    server.in_flight += 1
+                    server.peak = max(server.peak, server.in_flight)
+                time.sleep(server.delay)
+                with server.lock:
+                    server.in_flight -= 1
+                if fail:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                prompt = body["messages"][0]["content"]
+                reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                         "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                             "role": "assistant", "content": f"<think>Because of {prompt[35:60]}</think>"}}]}
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fake_openai():
+    """``fake_openai(fail_first=0, delay=0.2)`` -> a started ``FakeServer``, closed after the test."""
+    servers = []
+
+    def start(**kw) -> FakeServer:
+        servers.append(FakeServer(**kw))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()

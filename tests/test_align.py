@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -164,3 +168,78 @@ def test_bad_config_values_are_named():
         AlignConfig(output_dir="x", phase="all")
     with pytest.raises(ValueError, match="task_mix"):
         AlignConfig(output_dir="x", task_mix="{oops")
+
+
+CHILD = """
+import json, sys, time, traceback
+from pathlib import Path
+import transformers.modeling_utils as modeling_utils
+from think_rec.finetune.align import train_align
+from think_rec.finetune.config import AlignConfig
+
+def stuck(*args, **kwargs):  # the merged model's weights: config.json is already written, the weights never are
+    Path(sys.argv[1]).write_text("".join(traceback.format_stack()))
+    time.sleep(600)
+
+modeling_utils.safe_save_file = stuck
+train_align(AlignConfig(**json.loads(sys.argv[2])))
+"""
+
+
+def test_kill_during_merge_leaves_nothing_a_rerun_trusts(workdir, tmp_path):
+    from think_rec.model.loading import load_model
+
+    # one 2-step epoch: a rerun trains 0 steps (with max_steps, transformers 5 runs one step past a finished run)
+    kw = dict(phase="multitask", num_examples=8, num_train_epochs=1, max_steps=-1, save_steps=2, disable_tqdm=True)
+    cfg = config(workdir, "killed", **kw)
+    (tmp_path / "child.py").write_text(CHILD)
+    marker = tmp_path / "saving"
+    args = {k: getattr(cfg, k) for k in ("output_dir", "model", "data_dir", "sids_dir", "per_device_train_batch_size",
+                                         "max_history", "max_images", "learning_rate", "lora_r", "lora_alpha", "seed",
+                                         *kw)}
+    child = subprocess.Popen([sys.executable, str(tmp_path / "child.py"), str(marker), json.dumps(args)])
+    try:
+        deadline = time.monotonic() + 600
+        while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), f"the child never reached the merge (exit code {child.poll()})"
+        time.sleep(0.2)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert "merge_and_save" in marker.read_text()
+    final, manifest = workdir / "killed" / "final", "think_rec_manifest.json"
+    assert not (final / manifest).exists()
+    assert align.train_align(cfg) == final  # the rerun resumes from checkpoint-2, trains 0 steps, merges again
+    model, _ = load_model(final)  # a half-written folder taken as done would have no weights
+    assert model.get_input_embeddings().weight.shape[0] > 0
+    assert json.loads((final / manifest).read_text())["step"] == 2
+
+
+def test_changed_run_refuses_to_resume_without_overwrite(workdir, monkeypatch):
+    from think_rec.finetune.run_state import MANIFEST, RunChanged
+
+    resumed = []
+
+    class Spy(SFTTrainer):
+        def train(self, resume_from_checkpoint=None, **kw):
+            resumed.append(resume_from_checkpoint)
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kw)
+
+    monkeypatch.setattr(align, "SFTTrainer", Spy)
+    out = workdir / "changed" / "multitask"
+    kw = dict(phase="multitask", max_steps=2, save_steps=2, disable_tqdm=True)
+    final = align.train_align(config(workdir, "changed", **kw))
+    manifest = json.loads((final / MANIFEST).read_text())
+    (out / "checkpoint-9").mkdir()  # a checkpoint killed before its weights: never resumed from
+    (out / "checkpoint-9" / "trainer_state.json").write_text("{}")
+    align.train_align(config(workdir, "changed", **{**kw, "max_steps": 3}))  # more steps: same run, resumes
+    assert Path(resumed[1]).name == "checkpoint-2" and json.loads((final / MANIFEST).read_text())["step"] == 3
+    with pytest.raises(RunChanged, match=r"changed since.*config\.learning_rate.*overwrite"):
+        align.train_align(config(workdir, "changed", **kw, learning_rate=1e-3))
+    assert len(resumed) == 2  # refused before training
+    final = align.train_align(config(workdir, "changed", **kw, learning_rate=1e-3, overwrite=True))
+    assert resumed[2] is None and not (out / "checkpoint-9").exists() and not (out / "checkpoint-3").exists()
+    fresh = json.loads((final / MANIFEST).read_text())
+    assert fresh["step"] == 2 and fresh["config"] != manifest["config"] and fresh["data"] == manifest["data"]

@@ -77,6 +77,21 @@ def test_load_model_errors_are_clear(tmp_path, monkeypatch):
         load_model(tmp_path / "x", quantization="3bit")
 
 
+def test_missing_local_model_path_is_an_error(tmp_path, monkeypatch):
+    from think_rec.model.loading import resolve
+
+    monkeypatch.delenv("THINK_REC_ALLOW_HUB", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for name in (str(tmp_path / "align" / "final"), "./final", "../final", "runs/final", "runs/beauty/align/final"):
+        with pytest.raises(FileNotFoundError, match="no such model folder.*THINK_REC_ALLOW_HUB"):
+            load_model(name)
+    assert resolve("Qwen/Qwen3-VL-2B-Instruct") == "Qwen/Qwen3-VL-2B-Instruct"  # org/name: a hub id
+    assert resolve("runs/final", allow_hub=True) == "runs/final"
+    monkeypatch.setenv("THINK_REC_ALLOW_HUB", "1")
+    assert resolve("./final") == "./final"
+
+
 def test_sid_tokens_consistent_in_model_and_tokenizer(sid_base):
     base_dir, token_map = sid_base
     model, processor = load_model(base_dir)

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections import Counter
 
 import datasets
 import numpy as np
@@ -14,8 +12,8 @@ import pytest
 from think_rec.finetune.pruned_context import prune_batch, prune_examples, prune_history
 from think_rec.finetune.rationale_filters import (consistency, filter_rationale, grounding, leakage,
                                         rejection_sample)
-from think_rec.finetune.rationales import (CallableTeacher, OpenAITeacher, RationaleRequest, TemplateTeacher,
-                                 make_teacher, teacher_prompt)
+from think_rec.finetune.rationales import (CallableTeacher, OpenAITeacher, RationaleRequest, TeacherError,
+                                           TemplateTeacher, ask_teacher, make_teacher, teacher_prompt)
 from think_rec.data.errors import DataError
 from think_rec.data.schema import make_item
 from think_rec.data.split import leave_one_out
@@ -146,86 +144,81 @@ def test_rejection_sample_with_fake_ranker():
 # ---------------------------------------------------------------- OpenAI-compatible teacher
 
 
-class FakeServer:
-    """A local /v1/chat/completions that fails the first ``fail_first`` calls with 500."""
-
-    def __init__(self, fail_first=0, delay=0.2):
-        self.calls, self.in_flight, self.peak, self.lock = 0, 0, 0, threading.Lock()
-        self.fail_first, self.delay = fail_first, delay
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.calls += 1
-                    fail = server.calls <= server.fail_first
-                    server.in_flight += 1
-                    server.peak = max(server.peak, server.in_flight)
-                time.sleep(server.delay)
-                with server.lock:
-                    server.in_flight -= 1
-                if fail:
-                    self.send_response(500)
-                    self.end_headers()
-                    return
-                prompt = body["messages"][0]["content"]
-                reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                         "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                             "role": "assistant", "content": f"<think>Because of {prompt[35:60]}</think>"}}]}
-                data = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def fake_requests():
     return [RationaleRequest(str(u), [make_item(str(i), f"Item number {i}") for i in range(u, u + 3)],
                              make_item("t", "Target")) for u in range(8)]
 
 
-def test_openai_teacher_concurrency_and_cache(tmp_path, fake_requests):
-    server = FakeServer()
-    try:
-        teacher = OpenAITeacher(server.url, "fake", concurrency=4, cache_dir=tmp_path)
-        texts = teacher.generate(fake_requests)
-        assert server.calls == 8 and server.peak >= 2  # requests overlapped
-        assert texts[0].startswith("Because of ") and "<think>" not in texts[0]
-        assert texts[0] != texts[1]  # each answer went back to its own request
-        again = OpenAITeacher(server.url, "fake", cache_dir=tmp_path).generate(fake_requests)
-        assert again == texts and server.calls == 8  # second run: zero requests
-        OpenAITeacher(server.url, "other-model", cache_dir=tmp_path).generate(fake_requests[:1])
-        assert server.calls == 9  # the model is part of the cache key
-    finally:
-        server.close()
+def test_openai_teacher_concurrency_and_cache(tmp_path, fake_requests, fake_openai):
+    server = fake_openai()
+    teacher = OpenAITeacher(server.url, "fake", concurrency=4, cache_dir=tmp_path)
+    texts = teacher.generate(fake_requests)
+    assert server.calls == 8 and server.peak >= 2  # requests overlapped
+    assert texts[0].startswith("Because of ") and "<think>" not in texts[0]
+    assert texts[0] != texts[1]  # each answer went back to its own request
+    again = OpenAITeacher(server.url, "fake", cache_dir=tmp_path).generate(fake_requests)
+    assert again == texts and server.calls == 8  # second run: zero requests
+    OpenAITeacher(server.url, "other-model", cache_dir=tmp_path).generate(fake_requests[:1])
+    assert server.calls == 9  # the model is part of the cache key
 
 
-def test_openai_teacher_retries_then_succeeds(tmp_path, fake_requests):
-    server = FakeServer(fail_first=2, delay=0.0)
-    try:
-        teacher = OpenAITeacher(server.url, "fake", concurrency=1, max_retries=3, backoff=0.01, cache_dir=tmp_path)
-        assert teacher.generate(fake_requests[:1])[0].startswith("Because of ")
-        assert server.calls == 3 and teacher.stats["retries"] == 2
-        failing = FakeServer(fail_first=100, delay=0.0)
-        teacher = OpenAITeacher(failing.url, "fake", max_retries=1, backoff=0.01, cache_dir=tmp_path / "b")
-        assert teacher.generate(fake_requests[:1]) == [""] and teacher.stats["failures"] == 1
-        failing.close()
-    finally:
-        server.close()
+def test_openai_cache_is_keyed_by_endpoint_and_opened_with_wal(tmp_path, fake_requests, fake_openai):
+    first, second = fake_openai(delay=0.0), fake_openai(delay=0.0)
+    teacher = OpenAITeacher(first.url, "fake", cache_dir=tmp_path)
+    teacher.generate(fake_requests[:2])
+    OpenAITeacher(second.url, "fake", cache_dir=tmp_path).generate(fake_requests[:2])
+    assert first.calls == 2 and second.calls == 2  # another server is another teacher: no cache hit
+    assert teacher.cache.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert teacher.cache.db.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+
+
+def test_openai_teacher_retries_then_fails_without_caching(tmp_path, fake_requests, fake_openai):
+    server = fake_openai(fail_first=2, delay=0.0)
+    teacher = OpenAITeacher(server.url, "fake", concurrency=1, max_retries=3, cache_dir=tmp_path)
+    assert teacher.generate(fake_requests[:1])[0].startswith("Because of ")
+    assert server.calls == 3  # the openai client retried the two 500s
+    failing = fake_openai(fail_first=100, delay=0.0)
+    teacher = OpenAITeacher(failing.url, "fake", max_retries=1, cache_dir=tmp_path / "b")
+    assert teacher.generate(fake_requests[:2]) == [None, None] and teacher.stats["failures"] == 2
+    assert failing.calls == 4 and teacher.cache.db.execute("SELECT COUNT(*) FROM cache").fetchone()[0] == 0
+    with pytest.raises(TeacherError, match="failed on 2 of 2 requests"):
+        ask_teacher(teacher, fake_requests[:2], retries=1, backoff=0.0)
+    assert teacher.cache.db.execute("SELECT COUNT(*) FROM cache").fetchone()[0] == 0
+
+
+def test_ask_teacher_retries_failures_and_aborts_over_the_failure_rate(fake_requests):
+    calls = Counter()
+
+    def flaky(request):  # user 0 always fails, user 1 fails once
+        calls[request.user_id] += 1
+        if request.user_id == "0" or (request.user_id == "1" and calls["1"] == 1):
+            raise ConnectionError("teacher down")
+        return f"text {request.user_id}"
+
+    teacher = make_teacher("self", fn=flaky, batched=False)
+    out = ask_teacher(teacher, fake_requests, retries=2, backoff=0.0, max_failure_rate=0.2)
+    assert out == [None] + [f"text {u}" for u in range(1, 8)] and calls["0"] == 3 and calls["1"] == 2
+    with pytest.raises(TeacherError, match="failed on 1 of 8 requests"):
+        ask_teacher(teacher, fake_requests, retries=1, backoff=0.0, max_failure_rate=0.1)
+
+    def down(requests):
+        raise TimeoutError("no route to teacher")
+
+    with pytest.raises(TeacherError, match="failed on 8 of 8.*no route to teacher"):
+        ask_teacher(make_teacher("self", fn=down), fake_requests, retries=1, backoff=0.0)
+
+
+def test_api_key_is_only_read_from_the_environment(monkeypatch, fake_requests, fake_openai, tmp_path):
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+        make_teacher("openai", base_url="http://localhost:1/v1", model="m", api_key="sk-secret")
+    with pytest.raises(ValueError, match="THINK_REC_TEST_KEY is not set"):
+        make_teacher("openai", base_url="http://localhost:1/v1", model="m", api_key_env="THINK_REC_TEST_KEY")
+    monkeypatch.setenv("THINK_REC_TEST_KEY", "sk-from-env")
+    server = fake_openai(delay=0.0)
+    make_teacher("openai", base_url=server.url, model="m", api_key_env="THINK_REC_TEST_KEY",
+                 cache_dir=tmp_path).generate(fake_requests[:1])
+    assert server.auth == {"Bearer sk-from-env"}
 
 
 def test_prompt_and_registry(fake_requests):

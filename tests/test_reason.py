@@ -9,10 +9,11 @@ import torch
 
 from think_rec.data.split import leave_one_out
 from think_rec.decoding import SIDTrie, think_then_recommend
-from think_rec.finetune.rationales import RationaleRequest, SelfTeacher, TemplateTeacher, make_teacher
+from think_rec.finetune.rationales import RationaleRequest, SelfTeacher, TeacherError, TemplateTeacher, make_teacher
 from think_rec.finetune.reason import ReasonTrainer, train_reason
 from think_rec.finetune.reason_config import ReasonConfig
 from think_rec.finetune.reason_data import build_rationales, load_rows, sample_examples, save_rows, tokenize_rows
+from think_rec.finetune.run_state import RunChanged
 from think_rec.model.loading import load_model, load_processor
 from think_rec.prompts import render_recommend_prompt
 
@@ -132,3 +133,62 @@ def test_train_reason_full_finetune_without_rank_check(aligned_run, tmp_path):
     after, _ = load_model(final)
     changed = [n for (n, a), (_, b) in zip(before.named_parameters(), after.named_parameters()) if not torch.equal(a, b)]
     assert any("layers.0.self_attn" in n for n in changed), "full fine-tuning must move the base weights"
+
+
+def openai_reason(aligned_run, out, server, **kw) -> dict:
+    dirs, _, model_dir = aligned_run
+    teacher_kwargs = {"base_url": server.url, "model": "fake", "max_retries": 0, "cache_dir": str(out / "cache")}
+    return dict(output_dir=str(out / "reason"), model=str(model_dir), data_dir=str(dirs.data), sids_dir=str(dirs.sids),
+                teacher="openai", teacher_kwargs=teacher_kwargs, num_examples=8, max_history=4, rejection_top_n=0,
+                per_device_train_batch_size=4, max_steps=2, save_steps=2, disable_tqdm=True, **kw)
+
+
+def test_api_key_is_refused_in_configs_and_never_pickled(aligned_run, tmp_path, monkeypatch, fake_openai):
+    server = fake_openai(delay=0.0)
+    config = openai_reason(aligned_run, tmp_path, server)
+    with pytest.raises(ValueError, match="api_key.*OPENAI_API_KEY"):
+        ReasonConfig(**{**config, "teacher_kwargs": {**config["teacher_kwargs"], "api_key": "sk-in-config"}})
+    monkeypatch.setenv("THINK_REC_TEST_KEY", "sk-secret-from-env")
+    config["teacher_kwargs"]["api_key_env"] = "THINK_REC_TEST_KEY"
+    train_reason(ReasonConfig(**config))
+    assert server.auth == {"Bearer sk-secret-from-env"}
+    pickled = (tmp_path / "reason" / "checkpoint-2" / "training_args.bin").read_bytes()
+    assert b"THINK_REC_TEST_KEY" in pickled and b"sk-secret" not in pickled
+
+    # the rationales depend on prune_k: a change is refused, and with overwrite they are built again
+    key = json.loads((tmp_path / "reason" / "rationales" / "rationale_stats.json").read_text())["key"]
+    with pytest.raises(RunChanged, match=r"config\.prune_k.*rationales"):
+        train_reason(ReasonConfig(**{**config, "prune_k": 2}))
+    train_reason(ReasonConfig(**{**config, "prune_k": 2, "overwrite": True}))
+    assert json.loads((tmp_path / "reason" / "rationales" / "rationale_stats.json").read_text())["key"] != key
+
+
+def test_teacher_outage_aborts_and_caches_nothing(aligned_run, tmp_path, fake_openai):
+    server = fake_openai(fail_first=10**6, delay=0.0)
+    with pytest.raises(TeacherError, match="failed on 8 of 8 requests"):
+        train_reason(ReasonConfig(**openai_reason(aligned_run, tmp_path, server)))
+    assert server.calls == 24  # every request, asked 1 + teacher_retries times
+    assert load_rows(tmp_path / "reason" / "rationales") is None
+    assert not list((tmp_path / "reason").glob("checkpoint-*"))
+
+
+def test_failed_teacher_requests_are_left_out_not_rejected(aligned_run, synthetic_dataset):
+    dirs, codebook, _ = aligned_run
+    examples = sample_examples(leave_one_out(synthetic_dataset.interactions, max_history=6), codebook, 10, seed=1)
+    bad = examples[0]["user_id"]
+    failed = sum(u == bad for u in examples["user_id"])
+
+    def flaky(request):
+        if request.user_id == bad:
+            raise ConnectionError("teacher down")
+        return TemplateTeacher().generate([request])[0]
+
+    teacher = make_teacher("self", fn=flaky, batched=False)
+    rows, stats = build_rationales(examples, synthetic_dataset, codebook, dirs.sids, teacher, top_n=None, retries=1,
+                                   retry_backoff=0.0, max_failure_rate=0.5, progress=False)
+    assert stats["teacher_failures"] == failed and stats["examples"] == len(rows) == 10 - failed
+    assert bad not in {r["user_id"] for r in rows} and all(r["teacher_rationale"] for r in rows)
+    assert stats["accepted"] + stats["rejected_leakage"] + stats["rejected_ungrounded"] == 10 - failed
+    with pytest.raises(TeacherError, match=f"failed on {failed} of 10"):
+        build_rationales(examples, synthetic_dataset, codebook, dirs.sids, teacher, top_n=None, retries=0,
+                         max_failure_rate=0.05, progress=False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -10,10 +11,21 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokeniz
 from think_rec.model.presets import PRESETS, TINY
 
 TINY_DIR = Path(os.environ.get("THINK_REC_HOME", "~/.cache/think_rec")).expanduser() / "tiny"
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
-def resolve(path_or_preset: str | Path) -> str:
-    """Preset name -> hub id or built dir; an existing dir; else taken as a hub id."""
+def looks_local(name: str) -> bool:
+    """A path rather than a hub ``org/name``: ./ ../ / ~ at the start, an existing parent folder, or a
+    separator other than one ``org/name`` slash."""
+    if name.startswith(("./", "../", "/", "~")) or (os.sep != "/" and os.sep in name):
+        return True
+    parent = Path(name).parent
+    return (parent != Path(".") and parent.is_dir()) or ("/" in name and not HUB_ID.fullmatch(name))
+
+
+def resolve(path_or_preset: str | Path, allow_hub: bool | None = None) -> str:
+    """Preset name -> hub id or built dir; an existing dir; else a hub id. A missing folder that looks local
+    is an error unless hub downloads are allowed (``allow_hub``, default env ``THINK_REC_ALLOW_HUB=1``)."""
     name = str(path_or_preset)
     if name == TINY:
         if not (TINY_DIR / "config.json").exists():
@@ -24,6 +36,11 @@ def resolve(path_or_preset: str | Path) -> str:
         return PRESETS[name]
     if Path(name).exists() and not (Path(name) / "config.json").exists():
         raise FileNotFoundError(f"{name}: no config.json, not a model checkpoint")
+    if allow_hub is None:
+        allow_hub = os.environ.get("THINK_REC_ALLOW_HUB") == "1"
+    if not Path(name).exists() and looks_local(name) and not allow_hub:
+        raise FileNotFoundError(f"{name}: no such model folder (to download it as a hub id instead, pass "
+                                "allow_hub=True or set THINK_REC_ALLOW_HUB=1)")
     return name
 
 
@@ -48,12 +65,12 @@ def quantization_config(quantization: str | None, dtype: torch.dtype) -> BitsAnd
 
 
 def load_model(path_or_preset: str | Path, *, quantization: str | None = None, dtype: torch.dtype = torch.float32,
-               device_map: str | None = None, gradient_checkpointing: bool = False):
+               device_map: str | None = None, gradient_checkpointing: bool = False, allow_hub: bool | None = None):
     """``(model, processor)`` via ``AutoModelForImageTextToText``; with ``quantization`` the weights load through
     bitsandbytes (``device_map`` defaults to "cpu") and are prepared for QLoRA (peft
-    ``prepare_model_for_kbit_training``)."""
-    path = resolve(path_or_preset)
+    ``prepare_model_for_kbit_training``); ``allow_hub`` as in ``resolve``."""
     qconfig = quantization_config(quantization, dtype)
+    path = resolve(path_or_preset, allow_hub)
     if qconfig is not None and device_map is None:
         device_map = "cpu" if not torch.cuda.is_available() else "auto"
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, quantization_config=qconfig,
