@@ -5,7 +5,8 @@ from typing import Callable
 
 
 def chat_loop(base_url: str, user: str | None = None, k: int = 5, think: bool | None = None,
-              api_key: str | None = None, read: Callable[[str], str] = input, write: Callable[[str], None] = print) -> None:
+              api_key: str | None = None, read: Callable[[str], str] = input,
+              write: Callable[[str], None] = print) -> None:
     """Read a line, stream the answer, repeat; the conversation is one server-side session. Ends on EOF/quit."""
     from openai import OpenAI
 

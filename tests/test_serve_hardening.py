@@ -174,7 +174,8 @@ def test_session_survives_a_failing_turn(make_client):
     flaky.error = None
     again = _chat(client, messages=_say("something else"), session_id=sid, k=4)
     assert again["recommendation"]["constraints"]["exclude_brands"] == []  # the failed turns left no trace
-    assert not {it["id"] for it in first["recommendation"]["items"]} & {it["id"] for it in again["recommendation"]["items"]}
+    shown = {it["id"] for it in first["recommendation"]["items"]}
+    assert not shown & {it["id"] for it in again["recommendation"]["items"]}
     assert service.sessions.get(sid).user_messages == ["What next?", "something else"]
 
 

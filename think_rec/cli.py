@@ -373,16 +373,29 @@ def bench_reason(
 
 @bench_app.command("serve")
 def bench_serve(
-    model: Path = typer.Option(..., help="A merged model folder (with SID tokens)."),
-    run: Path = typer.Option(..., help="Its run folder (data/ and sids/)."),
+    model: Optional[Path] = typer.Option(None, help="A merged model folder (with SID tokens)."),
+    run: Optional[Path] = typer.Option(None, help="Its run folder (data/ and sids/)."),
     chats: int = typer.Option(32, help="Two-turn chats per (backend, concurrency)."),
-    concurrency: str = typer.Option("1,16", help="Comma-separated concurrent chats."),
-    backends: str = typer.Option("vllm,hf,think_ahead"),
+    concurrency: str = typer.Option("1,16", help="Comma-separated concurrent chats (--abuse: one number)."),
+    backends: str = typer.Option("vllm,hf,think_ahead", help="(--abuse: hf,vllm)"),
     think_ahead: Optional[Path] = typer.Option(None, help="A Think-Ahead store built with --history test "
                                                "(default: built under runs/bench_serve)."),
+    abuse: bool = typer.Option(False, help="Instead: a mix of malformed, oversized and valid requests on a small "
+                               "run the bench builds -> eval/results/abuse.json."),
+    requests: int = typer.Option(1000, help="--abuse: requests per backend."),
     out_dir: Path = typer.Option(Path("eval/results")),
 ) -> None:
     """Loopback load on `think-rec serve`: p50/p95 latency, requests/s, Recall@10 -> eval/results/serve.json."""
+    if abuse:
+        from think_rec.eval.bench_abuse import run as run_abuse
+
+        chosen = [b for b in ("hf", "vllm") if b in backends.split(",")] or ["hf"]
+        payload = run_abuse(out_dir, backends=chosen, requests=requests, concurrency=int(concurrency.split(",")[-1]))
+        print_dict("bench serve --abuse", {r["system"]: {k: v for k, v in r.items() if k != "system"}
+                                           for r in payload["rows"]} | payload.get("skipped", {}))
+        return
+    if model is None or run is None:
+        fail(ValueError("give --model and --run (or --abuse)"))
     from think_rec.eval.bench_serve import run as run_bench
 
     payload = run_bench(model, run / "data", run / "sids", out_dir, backends=backends.split(","),
