@@ -54,8 +54,13 @@ class HFEngine:
         finally:
             self.waiting -= 1
         task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-        task.add_done_callback(lambda _: self.lock.release())
+        task.add_done_callback(self._release)
         return await asyncio.shield(task)
+
+    def _release(self, task: asyncio.Future) -> None:
+        self.lock.release()
+        if not task.cancelled():
+            task.exception()  # retrieved: a request cancelled meanwhile does not leave it unobserved
 
     @torch.no_grad()
     def _run(self, prompt: str, k: int, banned: set[str], think: bool, max_think_tokens: int) -> Recommendation:

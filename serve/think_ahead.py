@@ -283,6 +283,9 @@ class ThinkAheadEngine:
             if self.store.meta[key] != ours:
                 raise ValueError(f"{config.think_ahead}: built with {key}={self.store.meta[key]!r}, but the server "
                                  f"has {ours!r}")
+        if self.store.meta["history"] != "full":
+            log.warning("%s holds %s histories (for evaluation): dataset users are served by the live engine",
+                        config.think_ahead, self.store.meta["history"])
         self.base = build_engine(config.think_ahead_base, config)
         self.tok = AutoTokenizer.from_pretrained(str(config.model))
         self.trie = SIDTrie.from_codebook(SIDCodebook.load(config.sids), self.tok)

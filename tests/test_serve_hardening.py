@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import threading
 
 import pytest
 from fastapi.testclient import TestClient
@@ -203,3 +204,25 @@ def test_session_survives_a_restart(make_client):
     assert out["recommendation"]["constraints"]["exclude_brands"] == [brand]
     assert all(it["brand"] != brand for it in out["recommendation"]["items"])
     assert service.sessions.get(sid).user_messages == ["What next?", f"not from {brand}", "cheaper please"]
+
+
+def test_hf_engine_queue_is_bounded_and_runs_never_overlap(aligned_run):
+    from think_rec.serve.engine_hf import HFEngine
+
+    dirs, _, model_dir = aligned_run
+    hf = HFEngine(EngineConfig(model_dir, dirs.sids, max_queue=1))
+    release = threading.Event()
+
+    async def go():
+        running = asyncio.create_task(hf.exclusive(release.wait, 10))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(hf.exclusive(lambda: "second"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(EngineBusy):  # one waits already
+            await hf.exclusive(lambda: "third")
+        running.cancel()  # a timeout: the thread still runs, so the model stays taken
+        await asyncio.sleep(0.05)
+        assert hf.lock.locked() and not waiting.done()
+        release.set()
+        assert await waiting == "second"
+    asyncio.run(go())
