@@ -1,12 +1,21 @@
 """The FastAPI app: OpenAI-compatible ``POST /v1/chat/completions`` with a ``recommendation`` field,
 ``GET /v1/models``, ``GET /health``, item images and the chat page (``/``).
 
-Every bad request is answered 4xx in OpenAI's error shape and leaves the engine and sessions as they were.
+Every bad request is answered 4xx in OpenAI's error shape and leaves the engine and sessions as they were:
+a turn works on a copy of its session, saved only once the engine has answered. Session ids are issued
+by the server; an unknown or expired ``session_id`` is refused (404), never adopted. Engine runs are
+bounded (``max_running`` at once, ``max_waiting`` queued, 503 beyond; ``request_timeout_s``, 504), CPU
+work (steering, prompt, banned set, SQLite) runs in worker threads, and 5xx bodies are generic (the
+details are logged under the request id).
 """
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
+import logging
 import time
+import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,21 +28,24 @@ from starlette.exceptions import HTTPException
 
 from think_rec.data.schema import RecDataset
 from think_rec.itemic.codebook import SIDCodebook
-from think_rec.prompts import image_path
 
-from .conversation import Conversation, Session, SessionStore
-from .engine import EngineConfig, RecEngine, Recommendation, build_engine
+from .conversation import Conversation, Session
+from .engine import EngineBusy, EngineConfig, RecEngine, Recommendation, build_engine
+from .errors import Busy, RequestError, error_body, error_response
+from .images import resolve_image
+from .middleware import REQUEST_ID, Guard, configure_logging
 from .protocol import (AssistantMessage, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, Choice,
-                       ChunkChoice, DeltaMessage, ErrorInfo, ErrorResponse, ModelCard, ModelList, RecommendedItem,
-                       Usage)
+                       ChunkChoice, DeltaMessage, ModelCard, ModelList, RecommendedItem, Usage)
 from .protocol import Recommendation as RecommendationOut
+from .sessions import SessionStore, new_session_id
 
 STATIC = Path(__file__).resolve().parent / "static"
+log = logging.getLogger("think_rec.serve")
 
 
 @dataclass
 class ServeConfig:
-    """What ``think-rec serve`` needs: the model, its data and SIDs, the backend and the address."""
+    """What ``think-rec serve`` needs: the model, its data and SIDs, the backend, the address and the limits."""
 
     model: Path
     data: Path
@@ -46,20 +58,61 @@ class ServeConfig:
     max_history: int = 20
     think_ahead: Path | None = None  # the store of backend "think_ahead"
     think_ahead_base: str = "vllm"
+    api_key: str | None = None  # Bearer key for /v1/* (required off loopback)
+    image_root: Path | None = None  # item images are served only from under it (default: ``data``)
+    session_db: Path | None = None  # SQLite file of the sessions (default: MODEL/sessions.sqlite)
+    max_sessions: int = 10_000
+    session_ttl_s: float = 7 * 86400
+    max_model_len: int = 4096  # prompt + rationale + SID tokens
+    max_running: int = 4  # engine runs at once
+    max_waiting: int = 64  # requests queued for a run (503 beyond)
+    request_timeout_s: float = 120.0  # queueing + engine (504 beyond)
+    max_body_bytes: int = 1 << 20
 
 
-class RequestError(Exception):
-    """A client error: HTTP ``status`` with a message (and the offending field)."""
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, status: int, message: str, param: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param = status, message, param
+
+@dataclass
+class Turn:
+    """One prepared request: a draft of its session (saved after the engine answers) and the engine inputs."""
+
+    session: Session
+    prompt: str
+    prompt_tokens: int
+    banned: set[str]
+    k: int
+    think: bool
+    max_think_tokens: int
 
 
-def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    body = ErrorResponse(error=ErrorInfo(message=message, type=kind, param=param, code=status))
-    return JSONResponse(body.model_dump(), status_code=status)
+class Limiter:
+    """At most ``running`` engine runs at once and ``running + waiting`` requests holding or awaiting one."""
+
+    def __init__(self, running: int, waiting: int):
+        self.capacity, self.inflight = running + waiting, 0
+        self.semaphore = asyncio.Semaphore(running)
+
+    def check(self) -> None:
+        if self.inflight >= self.capacity:
+            raise Busy(f"{self.inflight} requests are in flight; retry later")
+
+    async def acquire(self) -> None:
+        self.check()
+        self.inflight += 1
+        try:
+            await self.semaphore.acquire()
+        except BaseException:
+            self.inflight -= 1
+            raise
+
+    def release(self) -> None:
+        self.semaphore.release()
+        self.inflight -= 1
 
 
 class RecService:
@@ -73,14 +126,18 @@ class RecService:
         self.codebook = SIDCodebook.load(config.sids)
         self.tokenizer = AutoTokenizer.from_pretrained(str(config.model))
         self.conversation = Conversation(self.dataset, self.codebook, self.tokenizer, config.max_history)
-        self.sessions = SessionStore()
+        self.sessions = SessionStore(config.session_db or Path(config.model) / "sessions.sqlite",
+                                     config.max_sessions, config.session_ttl_s)
+        self.image_root = Path(config.image_root or config.data)
+        self.limiter = Limiter(config.max_running, config.max_waiting)
         self.model_name = config.model_name or Path(config.model).name
         self.engine = engine or build_engine(config.backend, EngineConfig(
-            Path(config.model), Path(config.sids), think_ahead=config.think_ahead,
-            think_ahead_base=config.think_ahead_base))
+            Path(config.model), Path(config.sids), max_model_len=config.max_model_len,
+            think_ahead=config.think_ahead, think_ahead_base=config.think_ahead_base,
+            max_history=config.max_history, max_queue=config.max_waiting))
 
-    def _session(self, req: ChatCompletionRequest) -> Session:
-        """Validate the request's ids, then open or continue its session and fold in the user's words."""
+    async def begin(self, req: ChatCompletionRequest) -> Turn:
+        """Validate the request's ids, load its session (or open one) and prepare the turn on a copy of it."""
         if req.model is not None and req.model != self.model_name:
             raise RequestError(404, f"the model {req.model!r} does not exist; this server serves "
                                     f"{self.model_name!r}", "model")
@@ -89,7 +146,16 @@ class RecService:
         unknown = [i for i in req.history or [] if i not in self.codebook.codes]
         if unknown:
             raise RequestError(400, f"unknown item ids in history: {unknown[:5]}", "history")
-        session, new = self.sessions.get_or_create(req.session_id)
+        if req.session_id is None:
+            return await asyncio.to_thread(self._prepare, req, Session(new_session_id()), True)
+        session = await asyncio.to_thread(self.sessions.get, req.session_id)
+        if session is None:
+            raise RequestError(404, "unknown or expired session_id (session ids are issued by the server: omit "
+                                    "it to start a new session)", "session_id")
+        return await asyncio.to_thread(self._prepare, req, session, False)
+
+    def _prepare(self, req: ChatCompletionRequest, session: Session, new: bool) -> Turn:
+        """Fold the user's words into ``session`` (steering), fit the prompt to the model, compute the bans."""
         if req.history is not None:
             session.history = list(req.history)
         elif req.user is not None and (new or not session.history):
@@ -97,54 +163,84 @@ class RecService:
         users = [m.text for m in req.messages if m.role == "user"]
         for text in users if new else users[-1:]:
             self.conversation.add_user_message(session, text)
-        return session
+        think = self.config.think if req.think is None else req.think
+        reserve = self.codebook.levels + 2 + (req.max_think_tokens + 2 if think else 0)
+        prompt, n = self.conversation.fit_prompt(session, self.config.max_model_len - reserve)
+        banned = self.conversation.banned(session, req.exclude_seen)
+        k = min(req.k, len(self.codebook) - len(banned & set(self.codebook.codes)))
+        return Turn(session, prompt, n, banned, k, think, req.max_think_tokens)
+
+    async def run(self, turn: Turn) -> AsyncIterator[str | Recommendation]:
+        """The engine's events (an empty ``Recommendation`` when no item satisfies the constraints), in a
+        limiter slot and before the request's deadline; the session is saved once the items are known."""
+        deadline = asyncio.get_running_loop().time() + self.config.request_timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):  # waiting for a slot counts against the deadline
+                await self.limiter.acquire()
+        except TimeoutError:
+            raise RequestError(504, f"no engine slot within {self.config.request_timeout_s:g} s") from None
+        try:
+            if turn.k <= 0:
+                events = _one(Recommendation("", []))
+            else:
+                events = self.engine.stream(turn.prompt, k=turn.k, banned=turn.banned, think=turn.think,
+                                            max_think_tokens=turn.max_think_tokens,
+                                            history=turn.session.history[-self.config.max_history:])
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        event = await anext(events)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise RequestError(504, f"the request took longer than {self.config.request_timeout_s:g} s")
+                except EngineBusy as e:
+                    raise Busy(str(e)) from None
+                if isinstance(event, Recommendation):
+                    self.finish(turn.session, event)
+                    await asyncio.to_thread(self.sessions.put, turn.session)
+                yield event
+        finally:
+            self.limiter.release()
 
     def item_out(self, item_id: str, score: float) -> RecommendedItem:
         it = self.conversation.catalog[item_id]
         img = it["image"]
-        url = img if img and "://" in img else (f"/v1/items/{item_id}/image" if image_path(it) else None)
+        url = img if img and "://" in img else (f"/v1/items/{item_id}/image"
+                                                if resolve_image(self.image_root, img) else None)
         return RecommendedItem(id=item_id, sid=self.codebook.sid_string(item_id), title=it["title"], score=score,
                                brand=it["brand"] or None, price=it["price"], categories=list(it["categories"]),
                                image=url)
 
-    async def chat(self, req: ChatCompletionRequest) -> tuple[Session, str, AsyncIterator[str | Recommendation]]:
-        """Session, prompt and the engine's event stream (empty when no item satisfies the constraints)."""
-        session = self._session(req)
-        prompt = self.conversation.prompt(session)
-        banned = self.conversation.banned(session, req.exclude_seen)
-        k = min(req.k, len(self.codebook) - len(banned & set(self.codebook.codes)))
-        think = self.config.think if req.think is None else req.think
-
-        async def events() -> AsyncIterator[str | Recommendation]:
-            if k <= 0:
-                yield Recommendation("", [])
-                return
-            async for event in self.engine.stream(prompt, k=k, banned=banned, think=think,
-                                                  max_think_tokens=req.max_think_tokens,
-                                                  history=session.history[-self.config.max_history:]):
-                yield event
-        return session, prompt, events()
-
-    def finish(self, session: Session, rec: Recommendation) -> tuple[str, RecommendationOut]:
-        """Record what was shown; the answer text (without the rationale) and the structured result."""
+    def finish(self, session: Session, rec: Recommendation) -> None:
+        """Record what was shown in the session."""
         ids = [i for i, _ in rec.items]
         session.last_items = ids
         session.recommended += ids
+
+    def answer(self, session: Session, rec: Recommendation) -> tuple[str, RecommendationOut]:
+        """The answer text (without the rationale) and the structured result."""
         out = RecommendationOut(rationale=rec.rationale, items=[self.item_out(i, s) for i, s in rec.items],
                                 constraints=session.constraints.as_dict())
-        return self.conversation.answer(session, "", ids), out
+        return self.conversation.answer(session, "", [i for i, _ in rec.items]), out
+
+
+async def _one(event: Recommendation) -> AsyncIterator[Recommendation]:
+    yield event
 
 
 def create_app(service: RecService) -> FastAPI:
-    """The app; the engine starts with it (lifespan) and shuts down with it."""
+    """The app behind ``Guard`` (request ids, access log, API key, body cap); the engine starts with it."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await service.engine.start()
         yield
         service.engine.shutdown()
+        service.sessions.close()
 
     app = FastAPI(title="think-rec", lifespan=lifespan)
+    app.add_middleware(Guard, api_key=service.config.api_key, max_body_bytes=service.config.max_body_bytes)
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, e: RequestError) -> JSONResponse:
@@ -163,16 +259,13 @@ def create_app(service: RecService) -> FastAPI:
     async def _http_error(request: Request, e: HTTPException) -> JSONResponse:
         return error_response(e.status_code, str(e.detail))
 
-    @app.exception_handler(Exception)
-    async def _server_error(request: Request, e: Exception) -> JSONResponse:
-        return error_response(500, f"{type(e).__name__}: {e}")
-
     @app.get("/health")
     async def health() -> JSONResponse:
         ok = service.engine.healthy()
         return JSONResponse({"status": "ok" if ok else "engine unavailable", "backend": service.engine.name,
                              "model": service.model_name, "items": len(service.codebook),
-                             "sessions": len(service.sessions), **getattr(service.engine, "stats", {})},
+                             "sessions": await asyncio.to_thread(len, service.sessions),
+                             "in_flight": service.limiter.inflight, **getattr(service.engine, "stats", {})},
                             status_code=200 if ok else 503)
 
     @app.get("/v1/models")
@@ -181,26 +274,27 @@ def create_app(service: RecService) -> FastAPI:
 
     @app.get("/v1/items/{item_id}/image")
     async def item_image(item_id: str) -> FileResponse:
-        path = image_path(service.conversation.catalog[item_id]) if item_id in service.codebook.codes else None
-        if path is None:
+        found = resolve_image(service.image_root, service.conversation.catalog[item_id]["image"]) \
+            if item_id in service.codebook.codes else None
+        if found is None:
             raise RequestError(404, f"item {item_id!r} has no local image")
-        return FileResponse(path)
+        return FileResponse(found[0], media_type=found[1])
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest):
-        session, prompt, events = await service.chat(req)
+        turn = await service.begin(req)
         if req.stream:
-            return StreamingResponse(_sse(service, req, session, events), media_type="text/event-stream")
+            service.limiter.check()  # 503 before the stream starts
+            return StreamingResponse(_sse(service, turn), media_type="text/event-stream")
         rec = None
-        async for event in events:
+        async for event in service.run(turn):
             if isinstance(event, Recommendation):
                 rec = event
-        answer, out = service.finish(session, rec)
+        answer, out = service.answer(turn.session, rec)
         content = f"{rec.rationale}\n\n{answer}" if rec.rationale else answer
-        usage = Usage(prompt_tokens=len(service.tokenizer.encode(prompt, add_special_tokens=False)),
-                      completion_tokens=len(service.tokenizer.encode(content, add_special_tokens=False)))
+        usage = Usage(prompt_tokens=turn.prompt_tokens, completion_tokens=service.conversation.count(content))
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-        return ChatCompletionResponse(model=service.model_name, session_id=session.id, usage=usage,
+        return ChatCompletionResponse(model=service.model_name, session_id=turn.session.id, usage=usage,
                                       choices=[Choice(message=AssistantMessage(content=content))],
                                       recommendation=out)
 
@@ -211,11 +305,11 @@ def create_app(service: RecService) -> FastAPI:
     return app
 
 
-async def _sse(service: RecService, req: ChatCompletionRequest, session: Session,
-               events: AsyncIterator[str | Recommendation]) -> AsyncIterator[str]:
-    """OpenAI chunk stream: the role, rationale deltas, then the item list with ``recommendation``."""
-    base = {"id": f"chatcmpl-{session.id[:8]}-{time.time_ns()}", "created": int(time.time()),
-            "model": service.model_name, "session_id": session.id}
+async def _sse(service: RecService, turn: Turn) -> AsyncIterator[str]:
+    """OpenAI chunk stream: the role, rationale deltas, then the item list with ``recommendation``; an error
+    after the start is one in-band ``error`` event (generic for server errors, which are logged)."""
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": service.model_name,
+            "session_id": turn.session.id}
 
     def chunk(delta: DeltaMessage, **extra) -> str:
         finish = "stop" if "recommendation" in extra else None
@@ -224,20 +318,26 @@ async def _sse(service: RecService, req: ChatCompletionRequest, session: Session
 
     yield chunk(DeltaMessage(role="assistant", content=""))
     try:
-        async for event in events:
+        async for event in service.run(turn):
             if isinstance(event, Recommendation):
-                answer, out = service.finish(session, event)
+                answer, out = service.answer(turn.session, event)
                 yield chunk(DeltaMessage(content=f"\n\n{answer}" if event.rationale else answer), recommendation=out)
             else:
                 yield chunk(DeltaMessage(content=event))
-    except Exception as e:  # the stream has started: report in-band, keep the server up
-        body = ErrorResponse(error=ErrorInfo(message=f"{type(e).__name__}: {e}", type="server_error", code=500))
-        yield f"data: {json.dumps(body.model_dump())}\n\n"
+    except RequestError as e:
+        log.warning("stream ended early: %d %s", e.status, e.message)
+        yield f"data: {json.dumps(error_body(e.status, e.message, e.param))}\n\n"
+    except Exception:  # the stream has started: report in-band, keep the server up
+        log.exception("stream failed")
+        yield f"data: {json.dumps(error_body(500, f'internal server error (request id {REQUEST_ID.get()})'))}\n\n"
     yield "data: [DONE]\n\n"
 
 
 def serve(config: ServeConfig) -> None:
-    """Run the API with uvicorn until interrupted."""
+    """Run the API with uvicorn until interrupted (a key is required off loopback)."""
     import uvicorn
 
+    if not config.api_key and not is_loopback(config.host):
+        raise ValueError(f"binding {config.host} needs an API key (--api-key or THINK_REC_API_KEY)")
+    configure_logging()
     uvicorn.run(create_app(RecService(config)), host=config.host, port=config.port, log_level="warning")

@@ -5,11 +5,12 @@ from typing import Callable
 
 
 def chat_loop(base_url: str, user: str | None = None, k: int = 5, think: bool | None = None,
-              read: Callable[[str], str] = input, write: Callable[[str], None] = print) -> None:
+              api_key: str | None = None, read: Callable[[str], str] = input,
+              write: Callable[[str], None] = print) -> None:
     """Read a line, stream the answer, repeat; the conversation is one server-side session. Ends on EOF/quit."""
     from openai import OpenAI
 
-    client = OpenAI(base_url=base_url.rstrip("/") + "/v1", api_key="unused")
+    client = OpenAI(base_url=base_url.rstrip("/") + "/v1", api_key=api_key or "unused")
     model = client.models.list().data[0].id
     session_id = None
     while True:
@@ -27,7 +28,8 @@ def chat_loop(base_url: str, user: str | None = None, k: int = 5, think: bool | 
                                                                          if v is not None})
         parts = []
         for chunk in stream:
-            session_id = getattr(chunk, "session_id", session_id)
+            if getattr(chunk, "recommendation", None) is not None:  # the session exists once a turn succeeded
+                session_id = chunk.session_id
             if chunk.choices and chunk.choices[0].delta.content:
                 parts.append(chunk.choices[0].delta.content)
         write("rec> " + "".join(parts))

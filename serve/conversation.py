@@ -8,8 +8,6 @@ engine's trie.
 from __future__ import annotations
 
 import functools
-import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,6 +18,7 @@ from think_rec.data.schema import RecDataset
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.prompts import PROMPTS_DIR, _chat, _text, _user_with_history, load_templates
 
+from .errors import RequestError
 from .steering import Constraints, Vocabulary, parse
 
 
@@ -38,28 +37,6 @@ class Session:
     constraints: Constraints = field(default_factory=Constraints)
     recommended: list[str] = field(default_factory=list)  # every item shown, in order
     last_items: list[str] = field(default_factory=list)
-
-
-class SessionStore:
-    """In-memory sessions, least recently used dropped beyond ``max_sessions``."""
-
-    def __init__(self, max_sessions: int = 10_000):
-        self.max_sessions = max_sessions
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
-
-    def get_or_create(self, session_id: str | None) -> tuple[Session, bool]:
-        """The session (created under ``session_id``, or a fresh id, when unknown) and whether it is new."""
-        if session_id in self._sessions:
-            self._sessions.move_to_end(session_id)
-            return self._sessions[session_id], False
-        s = Session(session_id or uuid.uuid4().hex)
-        self._sessions[s.id] = s
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
-        return s, True
-
-    def __len__(self) -> int:
-        return len(self._sessions)
 
 
 class Conversation:
@@ -96,6 +73,26 @@ class Conversation:
             user = [_text(template.replace("{history}", chat["empty_history"]))]
         return self.tokenizer.apply_chat_template(_chat(user, None, tpl), tokenize=False,
                                                   add_generation_prompt=True)
+
+    def fit_prompt(self, session: Session, max_tokens: int) -> tuple[str, int]:
+        """The prompt and its length in tokens, the oldest user messages dropped from ``session`` until it
+        fits ``max_tokens``; a 400 ``RequestError`` when even the latest message alone does not fit."""
+        while True:
+            prompt = self.prompt(session)
+            n = self.count(prompt)
+            if n <= max_tokens:
+                return prompt, n
+            if len(session.user_messages) <= 1:
+                raise RequestError(400, f"this model's context allows {max_tokens} prompt tokens, but the prompt "
+                                        f"needs {n}; send a shorter message", "messages")
+            excess, drop = n - max_tokens, 0
+            while drop < len(session.user_messages) - 1 and excess > 0:
+                excess -= self.count(session.user_messages[drop])
+                drop += 1
+            del session.user_messages[:drop]
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     def banned(self, session: Session, exclude_seen: bool = True) -> set[str]:
         """Items the trie must not produce: breaking a constraint, or (``exclude_seen``) seen/recommended."""

@@ -12,7 +12,12 @@ from typing import AsyncIterator, Protocol, Sequence
 
 from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN
 
-__all__ = ["THINK_CLOSE", "THINK_OPEN", "EngineConfig", "RecEngine", "Recommendation", "build_engine", "run"]
+__all__ = ["THINK_CLOSE", "THINK_OPEN", "EngineBusy", "EngineConfig", "RecEngine", "Recommendation", "build_engine",
+           "run"]
+
+
+class EngineBusy(RuntimeError):
+    """The engine's queue is full: the request was not started (the API answers 503)."""
 
 
 @dataclass
@@ -33,6 +38,8 @@ class EngineConfig:
     kv_cache_gib: int = 1  # vLLM CPU KV-cache reserve (GiB)
     think_ahead: Path | None = None  # the store of the think_ahead backend (serve.think_ahead)
     think_ahead_base: str = "vllm"  # the engine it wraps for the last level and for fallbacks
+    max_history: int = 20  # the server's: a think_ahead store must have been built with the same
+    max_queue: int = 64  # hf: requests waiting for the model beyond the running one (EngineBusy beyond)
 
 
 class RecEngine(Protocol):

@@ -2,6 +2,8 @@
 
 Requests run one at a time in a worker thread: ``think_then_recommend`` when thinking, else
 constrained ``recommend`` (HF beam search over the SID trie). The rationale arrives as one delta.
+At most ``max_queue`` requests wait for the model (``EngineBusy`` beyond); a cancelled request (timeout,
+client gone) keeps the model until its thread ends, so runs never overlap.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from think_rec.decoding.think import think_then_recommend
 from think_rec.decoding.trie import SIDTrie
 from think_rec.itemic.codebook import SIDCodebook
 
-from .engine import EngineConfig, Recommendation
+from .engine import EngineBusy, EngineConfig, Recommendation
 
 
 class HFEngine:
@@ -27,6 +29,7 @@ class HFEngine:
         self.config = config
         self.model = self.processor = self.trie = None
         self.lock = asyncio.Lock()
+        self.waiting = 0
 
     async def start(self) -> None:
         from think_rec.model.loading import load_model
@@ -41,6 +44,24 @@ class HFEngine:
     def shutdown(self) -> None:
         self.model = None
 
+    async def exclusive(self, fn, *args):
+        """``fn(*args)`` in a worker thread, alone on the model (see the module docstring)."""
+        if self.waiting >= self.config.max_queue:
+            raise EngineBusy(f"{self.waiting} requests are waiting for the model")
+        self.waiting += 1
+        try:
+            await self.lock.acquire()
+        finally:
+            self.waiting -= 1
+        task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        task.add_done_callback(self._release)
+        return await asyncio.shield(task)
+
+    def _release(self, task: asyncio.Future) -> None:
+        self.lock.release()
+        if not task.cancelled():
+            task.exception()  # retrieved: a request cancelled meanwhile does not leave it unobserved
+
     @torch.no_grad()
     def _run(self, prompt: str, k: int, banned: set[str], think: bool, max_think_tokens: int) -> Recommendation:
         if think:
@@ -52,8 +73,7 @@ class HFEngine:
 
     async def stream(self, prompt: str, *, k: int, banned: set[str], think: bool, max_think_tokens: int,
                      history: Sequence[str] = ()) -> AsyncIterator[str | Recommendation]:
-        async with self.lock:
-            rec = await asyncio.to_thread(self._run, prompt, k, banned, think, max_think_tokens)
+        rec = await self.exclusive(self._run, prompt, k, banned, think, max_think_tokens)
         if rec.rationale:
             yield rec.rationale
         yield rec

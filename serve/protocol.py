@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -12,6 +12,9 @@ MAX_MESSAGE_CHARS = 4000
 MAX_MESSAGES = 64
 MAX_HISTORY = 200
 MAX_THINK_TOKENS = 512
+MAX_ID_CHARS = 128
+
+ItemId = Annotated[str, Field(max_length=MAX_ID_CHARS)]
 
 
 class ContentPart(BaseModel):
@@ -36,7 +39,8 @@ class ChatCompletionRequest(BaseModel):
     """OpenAI's chat request; the recommender's own fields ride along (``extra_body`` in the openai client).
 
     ``user`` is a dataset user id whose interactions become the history; ``history`` gives item ids
-    directly; ``session_id`` continues a conversation (only the new user message need be sent).
+    directly; ``session_id`` (as the server issued it) continues a conversation (only the new user message
+    need be sent). ``k`` is also the beam width of the SID search.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -46,9 +50,9 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     n: int = Field(1, ge=1, le=1, description="one choice per request; ask for more items with k")
     k: int = Field(10, ge=1, le=MAX_K, description="number of items to recommend")
-    user: str | None = None
-    history: list[str] | None = Field(None, max_length=MAX_HISTORY)
-    session_id: str | None = Field(None, max_length=128)
+    user: str | None = Field(None, max_length=MAX_ID_CHARS)
+    history: list[ItemId] | None = Field(None, max_length=MAX_HISTORY)
+    session_id: str | None = Field(None, max_length=MAX_ID_CHARS)
     think: bool | None = None
     max_think_tokens: int = Field(64, ge=0, le=MAX_THINK_TOKENS)
     exclude_seen: bool = True

@@ -11,15 +11,19 @@ whose history has a stored state and whose ``think`` flag matches the store is a
 step: the live prompt (dialogue and constraints included) + the stored rationale + each stored prefix,
 constrained to that prefix's children minus ``banned`` items. Item score = prefix score + last-level
 log-probability; several rationales are merged by mean probability (``merge_scores``). Anything else
-(unknown history, think mismatch, fewer than ``k`` allowed items under the stored prefixes) falls back to
-full online decoding by the wrapped ``vllm`` or ``hf`` engine.
+(unknown history, think mismatch, fewer than ``k`` allowed items under the stored prefixes, any store
+error such as a malformed row) falls back to full online decoding by the wrapped ``vllm`` or ``hf``
+engine. The server opens the store read-only and looks it up in a worker thread; its ``model`` and
+``max_history`` must be the server's (checked at start-up).
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+import logging
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Sequence
@@ -30,8 +34,9 @@ from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN, merge_scores
 from think_rec.decoding.trie import SIDTrie
 from think_rec.itemic.codebook import SIDCodebook
 
-from .engine import EngineConfig, Recommendation, build_engine
+from .engine import EngineBusy, EngineConfig, Recommendation, build_engine
 
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 Prefix = tuple[list[int], float]
 
@@ -69,14 +74,20 @@ class ThinkAheadStore:
                  "history", "max_think_tokens")
 
     def __init__(self, path: Path | str, meta: dict | None = None):
-        """Open ``path``; with ``meta`` create it if missing (else check it was built with the same settings)."""
+        """Open ``path`` read-only; with ``meta`` open it for writing (WAL), create it if missing, and check it
+        was built with the same settings."""
         self.path = Path(path)
         if meta is None and not self.path.exists():
             raise FileNotFoundError(f"think-ahead store {self.path} not found (build it: think-rec think-ahead)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, check_same_thread=False)
+        self.lock = threading.Lock()  # one query at a time on the shared connection
+        if meta is None:
+            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, check_same_thread=False)
         try:
             if meta is not None:
+                self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
                 self.db.execute("CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, history TEXT NOT NULL,"
                                 " thoughts TEXT NOT NULL)")
@@ -133,13 +144,15 @@ class ThinkAheadStore:
             raise ValueError(f"{self.path}: user {user!r} has a malformed 'thoughts' field: {e}") from e
 
     def get(self, user_id: str) -> UserState | None:
-        row = self.db.execute("SELECT * FROM users WHERE user_id = ?", (user_id,)).fetchone()
+        with self.lock:
+            row = self.db.execute("SELECT * FROM users WHERE user_id = ?", (user_id,)).fetchone()
         return self._state(row) if row else None
 
     def find(self, history: Sequence[str]) -> UserState | None:
         """The state stored for exactly this (truncated) history, if any."""
-        row = self.db.execute("SELECT * FROM users WHERE history = ? LIMIT 1",
-                              (json.dumps(list(history)),)).fetchone()
+        with self.lock:
+            row = self.db.execute("SELECT * FROM users WHERE history = ? LIMIT 1",
+                                  (json.dumps(list(history)),)).fetchone()
         return self._state(row) if row else None
 
     def close(self) -> None:
@@ -266,6 +279,13 @@ class ThinkAheadEngine:
         self.store = ThinkAheadStore(config.think_ahead)
         if self.store.meta["sids_sha"] != codebook_fingerprint(config.sids):
             raise ValueError(f"{config.think_ahead}: built for another SID codebook than {config.sids} (sids_sha)")
+        for key, ours in (("model", str(Path(config.model).resolve())), ("max_history", config.max_history)):
+            if self.store.meta[key] != ours:
+                raise ValueError(f"{config.think_ahead}: built with {key}={self.store.meta[key]!r}, but the server "
+                                 f"has {ours!r}")
+        if self.store.meta["history"] != "full":
+            log.warning("%s holds %s histories (for evaluation): dataset users are served by the live engine",
+                        config.think_ahead, self.store.meta["history"])
         self.base = build_engine(config.think_ahead_base, config)
         self.tok = AutoTokenizer.from_pretrained(str(config.model))
         self.trie = SIDTrie.from_codebook(SIDCodebook.load(config.sids), self.tok)
@@ -295,8 +315,7 @@ class ThinkAheadEngine:
         """``(token, logprob)`` of the allowed last-level codes after each ``(head, prefix)``: one batched
         forward on the ``hf`` engine, concurrent single-token requests (batched by vLLM) on ``vllm``."""
         if self.config.think_ahead_base == "hf":
-            async with self.base.lock:
-                return await asyncio.to_thread(child_logprobs, self.base.model, [h + p for h, p in rows], allowed)
+            return await self.base.exclusive(child_logprobs, self.base.model, [h + p for h, p in rows], allowed)
 
         async def one(head: list[int], prefix: list[int], ok: torch.Tensor) -> list[tuple[int, float]]:
             if len(ok) <= 1:  # a lone child has renormalised logprob 0: no model call
@@ -331,9 +350,17 @@ class ThinkAheadEngine:
         """Stored rationale and last-level items when ``history`` is stored, else the wrapped engine's stream.
 
         ``max_think_tokens`` only applies to fallbacks (stored rationales were written offline)."""
-        state = self.store.find(history) if history else None
-        if (state is None or think != self.store.think
-                or self._available(state.thoughts, self.trie.banned_counts(banned)) < k):
+        items = None
+        try:
+            state = await asyncio.to_thread(self.store.find, history) if history else None
+            if (state is not None and think == self.store.think
+                    and self._available(state.thoughts, self.trie.banned_counts(banned)) >= k):
+                items = await self.recommend(state, prompt, k, banned)
+        except EngineBusy:
+            raise
+        except Exception:  # a store or stored-row error: the live engine answers instead
+            log.exception("think-ahead lookup failed; falling back to %s", self.config.think_ahead_base)
+        if items is None:
             self.stats["think_ahead_fallbacks"] += 1
             async for event in self.base.stream(prompt, k=k, banned=banned, think=think,
                                                 max_think_tokens=max_think_tokens, history=history):
@@ -343,4 +370,4 @@ class ThinkAheadEngine:
         rationale = state.thoughts[0].text if think else ""
         if rationale:
             yield rationale
-        yield Recommendation(rationale, await self.recommend(state, prompt, k, banned))
+        yield Recommendation(rationale, items)

@@ -44,7 +44,7 @@ def test_constraints_accumulate_and_filter():
 def test_hf_backend_same_interface(aligned_run):
     """``--backend hf``: constrained items from the catalog, none of the banned ones, rationale when asked."""
     from think_rec.data.schema import RecDataset
-    from think_rec.serve.conversation import Conversation, SessionStore
+    from think_rec.serve.conversation import Conversation, Session
     from think_rec.serve.engine import EngineConfig, build_engine, run
 
     dirs, codebook, model_dir = aligned_run
@@ -52,7 +52,7 @@ def test_hf_backend_same_interface(aligned_run):
     engine = build_engine("hf", EngineConfig(model_dir, dirs.sids))
     asyncio.run(engine.start())
     conv = Conversation(ds, codebook, engine.processor)
-    session, _ = SessionStore().get_or_create(None)
+    session = Session("s")
     session.history = ds.interactions.sequences[0][:5]
     conv.add_user_message(session, "nothing from Aria please")
     banned = conv.banned(session)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import shutil
+import sqlite3
 
 import pytest
 
@@ -188,3 +190,43 @@ def test_rationales_are_stored_and_replayed(aligned_run, tmp_path):
     finally:
         engine.shutdown()
         loop.close()
+
+
+def test_store_errors_fall_back(served, store, aligned_run, tmp_path):
+    """A malformed row, or a store that stops answering, is served by the live engine; a writer holding the
+    store does not block lookups (read-only + WAL)."""
+    engine, _, _, _ = served
+    history = engine.store.get("u3").history
+    writer = sqlite3.connect(store)
+    writer.execute("BEGIN EXCLUSIVE")
+    writer.execute("UPDATE users SET thoughts = thoughts WHERE user_id = 'u0'")
+    hits = engine.stats["think_ahead_hits"]
+    _ask(served, history, k=3)
+    assert engine.stats["think_ahead_hits"] == hits + 1
+    writer.rollback()
+    writer.close()
+
+    bad = tmp_path / "bad.sqlite"
+    shutil.copy(store, bad)
+    with sqlite3.connect(bad) as db:
+        db.execute("UPDATE users SET thoughts = '{not json' WHERE user_id = 'u3'")
+    dirs, _, model_dir = aligned_run
+    broken = build_engine("think_ahead", EngineConfig(model_dir, dirs.sids, think_ahead=bad, think_ahead_base="hf"))
+    broken.base = engine.base  # the started hf engine
+    rec = _ask(served, history, k=3, engine=broken)
+    assert broken.stats == {"think_ahead_hits": 0, "think_ahead_fallbacks": 1}
+    assert rec.items == _ask(served, history, k=3, engine=engine.base).items
+    broken.store.close()  # a store that fails on every query
+    _ask(served, history, k=3, engine=broken)
+    assert broken.stats["think_ahead_fallbacks"] == 2
+
+
+def test_store_settings_checked_at_startup(aligned_run, store, tmp_path):
+    dirs, _, model_dir = aligned_run
+    with pytest.raises(ValueError, match="max_history=20, but the server has 5"):
+        build_engine("think_ahead", EngineConfig(model_dir, dirs.sids, think_ahead=store, think_ahead_base="hf",
+                                                 max_history=5))
+    other = tmp_path / "other-model"
+    shutil.copytree(model_dir, other)
+    with pytest.raises(ValueError, match="built with model="):
+        build_engine("think_ahead", EngineConfig(other, dirs.sids, think_ahead=store, think_ahead_base="hf"))

@@ -289,6 +289,19 @@ def serve_cmd(
     port: int = typer.Option(8000),
     think_ahead: Optional[Path] = typer.Option(None, help="Backend think_ahead: the store (think-rec think-ahead)."),
     think_ahead_base: str = typer.Option("vllm", help="Backend think_ahead: the engine it wraps (vllm | hf)."),
+    api_key: Optional[str] = typer.Option(None, envvar="THINK_REC_API_KEY",
+                                          help="Bearer key for /v1/* (required when HOST is not loopback)."),
+    image_root: Optional[Path] = typer.Option(None, help="Item images are served only from under it (default: "
+                                              "the data folder)."),
+    session_db: Optional[Path] = typer.Option(None, help="SQLite file of the chat sessions (default: "
+                                              "MODEL/sessions.sqlite)."),
+    max_sessions: int = typer.Option(10_000, help="Sessions kept (least recently used dropped)."),
+    session_ttl_hours: float = typer.Option(168.0, help="Idle sessions expire after this."),
+    max_model_len: int = typer.Option(4096, help="Prompt + rationale + SID tokens; older dialogue is trimmed."),
+    max_running: int = typer.Option(4, help="Engine runs at once."),
+    max_waiting: int = typer.Option(64, help="Requests queued beyond them (503 when full)."),
+    request_timeout: float = typer.Option(120.0, help="Seconds per request, queueing included (504)."),
+    max_body_kib: int = typer.Option(1024, help="Request body cap (413)."),
 ) -> None:
     """OpenAI-compatible chat recommender API + chat page (http://HOST:PORT/)."""
     from think_rec.serve.api import ServeConfig, serve
@@ -297,8 +310,15 @@ def serve_cmd(
     sids = sids or (run / "sids" if run else None)
     if data is None or sids is None:
         fail(ValueError("give --run RUNDIR or both --data and --sids"))
-    serve(ServeConfig(model=model, data=data, sids=sids, backend=backend, think=think, host=host, port=port,
-                      think_ahead=think_ahead, think_ahead_base=think_ahead_base))
+    try:
+        serve(ServeConfig(model=model, data=data, sids=sids, backend=backend, think=think, host=host, port=port,
+                          think_ahead=think_ahead, think_ahead_base=think_ahead_base, api_key=api_key,
+                          image_root=image_root, session_db=session_db, max_sessions=max_sessions,
+                          session_ttl_s=session_ttl_hours * 3600, max_model_len=max_model_len,
+                          max_running=max_running, max_waiting=max_waiting, request_timeout_s=request_timeout,
+                          max_body_bytes=max_body_kib * 1024))
+    except ValueError as e:
+        fail(e)
 
 
 @app.command("think-ahead")
@@ -328,11 +348,12 @@ def chat_cmd(
     url: str = typer.Option("http://127.0.0.1:8000", help="A running `think-rec serve`."),
     user: Optional[str] = typer.Option(None, help="A dataset user id (their history seeds the chat)."),
     k: int = typer.Option(5, help="Items per answer."),
+    api_key: Optional[str] = typer.Option(None, envvar="THINK_REC_API_KEY", help="The server's --api-key."),
 ) -> None:
     """Chat with a running server in the terminal (quit / Ctrl-D to leave)."""
     from think_rec.serve.client import chat_loop
 
-    chat_loop(url, user=user, k=k)
+    chat_loop(url, user=user, k=k, api_key=api_key)
 
 
 @bench_app.command("reason")
@@ -357,16 +378,29 @@ def bench_reason(
 
 @bench_app.command("serve")
 def bench_serve(
-    model: Path = typer.Option(..., help="A merged model folder (with SID tokens)."),
-    run: Path = typer.Option(..., help="Its run folder (data/ and sids/)."),
+    model: Optional[Path] = typer.Option(None, help="A merged model folder (with SID tokens)."),
+    run: Optional[Path] = typer.Option(None, help="Its run folder (data/ and sids/)."),
     chats: int = typer.Option(32, help="Two-turn chats per (backend, concurrency)."),
-    concurrency: str = typer.Option("1,16", help="Comma-separated concurrent chats."),
-    backends: str = typer.Option("vllm,hf,think_ahead"),
+    concurrency: str = typer.Option("1,16", help="Comma-separated concurrent chats (--abuse: one number)."),
+    backends: str = typer.Option("vllm,hf,think_ahead", help="(--abuse: hf,vllm)"),
     think_ahead: Optional[Path] = typer.Option(None, help="A Think-Ahead store built with --history test "
                                                "(default: built under runs/bench_serve)."),
+    abuse: bool = typer.Option(False, help="Instead: a mix of malformed, oversized and valid requests on a small "
+                               "run the bench builds -> eval/results/abuse.json."),
+    requests: int = typer.Option(1000, help="--abuse: requests per backend."),
     out_dir: Path = typer.Option(Path("eval/results")),
 ) -> None:
     """Loopback load on `think-rec serve`: p50/p95 latency, requests/s, Recall@10 -> eval/results/serve.json."""
+    if abuse:
+        from think_rec.eval.bench_abuse import run as run_abuse
+
+        chosen = [b for b in ("hf", "vllm") if b in backends.split(",")] or ["hf"]
+        payload = run_abuse(out_dir, backends=chosen, requests=requests, concurrency=int(concurrency.split(",")[-1]))
+        print_dict("bench serve --abuse", {r["system"]: {k: v for k, v in r.items() if k != "system"}
+                                           for r in payload["rows"]} | payload.get("skipped", {}))
+        return
+    if model is None or run is None:
+        fail(ValueError("give --model and --run (or --abuse)"))
     from think_rec.eval.bench_serve import run as run_bench
 
     payload = run_bench(model, run / "data", run / "sids", out_dir, backends=backends.split(","),
