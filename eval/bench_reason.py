@@ -32,14 +32,14 @@ ROW_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "grounding", "consiste
 
 def reason_config(dirs: RunDirs, budget_minutes: float, max_history: int, num_examples: int,
                   rejection_top_n: int | None, seed: int = 0) -> ReasonConfig:
-    """The tiny-preset stage-2 recipe of the benchmark (template teacher)."""
+    """The tiny-preset stage-2 recipe of the benchmark (template teacher), trained from scratch each time."""
     return ReasonConfig(output_dir=str(dirs.root / "reason"), model=str(dirs.align / "final"),
                         data_dir=str(dirs.data), sids_dir=str(dirs.sids), teacher="template",
                         max_history=max_history, num_examples=num_examples, rejection_top_n=rejection_top_n,
                         rejection_batch_size=16, learning_rate=1e-3, lr_scheduler_type="constant",
                         per_device_train_batch_size=16, num_train_epochs=100, lora_r=16, lora_alpha=32,
                         time_budget_minutes=budget_minutes, save_steps=50, logging_steps=10, max_length=1024,
-                        seed=seed)
+                        seed=seed, overwrite=True)
 
 
 def rank_check_probe(dirs: RunDirs, data, codebook, max_history: int, n: int, seed: int = 0) -> dict:
@@ -79,7 +79,7 @@ def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: in
         row["acceptance_rate"] = stats["acceptance_rate"]
         row["stage2_seconds"] = round(stage2_seconds, 1)  # rationales + training
     base, think = rows[0]["ndcg@10"], rows[1]["ndcg@10"]
-    items = {r["item_id"]: r["title"] for r in data.catalog.items.to_list()}
+    items = {i: r["title"] for i, r in data.catalog.by_id.items()}
     example = {"history": [items[i] for i in test[0]["history"][-max_history:]], "target": items[test[0]["target"]],
                "rationale": results[0].rationales[0], "items": [items[i] for i, _ in results[0].items[:5]]}
     payload = {"benchmark": "reason", "dataset": dataset,
@@ -111,7 +111,7 @@ def quickstart_example(root: str | Path, example: dict, budget_minutes: float = 
     data, codebook = RecDataset.load(dirs.data), SIDCodebook.load(dirs.sids)
     model, processor = load_model(final)
     model.eval()
-    items = {r["item_id"]: r for r in data.catalog.items.to_list()}
+    items = data.catalog.by_id
     history = list(example["history"])[-max_history:]
     prompt = render_recommend_prompt(history, items, codebook, processor, with_images=False).text
     (result,) = think_then_recommend(model, processor, [prompt], SIDTrie.from_codebook(codebook, processor), k=5)

@@ -35,9 +35,11 @@ RECIPE = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "rec_tin
 
 def align_config(dirs: RunDirs, budget_minutes: float, seed: int = 0, recipe: str | Path = RECIPE,
                  **overrides) -> AlignConfig:
-    """The tiny-preset stage-1 recipe (``finetune/configs/rec_tiny.yaml``) pointed at ``dirs`` (``overrides`` win)."""
+    """The tiny-preset stage-1 recipe (``finetune/configs/rec_tiny.yaml``) pointed at ``dirs`` (``overrides`` win),
+    trained from scratch each time (``overwrite``): a budget is measured on a fresh run, never a resumed one."""
     paths = dict(output_dir=str(dirs.align), model=str(dirs.tiny), data_dir=str(dirs.data), sids_dir=str(dirs.sids))
-    return load_align_config(recipe, **{**paths, "time_budget_minutes": budget_minutes, "seed": seed, **overrides})
+    return load_align_config(recipe, **{**paths, "time_budget_minutes": budget_minutes, "seed": seed,
+                                        "overwrite": True, **overrides})
 
 
 def prepare_run(dataset: str, work_dir: str | Path, codebook_size: int = 256, seed: int = 0,

@@ -51,7 +51,7 @@ def evaluate_reasoning(model, processor, dataset: RecDataset, codebook: SIDCodeb
                        desc: str = "reasoning") -> tuple[dict[str, Any], list[ThinkResult]]:
     """Ranking metrics + ``QUALITY`` of ``think_then_recommend`` on ``examples`` (history, target); with
     ``think=False`` the think is empty. Returns ``(metrics, results)``."""
-    items = {row["item_id"]: row for row in dataset.catalog.items.to_list()}
+    items = dataset.catalog.by_id
     trie = SIDTrie.from_codebook(codebook, processor)
     histories = [h[-max_history:] for h in column(examples, "history")]
     targets = column(examples, "target")

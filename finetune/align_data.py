@@ -52,7 +52,7 @@ def build_align_dataset(data: RecDataset, codebook: SIDCodebook, split: LeaveOne
     mix = {k: v for k, v in (task_mix or PAPER_MIX).items() if v > 0}
     task_counts(mix, 0)  # validates the mix
     mix = {k: v / sum(mix.values()) for k, v in mix.items()}
-    cat = dict(zip(data.catalog.ids, data.catalog.items.to_list()))  # plain dicts: fast row lookups
+    cat = data.catalog.by_id
     train = split.train_examples()
     seq_pool = [(h, t) for h, t in zip(train["history"], train["target"]) if t in codebook.codes
                 and all(i in codebook.codes for i in h)]

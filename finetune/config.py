@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import yaml
@@ -12,6 +12,7 @@ from trl import SFTConfig
 
 PHASES = ("warmup", "sequence", "multitask")
 ALIASES = {"both": "warmup,multitask"}
+ConfigT = TypeVar("ConfigT")
 
 
 def _mapping(value: dict | str | None, name: str) -> dict | None:
@@ -85,7 +86,8 @@ class AlignConfig(SFTConfig):
     save_total_limit: int | None = 2
     logging_steps: float = 5
     max_length: int | None = 2048
-    include_num_input_tokens_seen: str | bool = "non_padding"  # compute per phase, logged by model selection
+    include_num_input_tokens_seen: str = "non_padding"  # compute per phase, logged by model selection
+    # (the padding-free sequence phase counts "all": its batches hold no pads)
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.phases if p not in PHASES]
@@ -127,6 +129,7 @@ class AlignConfig(SFTConfig):
         if phase == "sequence":  # pre-tokenized SID streams: loss on the completion mask, packed, no pads
             kw.update(assistant_only_loss=False, completion_only_loss=True, packing=True,
                       packing_strategy="bfd", padding_free=True,
+                      include_num_input_tokens_seen="all" if kw["include_num_input_tokens_seen"] != "no" else "no",
                       max_length=max(kw["max_length"] or 0, 8 * self.sequence_max_items))
         if phase == "warmup":
             kw["learning_rate"] = self.warmup_learning_rate
@@ -138,10 +141,15 @@ class AlignConfig(SFTConfig):
         return SFTConfig(**kw)
 
 
-def load_align_config(path: str | Path, **overrides: Any) -> AlignConfig:
-    """``AlignConfig`` from a YAML recipe (``finetune/configs/*.yaml``) with ``overrides`` on top."""
+def load_config(config_cls: type[ConfigT], path: str | Path, **overrides: Any) -> ConfigT:
+    """A stage's config dataclass from a YAML recipe (``finetune/configs/*.yaml``) with ``overrides`` on top."""
     values = {**(yaml.safe_load(Path(path).read_text()) or {}), **overrides}
-    unknown = set(values) - {f.name for f in fields(AlignConfig) if f.init}
+    unknown = set(values) - {f.name for f in fields(config_cls) if f.init}
     if unknown:
         raise ValueError(f"{path}: unknown field {sorted(unknown)[0]!r}")
-    return AlignConfig(**values)
+    return config_cls(**values)
+
+
+def load_align_config(path: str | Path, **overrides: Any) -> AlignConfig:
+    """``AlignConfig`` from a YAML recipe with ``overrides`` on top."""
+    return load_config(AlignConfig, path, **overrides)

@@ -76,7 +76,7 @@ def build_rationales(examples: datasets.Dataset, data: RecDataset, codebook: SID
     ``top_n=None`` (or no ``model``) skips the rank check and keeps the leakage/grounding filters. Teacher
     requests go through ``ask_teacher`` (``retries``, ``max_failure_rate``); examples whose request still
     failed are left out (``teacher_failures``), neither rows nor rejections."""
-    items = {row["item_id"]: row for row in data.catalog.items.to_list()}
+    items = data.catalog.by_id
     pruned = prune_examples(examples, sids_dir, k=prune_k, progress=progress)
     cols = examples.select_columns(["user_id", "history", "target"]).to_dict()
     requests = [RationaleRequest(u, [items[i] for i in p], items[t])
@@ -140,7 +140,7 @@ def tokenize_rows(rows: Sequence[dict[str, Any]], data: RecDataset, codebook: SI
     labels (not -100) exactly on the rationale tokens, ``</think>`` and the SID tokens. A row longer than
     ``max_length`` loses its oldest history items until it fits."""
     tok = getattr(processor, "tokenizer", processor)
-    items = {row["item_id"]: row for row in data.catalog.items.to_list()}
+    items = data.catalog.by_id
     end_id = tok.eos_token_id
     out = {"input_ids": [], "labels": []}
     for row in tqdm(rows, desc="tokenise stage-2", disable=len(rows) < 2000):

@@ -19,7 +19,7 @@ from typing import Any
 import datasets
 from trl import GRPOTrainer, TrlParser
 
-from think_rec.data.schema import RecDataset
+from think_rec.data.schema import RecDataset, column
 from think_rec.data.split import leave_one_out
 from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN, rationale_banned_ids
 from think_rec.decoding.trie import SIDTrie
@@ -42,9 +42,10 @@ def rl_dataset(config: RLConfig, data: RecDataset, codebook: SIDCodebook, proces
     """``prompt`` (the recommend prompt + ``<think>``) and ``target`` for a seeded sample of training examples."""
     split = leave_one_out(data.interactions, max_history=config.max_history)
     examples = sample_examples(split, codebook, config.num_examples, seed=config.seed)
-    items = {row["item_id"]: row for row in data.catalog.items.to_list()}
-    prompts = recommend_prompts(examples["history"], items, codebook, processor)
-    return datasets.Dataset.from_dict({"prompt": [p + THINK_OPEN for p in prompts], "target": examples["target"]})
+    items = data.catalog.by_id
+    prompts = recommend_prompts(column(examples, "history"), items, codebook, processor)
+    return datasets.Dataset.from_dict({"prompt": [p + THINK_OPEN for p in prompts],
+                                       "target": column(examples, "target")})
 
 
 def step_log(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ from think_rec.itemic.codebook import SIDCodebook
 from .conversation import Conversation, Session
 from .engine import EngineBusy, EngineConfig, RecEngine, Recommendation, build_engine
 from .errors import Busy, RequestError, error_body, error_response
-from .images import resolve_image
+from .images import served_image
 from .middleware import REQUEST_ID, Guard, configure_logging
 from .protocol import (AssistantMessage, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, Choice,
                        ChunkChoice, DeltaMessage, ModelCard, ModelList, RecommendedItem, Usage)
@@ -207,7 +207,7 @@ class RecService:
         it = self.conversation.catalog[item_id]
         img = it["image"]
         url = img if img and "://" in img else (f"/v1/items/{item_id}/image"
-                                                if resolve_image(self.image_root, img) else None)
+                                                if served_image(self.image_root, img) else None)
         return RecommendedItem(id=item_id, sid=self.codebook.sid_string(item_id), title=it["title"], score=score,
                                brand=it["brand"] or None, price=it["price"], categories=list(it["categories"]),
                                image=url)
@@ -274,7 +274,7 @@ def create_app(service: RecService) -> FastAPI:
 
     @app.get("/v1/items/{item_id}/image")
     async def item_image(item_id: str) -> FileResponse:
-        found = resolve_image(service.image_root, service.conversation.catalog[item_id]["image"]) \
+        found = served_image(service.image_root, service.conversation.catalog[item_id]["image"]) \
             if item_id in service.codebook.codes else None
         if found is None:
             raise RequestError(404, f"item {item_id!r} has no local image")

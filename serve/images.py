@@ -1,20 +1,21 @@
-"""The item-image route's file check: only image files under the catalog's image root are served."""
+"""The item-image route's file check: ``think_rec.data.images.resolve_image`` plus the content type."""
 from __future__ import annotations
 
+import mimetypes
 from pathlib import Path
 
-CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-                 ".webp": "image/webp"}
+from think_rec.data.errors import DataError
+from think_rec.data.images import resolve_image
 
 
-def resolve_image(root: Path, stored: str | None) -> tuple[Path, str] | None:
-    """``(file, content type)`` for an item's ``image`` field, or None when it is not a local image file under
-    ``root`` (a URL, missing, another suffix, or a path escaping ``root``, symlinks resolved)."""
+def served_image(root: Path, stored: str | None) -> tuple[Path, str] | None:
+    """``(file, content type)`` for an item's ``image`` field, or None when it is not an existing local image
+    file under ``root`` (a URL, missing, another suffix, or a path escaping ``root``, symlinks resolved)."""
     if not stored or "://" in stored:
         return None
-    root = Path(root).resolve()
-    path = (root / stored).resolve()  # an absolute ``stored`` replaces ``root`` and is checked the same way
-    kind = CONTENT_TYPES.get(path.suffix.lower())
-    if kind is None or not path.is_relative_to(root) or not path.is_file():
+    try:
+        path = resolve_image(root, stored)
+    except DataError:
         return None
-    return path, kind
+    kind = mimetypes.guess_type(path.name)[0]
+    return (path, kind) if kind and kind.startswith("image/") and path.is_file() else None

@@ -3,8 +3,8 @@
 The engine core builds it once from ``additional_config["think_rec_sids"]`` (the codebook folder) and
 the model's tokenizer. A request opts in with ``SamplingParams(extra_args={"think_rec": {...}})``:
 
-- ``mode="think"``: free text (no SID or ``<think>`` tokens) until ``</think>``, then only trie
-  continuations;
+- ``mode="think"``: free text (no SID, special or ``<think>`` tokens: ``rationale_banned_ids``, as in HF
+  decoding) until ``</think>``, then only trie continuations;
 - ``mode="sid"``: trie continuations from the first output token, after the SID tokens ``prefix``
   that already end the prompt (one step of the engine's beam search);
 - ``banned``: item ids never to complete (pruned exactly, see ``SIDTrie.banned_counts``).
@@ -18,10 +18,11 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor, RequestLogitsProcessor
 
+from think_rec.decoding.think import rationale_banned_ids
 from think_rec.decoding.trie import SIDTrie
 from think_rec.itemic.codebook import SIDCodebook
 
-from .engine import THINK_CLOSE, THINK_OPEN
+from .engine import THINK_CLOSE
 
 KEY = "think_rec"
 
@@ -70,9 +71,8 @@ class SIDTrieLogitsProcessor(AdapterLogitsProcessor):
             raise ValueError("SIDTrieLogitsProcessor needs additional_config={'think_rec_sids': SIDS_DIR}")
         self.trie, tok = load_trie(sids, vllm_config.model_config.tokenizer)
         self.close_id = tok.convert_tokens_to_ids(THINK_CLOSE)
-        sid_tokens = {t for seq in self.trie.item_of for t in seq}
-        self.text_banned = torch.tensor(sorted(sid_tokens | {tok.convert_tokens_to_ids(THINK_OPEN)}))
-        self.end_only = torch.tensor([tok.convert_tokens_to_ids("<|im_end|>")])
+        self.text_banned = torch.tensor(rationale_banned_ids(tok, self.trie))  # the same set as HF decoding
+        self.end_only = torch.tensor([tok.eos_token_id])  # what follows a SID in training
 
     def is_argmax_invariant(self) -> bool:
         return False

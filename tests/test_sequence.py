@@ -119,7 +119,9 @@ def test_recipe_yaml_loads_with_overrides(tmp_path):
 @pytest.fixture(scope="module")
 def sequence_run(aligned_run, tmp_path_factory, monkeypatch_module):
     """The new recipe's sequence phase on the generated shop (400 steps, full training), with model selection
-    on every valid user; every prompt model selection scores is recorded."""
+    on every valid user; every prompt model selection scores is recorded. Dropout is off: it is the recipe's
+    regulariser for long runs and slows the first few hundred steps (with 0.1 this shop reaches 0.12 valid
+    NDCG@10 in 400 steps, without it 0.23 by step 275), while these tests compare loss layouts."""
     dirs, codebook, _ = aligned_run
     seen: list[list[int]] = []
     original = selection.beam_search
@@ -134,6 +136,7 @@ def sequence_run(aligned_run, tmp_path_factory, monkeypatch_module):
                                data_dir=str(dirs.data), sids_dir=str(dirs.sids), phase="sequence",
                                phase_budget=None, time_budget_minutes=None, max_steps=400,
                                select_every_steps=25, select_users=200, sequence_max_items=12, save_steps=1000,
+                               model_dropout=0.0,
                                logging_steps=10)
     return out, align.train_align(config), seen
 

@@ -20,10 +20,8 @@ def server(aligned_run, tmp_path_factory):
     """``(base_url, dataset)`` of a running vLLM-backed server; stopped (engine included) after the module."""
     dirs, _, model_dir = aligned_run
     ds = RecDataset.load(dirs.data)
-    images = Path(ds.catalog[ds.catalog.ids[0]]["image"]).parent  # the fixture's images lie beside data/
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    proc, url = start_server(model_dir, dirs.data, dirs.sids, "vllm", log, timeout_s=300,
-                             extra_args=["--image-root", str(images)])
+    proc, url = start_server(model_dir, dirs.data, dirs.sids, "vllm", log, timeout_s=300)
     try:
         yield url, ds
     finally:

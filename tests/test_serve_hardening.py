@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import threading
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
-from think_rec.data.schema import Catalog, RecDataset
+from think_rec.data.schema import RecDataset
 from think_rec.serve.api import RecService, ServeConfig, create_app, serve
 from think_rec.serve.engine import EngineBusy, EngineConfig, build_engine
+from think_rec.serve.images import served_image
 
 KEY = "s3cret-key"
 
@@ -45,21 +46,28 @@ class Flaky:
 
 @pytest.fixture(scope="module")
 def data_dir(aligned_run, tmp_path_factory):
-    """The run's dataset re-saved with item images that try to escape the data folder:
-    ``0`` a real PNG inside it, ``1`` /etc/passwd, ``2`` ../ out of it, ``3`` a symlink out, ``4`` a PNG outside."""
+    """The run's dataset re-saved (its images copied in), then items' image files swapped for ways out of the
+    data folder, which ``RecDataset.load`` cannot see: ``1`` a link to /etc/passwd, ``2`` a relative ``../``
+    link to it, ``3`` a link to a PNG outside, ``4`` a missing file; ``0`` stays a real PNG."""
     dirs, _, _ = aligned_run
     ds = RecDataset.load(dirs.data)
+    outside = ds.catalog.items["image"][4]
     out = tmp_path_factory.mktemp("hardened") / "data"
-    (out / "images").mkdir(parents=True)
-    rows = [dict(r) for r in ds.catalog.items.to_list()]
-    outside = rows[4]["image"]
-    shutil.copy(rows[0]["image"], out / "images" / "0.png")
-    os.symlink("/etc/passwd", out / "images" / "3.png")
-    for row, image in zip(rows, ["images/0.png", "/etc/passwd", "../../../../../../etc/passwd", "images/3.png",
-                                 outside]):
-        row["image"] = image
-    RecDataset(ds.name, Catalog.from_rows(rows), ds.interactions).save(out)
+    ds.save(out)
+    stored = RecDataset.load(out).catalog.items["image"]
+    for i, target in [(1, "/etc/passwd"), (2, "../../../../../../../../etc/passwd"), (3, outside), (4, None)]:
+        os.remove(stored[i])
+        if target:
+            os.symlink(target, stored[i])
     return out
+
+
+def test_served_image_refuses_paths_out_of_the_root(tmp_path):
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (2, 2)).save(tmp_path / "images" / "a.png")
+    assert served_image(tmp_path, "images/a.png") == ((tmp_path / "images" / "a.png").resolve(), "image/png")
+    for bad in ("/etc/passwd", "../a.png", "images/../../a.png", "http://x/a.png", "images/b.png", None, ""):
+        assert served_image(tmp_path, bad) is None, bad
 
 
 @pytest.fixture(scope="module")

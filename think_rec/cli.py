@@ -155,6 +155,18 @@ def train_reason_cmd(
     main(["--config", str(config), *ctx.args])
 
 
+@train_app.command("rl", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_rl_cmd(
+    ctx: typer.Context,
+    config: Path = typer.Option(..., help="YAML config (finetune/configs/rl_*.yaml); extra --key value "
+                                          "pairs override it, as with TrlParser."),
+) -> None:
+    """Stage 3, reasoning enhancement: TRL GRPO on sampled rationales with the rollout-beam reward."""
+    from think_rec.finetune.rl import main
+
+    main(["--config", str(config), *ctx.args])
+
+
 def _split_examples(data: Path, split: str, users: Optional[int], seed: int):
     from think_rec.data.schema import RecDataset
     from think_rec.data.split import leave_one_out
@@ -374,6 +386,24 @@ def bench_reason(
                   rejection_top_n=rejection_top_n or None, max_think_tokens=max_think_tokens)
     print_dict(f"bench reason {dataset}", {r["system"]: {m: r[m] for m in ("ndcg@10", "recall@10", "grounding")}
                                             for r in payload["rows"]})
+
+
+@bench_app.command("rl")
+def bench_rl(
+    dataset: str = typer.Option("scientific", help="scientific | industrial | ml-100k"),
+    budget_minutes: float = typer.Option(10.0, help="GRPO training budget."),
+    eval_users: int = typer.Option(2000, help="Test users scored (0: all; else a seeded sample, the same for all)."),
+    max_think_tokens: int = typer.Option(48, help="Rationale length cap, in training and at decoding."),
+    work_dir: Path = typer.Option(Path("runs/bench-rec"), help="Reuses the `bench reason` run found here."),
+    out_dir: Path = typer.Option(Path("eval/results")),
+) -> None:
+    """Stage 3 (GRPO) before vs after -> eval/results/DATASET_rl.json + .md + .png."""
+    from think_rec.eval.bench_rl import run
+
+    payload = run(dataset, budget_minutes, eval_users or None, max_think_tokens=max_think_tokens, work_dir=work_dir,
+                  out_dir=out_dir)
+    print_dict(f"bench rl {dataset}", {r["system"]: {m: r[m] for m in ("ndcg@10", "recall@10", "mean_reward")}
+                                        for r in payload["rows"]})
 
 
 @bench_app.command("serve")

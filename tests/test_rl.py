@@ -1,0 +1,92 @@
+"""Stage 3 (GRPO with the rollout-beam reward) on the generated shop: exact rewards, catalog-only beams,
+weights that move, resume."""
+from __future__ import annotations
+
+import json
+import math
+
+from pathlib import Path
+
+import pytest
+import torch
+from trl import TrlParser
+
+from think_rec.decoding.think import THINK_CLOSE
+from think_rec.decoding.trie import SIDTrie
+from think_rec.finetune.reason import train_reason
+from think_rec.finetune.reason_config import ReasonConfig
+from think_rec.finetune.rl import train_rl
+from think_rec.finetune.rl_config import RLConfig
+from think_rec.finetune.rl_rewards import BeamRollout, prefix_match, rank_reward
+from think_rec.model.loading import load_model
+
+
+def test_rewards_on_hand_made_beams():
+    target = (3, 1, 4)
+    assert prefix_match([(3, 1, 5), (3, 2, 4), (9, 1, 4)], target) == pytest.approx(2 / 3)
+    assert prefix_match([(3, 1, 4)], target) == 1.0
+    assert prefix_match([(9, 1, 4)], target) == 0.0 and prefix_match([], target) == 0.0
+    assert rank_reward(["a", "b", "c"], "a") == 1.0
+    assert rank_reward(["a", "b", "c"], "c") == pytest.approx(1 / math.log2(4))
+    assert rank_reward(["a", "b"], "z") == 0.0
+    rollout = BeamRollout(tokenizer=None, trie=None, close_id=7)
+    _, _, fmt = rollout.reward_functions({}, ["rollout_beam", "rank", "format"])
+    assert fmt(["p", "p"], ["", ""], [[1, 2, 7], [1, 2, 3]]) == [0.0, -1.0]
+    assert rollout.closed([1, 7, 5]) == [1, 7] and rollout.closed([1, 2]) == [1, 2, 7]
+    with pytest.raises(ValueError, match="unknown reward 'pass_fail'"):
+        rollout.reward_functions({}, ["pass_fail"])
+    with pytest.raises(ValueError, match="unknown reward"):
+        RLConfig(output_dir="x", rewards={"ndcg": 1.0})
+
+
+def test_rl_yaml_parses():
+    config = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "rl_tiny.yaml"
+    (cfg,) = TrlParser((RLConfig,)).parse_args_and_config(["--config", str(config)])
+    assert cfg.rewards == {"rollout_beam": 1.0, "rank": 1.0, "format": 1.0} and cfg.reward_weights == [1.0] * 3
+    assert (cfg.num_generations, cfg.num_beams, cfg.beta, cfg.epsilon) == (16, 32, 0.001, 0.2)
+
+
+@pytest.fixture(scope="module")
+def reasoned(aligned_run, tmp_path_factory):
+    """A small stage-2 model (template rationales, full training) on the generated shop."""
+    dirs, codebook, model_dir = aligned_run
+    out = tmp_path_factory.mktemp("rl_stage2")
+    final = train_reason(ReasonConfig(output_dir=str(out), model=str(model_dir), data_dir=str(dirs.data),
+                                      sids_dir=str(dirs.sids), num_examples=64, max_history=5, rejection_top_n=0,
+                                      lora_r=0, per_device_train_batch_size=16, max_steps=20, learning_rate=1e-3,
+                                      save_steps=1000, disable_tqdm=True))
+    return dirs, codebook, final
+
+
+def rl_config(reasoned, out, **kw) -> RLConfig:
+    dirs, _, stage2 = reasoned
+    base = dict(output_dir=str(out), model=str(stage2), data_dir=str(dirs.data), sids_dir=str(dirs.sids),
+                max_history=5, num_examples=64, num_beams=8, num_generations=4, per_device_train_batch_size=8,
+                max_completion_length=16, lora_r=0, learning_rate=1e-4, save_steps=2, disable_tqdm=True,
+                rewards={"rollout_beam": 1.0, "rank": 1.0, "format": 1.0})
+    return RLConfig(**{**base, **kw})
+
+
+def test_grpo_moves_the_policy_logs_and_resumes(reasoned, tmp_path):
+    _, codebook, stage2 = reasoned
+    final = train_rl(rl_config(reasoned, tmp_path, max_steps=2))
+    log = json.loads((tmp_path / "rl_log.json").read_text())
+    assert [r["step"] for r in log] == [1, 2] and (tmp_path / "reward_curve.png").stat().st_size > 0
+    assert {"mean_reward", "reward_std", "zero_variance_group_share", "kl", "rationale_length", "rollout_beam",
+            "rank", "format"} <= set(log[0])
+    before, _ = load_model(stage2)
+    after, processor = load_model(final)
+    assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
+
+    train_rl(rl_config(reasoned, tmp_path, max_steps=3))  # resumes from checkpoint-2
+    assert [r["step"] for r in json.loads((tmp_path / "rl_log.json").read_text())] == [1, 2, 3]
+
+    # the reward's beams hold catalog items only, num_beams of them
+    tok = processor.tokenizer
+    trie = SIDTrie.from_codebook(codebook, processor)
+    rollout = BeamRollout(tok, trie, tok.convert_tokens_to_ids(THINK_CLOSE), num_beams=8)
+    rollout.model = after
+    prompts = ["<|im_start|>user\nsomething for my lab<|im_end|>\n<|im_start|>assistant\n<think>"] * 2
+    beams = rollout.beams(prompts, [tok("a few words")["input_ids"], []])
+    assert all(len(b) == 8 and set(b) <= set(codebook.codes) for b in beams)
+
