@@ -35,8 +35,8 @@ from think_rec.prompts import render_recommend_prompt
 from .align_data import PAPER_MIX, build_align_dataset
 from .config import AlignConfig, PHASES
 from .cpu_patches import compact_fused_lm_head_on_cpu
-from .run_state import (config_fingerprint, data_fingerprint, is_complete, model_fingerprint, resume_point,
-                        save_merged, sids_fingerprint)
+from .run_state import (config_fingerprint, data_fingerprint, model_fingerprint, resume_point, sids_fingerprint,
+                        train_and_merge)
 from .selection import ValidSelection
 from .sequence_data import build_sequence_dataset, item_token_ids, sid_stream
 
@@ -152,15 +152,11 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     else:
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                              callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=last)
-    step = trainer.state.global_step
-    if is_complete(merged, fingerprint, step):
-        return merged  # nothing new was trained since the last merge
-    if trainer.is_world_process_zero():
+
+    def write_logs(step: int) -> None:
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        save_merged(trainer.model, processor, merged, fingerprint, step)
-    trainer.accelerator.wait_for_everyone()
-    return merged
+
+    return train_and_merge(trainer, processor, last, merged, fingerprint, write_logs)
 
 
 def train_align(config: AlignConfig) -> Path:

@@ -15,13 +15,14 @@ ALIASES = {"both": "warmup,multitask"}
 ConfigT = TypeVar("ConfigT")
 
 
-def _mapping(value: dict | str | None, name: str) -> dict | None:
+def json_mapping(value: dict | str | None, name: str) -> dict | None:
+    """A config field given as a mapping or as its JSON text (the command line); ``ValueError`` naming ``name``."""
     if value is None or isinstance(value, dict):
         return value
     try:
         return json.loads(value)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{name}: expected a mapping like '{{\"sequential\": 1.0}}', got {value!r}") from e
+        raise ValueError(f"{name}: expected a JSON mapping like '{{\"key\": 1.0}}', got {value!r}") from e
 
 
 @dataclass
@@ -95,10 +96,10 @@ class AlignConfig(SFTConfig):
             raise ValueError(f"phase: expected a comma-separated list of {PHASES}, got {self.phase!r}")
         if self.quantization not in (None, "4bit", "8bit"):
             raise ValueError(f"quantization: expected None, '4bit' or '8bit', got {self.quantization!r}")
-        self.task_mix = _mapping(self.task_mix, "task_mix")
-        self.warmup_task_mix = _mapping(self.warmup_task_mix, "warmup_task_mix")
-        self.phase_overrides = _mapping(self.phase_overrides, "phase_overrides") or {}
-        self.phase_budget = _mapping(self.phase_budget, "phase_budget")
+        self.task_mix = json_mapping(self.task_mix, "task_mix")
+        self.warmup_task_mix = json_mapping(self.warmup_task_mix, "warmup_task_mix")
+        self.phase_overrides = json_mapping(self.phase_overrides, "phase_overrides") or {}
+        self.phase_budget = json_mapping(self.phase_budget, "phase_budget")
         for name in (*self.phase_overrides, *(self.phase_budget or {})):
             if name not in PHASES:
                 raise ValueError(f"phase_overrides/phase_budget: {name!r} is not a phase; phases: {PHASES}")

@@ -29,8 +29,8 @@ from .cpu_patches import compact_fused_lm_head_on_cpu
 from .rationales import TEACHER_VERSION, TRANSPORT, make_teacher
 from .reason_config import ReasonConfig
 from .reason_data import build_rationales, load_rows, sample_examples, save_rows, tokenize_rows
-from .run_state import (config_fingerprint, data_fingerprint, digest, is_complete, model_fingerprint, resume_point,
-                        save_merged, sids_fingerprint)
+from .run_state import (config_fingerprint, data_fingerprint, digest, model_fingerprint, resume_point,
+                        sids_fingerprint, train_and_merge)
 
 RATIONALE_FIELDS = ("teacher", "teacher_kwargs", "prune_k", "num_examples", "seed", "max_history", "rejection_top_n",
                     "rejection_num_beams")
@@ -126,16 +126,12 @@ def train_reason(config: ReasonConfig) -> Path:
     deadline = None if config.time_budget_minutes is None else time.monotonic() + 60 * config.time_budget_minutes
     trainer = ReasonTrainer(model=model, args=config, train_dataset=train, processing_class=processor,
                             callbacks=[TimeBudget(deadline)], item_token_ids=item_ids)
-    trainer.train(resume_from_checkpoint=last)
-    step = trainer.state.global_step
-    if is_complete(final, fingerprint, step):
-        return final  # nothing new was trained since the last merge
-    if trainer.is_world_process_zero():
+
+    def write_logs(step: int) -> None:
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         (out / "reason_stats.json").write_text(json.dumps({**stats, "steps": step}, indent=1))
-        save_merged(trainer.model, processor, final, fingerprint, step)
-    trainer.accelerator.wait_for_everyone()
-    return final
+
+    return train_and_merge(trainer, processor, last, final, fingerprint, write_logs)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -1,12 +1,12 @@
 """``ReasonConfig``: TRL's ``SFTConfig`` plus what stage 2 (reasoning activation) needs, read from YAML."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import torch
 from trl import SFTConfig
 
+from .config import json_mapping
 from .rationales import reject_secrets
 
 
@@ -50,11 +50,7 @@ class ReasonConfig(SFTConfig):
     max_length: int | None = 2048  # rows are fitted by dropping their oldest history items, never truncated
 
     def __post_init__(self) -> None:
-        if isinstance(self.teacher_kwargs, str):
-            try:
-                self.teacher_kwargs = json.loads(self.teacher_kwargs)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"teacher_kwargs: expected a JSON mapping, got {self.teacher_kwargs!r}") from e
+        self.teacher_kwargs = json_mapping(self.teacher_kwargs, "teacher_kwargs")
         reject_secrets(self.teacher_kwargs)
         if self.rationale_loss_weight < 0 or self.item_loss_weight < 0:
             raise ValueError("rationale_loss_weight and item_loss_weight must be >= 0")

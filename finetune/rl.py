@@ -31,8 +31,8 @@ from .align import TimeBudget
 from .reason_data import recommend_prompts, sample_examples
 from .rl_config import RLConfig
 from .rl_rewards import BeamRollout
-from .run_state import (config_fingerprint, data_fingerprint, is_complete, model_fingerprint, resume_point,
-                        save_merged, sids_fingerprint)
+from .run_state import (config_fingerprint, data_fingerprint, model_fingerprint, resume_point, sids_fingerprint,
+                        train_and_merge)
 
 LOGGED = {"reward": "mean_reward", "reward_std": "reward_std", "frac_reward_zero_std": "zero_variance_group_share",
           "kl": "kl", "completions/mean_length": "rationale_length"}
@@ -107,18 +107,14 @@ def train_rl(config: RLConfig) -> Path:
                           args=config, train_dataset=rl_dataset(config, data, codebook, processor),
                           processing_class=tok, callbacks=[TimeBudget(deadline)])
     rollout.model = trainer.model
-    trainer.train(resume_from_checkpoint=last)
-    step = trainer.state.global_step
-    if is_complete(final, fingerprint, step):
-        return final  # nothing new was trained since the last merge
-    if trainer.is_world_process_zero():
+
+    def write_logs(step: int) -> None:
         rows = step_log(trainer.state.log_history)
         (out / "rl_log.json").write_text(json.dumps(rows, indent=1))
         if rows:
             plot_reward_curve(rows, out / "reward_curve.png")
-        save_merged(trainer.model, processor, final, fingerprint, step)
-    trainer.accelerator.wait_for_everyone()
-    return final
+
+    return train_and_merge(trainer, processor, last, final, fingerprint, write_logs)
 
 
 def main(argv: list[str] | None = None) -> Path:

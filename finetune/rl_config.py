@@ -1,12 +1,12 @@
 """``RLConfig``: TRL's ``GRPOConfig`` plus what stage 3 (reasoning enhancement) needs, read from YAML."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import torch
 from trl import GRPOConfig
 
+from .config import json_mapping
 from .rl_rewards import REWARDS
 
 
@@ -43,12 +43,7 @@ class RLConfig(GRPOConfig):
     logging_steps: float = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.rewards, str):
-            try:
-                self.rewards = json.loads(self.rewards)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"rewards: expected a JSON mapping, got {self.rewards!r}") from e
-        self.rewards = dict(self.rewards or {"rollout_beam": 1.0, "format": 1.0})
+        self.rewards = dict(json_mapping(self.rewards, "rewards") or {"rollout_beam": 1.0, "format": 1.0})
         unknown = [n for n in self.rewards if n not in REWARDS]
         if unknown or not self.rewards:
             raise ValueError(f"rewards: unknown reward {unknown[0]!r}; rewards: {list(REWARDS)}" if unknown

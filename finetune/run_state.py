@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from transformers import TrainingArguments
 
@@ -160,3 +160,19 @@ def save_merged(model, processor, out: str | Path, fingerprint: dict[str, Any], 
     tmp.rename(out)
     shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def train_and_merge(trainer, processor, last: str | None, merged: str | Path, fingerprint: dict[str, Any],
+                    write_logs: Callable[[int], None]) -> Path:
+    """Train (resuming from ``last``), then on the main process ``write_logs(step)`` and ``save_merged``, unless
+    ``merged`` already is this run's model at the step reached (nothing new was trained since the last merge)."""
+    merged = Path(merged)
+    trainer.train(resume_from_checkpoint=last)
+    step = trainer.state.global_step
+    if is_complete(merged, fingerprint, step):
+        return merged
+    if trainer.is_world_process_zero():
+        write_logs(step)
+        save_merged(trainer.model, processor, merged, fingerprint, step)
+    trainer.accelerator.wait_for_everyone()
+    return merged

@@ -127,15 +127,21 @@ def test_train_align_learns_merges_and_loads(workdir):
     print(f"train_align 10+40 steps: {time.monotonic() - t0:.1f}s, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
 
 
-def test_rerun_resumes_from_last_checkpoint(workdir, monkeypatch):
-    resumed = []
+@pytest.fixture
+def resumed(monkeypatch) -> list:
+    """The ``resume_from_checkpoint`` of every stage-1 ``SFTTrainer.train`` call, in order."""
+    calls = []
 
     class Spy(SFTTrainer):
         def train(self, resume_from_checkpoint=None, **kw):
-            resumed.append(resume_from_checkpoint)
+            calls.append(resume_from_checkpoint)
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kw)
 
     monkeypatch.setattr(align, "SFTTrainer", Spy)
+    return calls
+
+
+def test_rerun_resumes_from_last_checkpoint(workdir, resumed):
     out = workdir / "resume" / "multitask"
     align.train_align(config(workdir, "resume", phase="multitask", max_steps=4, save_steps=4))
     assert resumed == [None] and (out / "checkpoint-4").is_dir()
@@ -217,17 +223,9 @@ def test_kill_during_merge_leaves_nothing_a_rerun_trusts(workdir, tmp_path):
     assert json.loads((final / manifest).read_text())["step"] == 2
 
 
-def test_changed_run_refuses_to_resume_without_overwrite(workdir, monkeypatch):
+def test_changed_run_refuses_to_resume_without_overwrite(workdir, resumed):
     from think_rec.finetune.run_state import MANIFEST, RunChanged
 
-    resumed = []
-
-    class Spy(SFTTrainer):
-        def train(self, resume_from_checkpoint=None, **kw):
-            resumed.append(resume_from_checkpoint)
-            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kw)
-
-    monkeypatch.setattr(align, "SFTTrainer", Spy)
     out = workdir / "changed" / "multitask"
     kw = dict(phase="multitask", max_steps=2, save_steps=2, disable_tqdm=True)
     final = align.train_align(config(workdir, "changed", **kw))
