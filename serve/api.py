@@ -27,6 +27,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from think_rec.data.schema import RecDataset
+from think_rec.finetune.rationale_filters import title_mentioned
 from think_rec.itemic.codebook import SIDCodebook
 
 from .conversation import Conversation, Session
@@ -35,9 +36,10 @@ from .errors import Busy, RequestError, error_body, error_response
 from .images import served_image
 from .middleware import REQUEST_ID, Guard, configure_logging
 from .protocol import (AssistantMessage, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, Choice,
-                       ChunkChoice, DeltaMessage, ModelCard, ModelList, RecommendedItem, Usage)
+                       ChunkChoice, ClauseReport, DeltaMessage, ItemCard, ModelCard, ModelList, RecommendedItem, Usage)
 from .protocol import Recommendation as RecommendationOut
 from .sessions import SessionStore, new_session_id
+from .steering import Clause
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("think_rec.serve")
@@ -88,6 +90,7 @@ class Turn:
     k: int
     think: bool
     max_think_tokens: int
+    clauses: list[Clause]  # what became of this turn's words (and removed constraints)
 
 
 class Limiter:
@@ -161,14 +164,15 @@ class RecService:
         elif req.user is not None and (new or not session.history):
             session.history = list(self.conversation.histories[req.user])
         users = [m.text for m in req.messages if m.role == "user"]
-        for text in users if new else users[-1:]:
-            self.conversation.add_user_message(session, text)
+        clauses = [c for text in (users if new else users[-1:]) if text.strip()
+                   for c in self.conversation.add_user_message(session, text)]
+        clauses += self.conversation.remove_constraints(session, req.remove_constraints)
         think = self.config.think if req.think is None else req.think
         reserve = self.codebook.levels + 2 + (req.max_think_tokens + 2 if think else 0)
         prompt, n = self.conversation.fit_prompt(session, self.config.max_model_len - reserve)
         banned = self.conversation.banned(session, req.exclude_seen)
         k = min(req.k, len(self.codebook) - len(banned & set(self.codebook.codes)))
-        return Turn(session, prompt, n, banned, k, think, req.max_think_tokens)
+        return Turn(session, prompt, n, banned, k, think, req.max_think_tokens, clauses)
 
     async def run(self, turn: Turn) -> AsyncIterator[str | Recommendation]:
         """The engine's events (an empty ``Recommendation`` when no item satisfies the constraints), in a
@@ -203,14 +207,14 @@ class RecService:
         finally:
             self.limiter.release()
 
-    def item_out(self, item_id: str, score: float) -> RecommendedItem:
+    def card(self, item_id: str) -> ItemCard:
+        """The catalog item as the page shows it (its image as a URL, when it has one)."""
         it = self.conversation.catalog[item_id]
         img = it["image"]
         url = img if img and "://" in img else (f"/v1/items/{item_id}/image"
                                                 if served_image(self.image_root, img) else None)
-        return RecommendedItem(id=item_id, sid=self.codebook.sid_string(item_id), title=it["title"], score=score,
-                               brand=it["brand"] or None, price=it["price"], categories=list(it["categories"]),
-                               image=url)
+        return ItemCard(id=item_id, sid=self.codebook.sid_string(item_id), title=it["title"], brand=it["brand"] or None,
+                        price=it["price"], categories=list(it["categories"]), image=url)
 
     def finish(self, session: Session, rec: Recommendation) -> None:
         """Record what was shown in the session."""
@@ -218,11 +222,20 @@ class RecService:
         session.last_items = ids
         session.recommended += ids
 
-    def answer(self, session: Session, rec: Recommendation) -> tuple[str, RecommendationOut]:
-        """The answer text (without the rationale) and the structured result."""
-        out = RecommendationOut(rationale=rec.rationale, items=[self.item_out(i, s) for i, s in rec.items],
-                                constraints=session.constraints.as_dict())
-        return self.conversation.answer(session, "", [i for i, _ in rec.items]), out
+    def answer(self, turn: Turn, rec: Recommendation) -> tuple[str, RecommendationOut]:
+        """The answer text (without the rationale) and the structured result: the items, the constraints and
+        what became of this turn's clauses, the history used (most recent first) and the items the rationale
+        cites."""
+        session = turn.session
+        used = list(dict.fromkeys(reversed(session.history[-self.config.max_history:])))
+        catalog = self.conversation.catalog
+        cited = [i for i in used if rec.rationale and title_mentioned(rec.rationale, catalog[i]["title"])]
+        items = [RecommendedItem(**self.card(i).model_dump(), score=s) for i, s in rec.items]
+        out = RecommendationOut(
+            rationale=rec.rationale, items=items,
+            constraints=session.constraints.as_dict(), active=session.constraints.describe(),
+            clauses=[ClauseReport(**vars(c)) for c in turn.clauses], history=[self.card(i) for i in used], cited=cited)
+        return self.conversation.answer(session, "", [i for i, _ in rec.items], turn.clauses), out
 
 
 async def _one(event: Recommendation) -> AsyncIterator[Recommendation]:
@@ -290,7 +303,7 @@ def create_app(service: RecService) -> FastAPI:
         async for event in service.run(turn):
             if isinstance(event, Recommendation):
                 rec = event
-        answer, out = service.answer(turn.session, rec)
+        answer, out = service.answer(turn, rec)
         content = f"{rec.rationale}\n\n{answer}" if rec.rationale else answer
         usage = Usage(prompt_tokens=turn.prompt_tokens, completion_tokens=service.conversation.count(content))
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
@@ -320,7 +333,7 @@ async def _sse(service: RecService, turn: Turn) -> AsyncIterator[str]:
     try:
         async for event in service.run(turn):
             if isinstance(event, Recommendation):
-                answer, out = service.answer(turn.session, event)
+                answer, out = service.answer(turn, event)
                 yield chunk(DeltaMessage(content=f"\n\n{answer}" if event.rationale else answer), recommendation=out)
             else:
                 yield chunk(DeltaMessage(content=event))

@@ -19,7 +19,7 @@ from think_rec.itemic.codebook import SIDCodebook
 from think_rec.prompts import PROMPTS_DIR, _chat, _text, _user_with_history, load_templates
 
 from .errors import RequestError
-from .steering import Constraints, Vocabulary, parse
+from .steering import Clause, Constraints, Vocabulary, parse_clauses
 
 
 @functools.cache
@@ -51,11 +51,26 @@ class Conversation:
         self.items = [self.catalog[i] for i in self.catalog.ids]
         self.vocab = Vocabulary(self.items)
 
-    def add_user_message(self, session: Session, text: str) -> None:
-        """Record a user message and fold the constraints it asks for into the session."""
+    def add_user_message(self, session: Session, text: str) -> list[Clause]:
+        """Record a user message and fold the constraints it asks for into the session; what became of
+        each of its clauses."""
         session.user_messages.append(text)
         last = [self.catalog[i] for i in session.last_items]
-        session.constraints.update(parse(text, self.vocab, last))
+        constraints, clauses = parse_clauses(text, self.vocab, last)
+        session.constraints.update(constraints)
+        return clauses
+
+    @staticmethod
+    def remove_constraints(session: Session, labels: Sequence[str]) -> list[Clause]:
+        """Drop the session's constraints called ``labels`` (as ``Constraints.describe`` names them); a 400
+        ``RequestError`` naming the active ones when a label is not among them."""
+        active = session.constraints.describe()
+        unknown = [label for label in labels if label not in active]
+        if unknown:
+            raise RequestError(400, f"no active constraint {unknown[0]!r}; active: {active}", "remove_constraints")
+        for label in labels:
+            session.constraints.remove(label)
+        return [Clause(label, "removed", reason="dropped at your request") for label in labels]
 
     def prompt(self, session: Session) -> str:
         """The chat prompt text, ending in the assistant's generation header."""
@@ -101,12 +116,14 @@ class Conversation:
             out |= set(session.history) | set(session.recommended)
         return out
 
-    def answer(self, session: Session, rationale: str, item_ids: Sequence[str]) -> str:
-        """The assistant's visible message: the rationale (if any), then the items as a numbered list."""
+    def answer(self, session: Session, rationale: str, item_ids: Sequence[str], clauses: Sequence[Clause] = ()) -> str:
+        """The assistant's visible message: the rationale (if any), what became of the user's clauses, then
+        the items as a numbered list."""
         chat = chat_templates()
         described = session.constraints.describe()
+        explained = [c.sentence() for c in clauses]
         if not item_ids:
-            return chat["no_items"].format(constraints=", ".join(described) or "this request")
+            return "\n".join([*explained, chat["no_items"].format(constraints=", ".join(described) or "this request")])
         basis = f"the {len(session.history)} items you interacted with" if session.history else "what you told me"
         lines = [chat["answer_intro"].format(basis=basis, verb="is" if len(item_ids) == 1 else "are",
                                              n=len(item_ids), s="" if len(item_ids) == 1 else "s",
@@ -116,5 +133,5 @@ class Conversation:
             lines.append(chat["answer_item"].format(n=n, title=it["title"],
                                                     brand=f" by {it['brand']}" if it["brand"] else "",
                                                     price=f", ${it['price']:.2f}" if it["price"] is not None else ""))
-        text = "\n".join(lines)
+        text = "\n".join([*explained, *lines])
         return f"{rationale}\n\n{text}" if rationale else text

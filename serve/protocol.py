@@ -5,7 +5,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_K = 50
 MAX_MESSAGE_CHARS = 4000
@@ -40,7 +40,8 @@ class ChatCompletionRequest(BaseModel):
 
     ``user`` is a dataset user id whose interactions become the history; ``history`` gives item ids
     directly; ``session_id`` (as the server issued it) continues a conversation (only the new user message
-    need be sent). ``k`` is also the beam width of the SID search.
+    need be sent). ``k`` is also the beam width of the SID search. ``remove_constraints`` drops active
+    constraints by label (``recommendation.active``); such a turn may have an empty user message.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -56,6 +57,9 @@ class ChatCompletionRequest(BaseModel):
     think: bool | None = None
     max_think_tokens: int = Field(64, ge=0, le=MAX_THINK_TOKENS)
     exclude_seen: bool = True
+    remove_constraints: list[Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_MESSAGES,
+        description="labels of active constraints to drop (as in recommendation.active)")
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     temperature: float | None = None
@@ -66,26 +70,52 @@ class ChatCompletionRequest(BaseModel):
         for i, m in enumerate(messages):
             if len(m.text) > MAX_MESSAGE_CHARS:
                 raise ValueError(f"message {i} has {len(m.text)} characters; the limit is {MAX_MESSAGE_CHARS}")
-        if messages[-1].role != "user" or not messages[-1].text.strip():
+        if messages[-1].role != "user":
             raise ValueError("the last message must be a non-empty user message")
         return messages
 
+    @model_validator(mode="after")
+    def _check_words(self) -> "ChatCompletionRequest":
+        """A turn says something, or only removes constraints (then its user message may be empty)."""
+        if not self.messages[-1].text.strip() and not self.remove_constraints:
+            raise ValueError("the last message must be a non-empty user message (or send remove_constraints)")
+        return self
 
-class RecommendedItem(BaseModel):
+
+class ItemCard(BaseModel):
+    """A catalog item as the page shows it."""
+
     id: str
     sid: str
     title: str
-    score: float
     brand: str | None = None
     price: float | None = None
     categories: list[str] = Field(default_factory=list)
     image: str | None = Field(None, description="URL of the item image, when the catalog has one")
 
 
+class RecommendedItem(ItemCard):
+    score: float
+
+
+class ClauseReport(BaseModel):
+    """What became of one clause of the user's words (``serve.steering.Clause``)."""
+
+    clause: str
+    status: Literal["applied", "ignored", "preference", "removed"]
+    reason: str | None = None
+    constraint: str | None = Field(None, description="the label of the applied constraint")
+
+
 class Recommendation(BaseModel):
     rationale: str
     items: list[RecommendedItem]
-    constraints: dict[str, Any] = Field(default_factory=dict)
+    constraints: dict[str, Any] = Field(default_factory=dict, description="the session's active constraints")
+    active: list[str] = Field(default_factory=list, description="labels of the active constraints "
+                                                                "(what remove_constraints takes)")
+    clauses: list[ClauseReport] = Field(default_factory=list, description="this turn's clauses, explained")
+    history: list[ItemCard] = Field(default_factory=list, description="the history items used, most recent first")
+    cited: list[str] = Field(default_factory=list, description="ids of the history items the rationale names")
 
 
 class AssistantMessage(BaseModel):

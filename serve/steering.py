@@ -5,13 +5,17 @@ punctuation, "and", "but"): a brand or category mentioned under a negation ("not
 "except", "avoid", ...) is excluded, otherwise it becomes an include filter ("puzzles from Aria");
 "that brand" means the brand of the last top recommendation; "under $20" sets a price ceiling and a
 bare "cheaper" means below the median price of the last recommendations.
+
+Every clause is also reported back (``Clause``): ``applied`` (a constraint the trie enforces), ``ignored`` with
+the reason (e.g. "cheaper" on a catalog without prices) or ``preference`` (words that match no rule and reach
+the model only through the prompt).
 """
 from __future__ import annotations
 
 import re
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 _NEGATION = re.compile(r"\b(not|no|without|except|exclude|excluding|avoid|never|don'?t|nothing|other than|"
                        r"anything but|none|skip|drop)\b", re.I)
@@ -20,7 +24,8 @@ _CEILING = re.compile(r"\b(?:under|below|less than|cheaper than|at most|max(?:im
 _CHEAPER = re.compile(r"\b(cheaper|less expensive|lower price[sd]?|more affordable|budget)\b", re.I)
 _THAT_BRAND = re.compile(r"\b(that|this|the same) brand\b", re.I)
 _THOSE_BRANDS = re.compile(r"\b(those|these|the same) brands\b", re.I)
-_CLAUSES = re.compile(r"[,.;!?\n]+|\band\b|(?<!anything )(?<!everything )\bbut\b", re.I)
+_BRAND_WORD = re.compile(r"\bbrands?\b", re.I)
+_CLAUSES = re.compile(r"(?:(?<!\d)[,.]|[,.](?!\d)|[;!?\n])+|\band\b|(?<!anything )(?<!everything )\bbut\b", re.I)
 
 
 @dataclass
@@ -53,18 +58,36 @@ class Constraints:
         if new.max_price is not None:
             self.max_price = new.max_price
 
-    def describe(self) -> list[str]:
-        """Human-readable clauses, e.g. ``["not by Aria", "under $20.00"]``."""
-        out = []
+    def labelled(self) -> list[tuple[str, str, Any]]:
+        """``(label, field, value)`` per constraint, e.g. ``("not by Aria", "exclude_brands", "Aria")``; the
+        include sets are one label each ("in Toys or Pens"), their value ``None``."""
+        out: list[tuple[str, str, Any]] = []
         if self.include_categories:
-            out.append("in " + " or ".join(sorted(self.include_categories)))
+            out.append(("in " + " or ".join(sorted(self.include_categories)), "include_categories", None))
         if self.include_brands:
-            out.append("by " + " or ".join(sorted(self.include_brands)))
-        out += [f"not by {b}" for b in sorted(self.exclude_brands)]
-        out += [f"no {c}" for c in sorted(self.exclude_categories)]
+            out.append(("by " + " or ".join(sorted(self.include_brands)), "include_brands", None))
+        out += [(f"not by {b}", "exclude_brands", b) for b in sorted(self.exclude_brands)]
+        out += [(f"no {c}", "exclude_categories", c) for c in sorted(self.exclude_categories)]
         if self.max_price is not None:
-            out.append(f"under ${self.max_price:.2f}")
+            out.append((f"under ${self.max_price:.2f}", "max_price", None))
         return out
+
+    def describe(self) -> list[str]:
+        """Human-readable constraints, e.g. ``["not by Aria", "under $20.00"]``."""
+        return [label for label, _, _ in self.labelled()]
+
+    def remove(self, label: str) -> bool:
+        """Drop the constraint ``describe()`` calls ``label``; False when no active constraint has that label."""
+        for name, key, value in self.labelled():
+            if name == label:
+                if key == "max_price":
+                    self.max_price = None
+                elif value is None:
+                    getattr(self, key).clear()
+                else:
+                    getattr(self, key).discard(value)
+                return True
+        return False
 
     def as_dict(self) -> dict[str, Any]:
         return {"exclude_brands": sorted(self.exclude_brands), "exclude_categories": sorted(self.exclude_categories),
@@ -78,7 +101,9 @@ class Vocabulary:
     def __init__(self, items: Iterable[Mapping[str, Any]]):
         self.brands: dict[str, str] = {}
         self.categories: dict[str, str] = {}
+        self.has_prices = False
         for it in items:
+            self.has_prices = self.has_prices or it["price"] is not None
             if it["brand"]:
                 self.brands[it["brand"].lower()] = it["brand"]
             for c in it["categories"]:
@@ -113,25 +138,76 @@ class Vocabulary:
         return self._find(self._cat_re, self.categories, text, plural=True)
 
 
+@dataclass
+class Clause:
+    """What became of one clause of the user's words (``constraint``: the label of an applied constraint)."""
+
+    clause: str
+    status: Literal["applied", "ignored", "preference", "removed"]
+    reason: str | None = None
+    constraint: str | None = None
+
+    def sentence(self) -> str:
+        """The clause explained in the answer text."""
+        if self.status == "applied":
+            return f'Applied "{self.clause}": {self.constraint}.'
+        if self.status == "preference":
+            return f'Taken as a preference, not a rule: "{self.clause}".'
+        return f'{self.status.capitalize()} "{self.clause}": {self.reason}.'
+
+
 def parse(text: str, vocab: Vocabulary, last_items: Sequence[Mapping[str, Any]] = ()) -> Constraints:
     """The hard constraints one user message asks for (see the module docstring)."""
-    c = Constraints()
-    for clause in _CLAUSES.split(text):
-        if not clause.strip():
+    return parse_clauses(text, vocab, last_items)[0]
+
+
+def parse_clauses(text: str, vocab: Vocabulary,
+                  last_items: Sequence[Mapping[str, Any]] = ()) -> tuple[Constraints, list[Clause]]:
+    """The hard constraints one user message asks for, and what became of each of its clauses."""
+    c, report = Constraints(), []
+    explicit = bool(_CEILING.search(text))
+    for clause in (s.strip() for s in _CLAUSES.split(text)):
+        if not clause:
             continue
-        negated = bool(_NEGATION.search(clause))
-        brands, cats = vocab.brands_in(clause), vocab.categories_in(clause)
-        if last_items and _THOSE_BRANDS.search(clause):
-            brands |= {it["brand"] for it in last_items if it["brand"]}
-        elif last_items and _THAT_BRAND.search(clause) and last_items[0]["brand"]:
-            brands.add(last_items[0]["brand"])
-        (c.exclude_brands if negated else c.include_brands).update(brands)
-        (c.exclude_categories if negated else c.include_categories).update(cats)
-    ceilings = [float(a or b) for a, b in _CEILING.findall(text)]
-    if ceilings:
-        c.max_price = min(ceilings)
-    elif _CHEAPER.search(text):
+        new, why = _clause(clause, vocab, last_items, explicit)
+        for key in ("exclude_brands", "exclude_categories", "include_brands", "include_categories"):
+            getattr(c, key).update(getattr(new, key))
+        if new.max_price is not None:
+            c.max_price = min(new.max_price, c.max_price if c.max_price is not None else new.max_price)
+        labels = new.describe()
+        report += [Clause(clause, "applied", constraint=label) for label in labels]
+        if why:
+            report.append(Clause(clause, "ignored", reason=why))
+        elif not labels:
+            report.append(Clause(clause, "preference", reason="not a rule: passed to the model in the prompt"))
+    return c, report
+
+
+def _clause(clause: str, vocab: Vocabulary, last_items: Sequence[Mapping[str, Any]],
+            explicit_ceiling: bool) -> tuple[Constraints, str | None]:
+    """One clause's constraints, and why a rule it asks for cannot be applied (``None``: nothing ignored);
+    "cheaper" adds nothing when the message names a ceiling (``explicit_ceiling``)."""
+    c, why = Constraints(), None
+    negated = bool(_NEGATION.search(clause))
+    brands, cats = vocab.brands_in(clause), vocab.categories_in(clause)
+    if _THOSE_BRANDS.search(clause) or _THAT_BRAND.search(clause):
+        named = [it["brand"] for it in last_items[:None if _THOSE_BRANDS.search(clause) else 1] if it["brand"]]
+        brands |= set(named)
+        if not named:
+            why = "this catalog has no brands" if not vocab.brands else "no earlier recommendation has a brand"
+    elif _BRAND_WORD.search(clause) and not vocab.brands and not brands:
+        why = "this catalog has no brands"
+    (c.exclude_brands if negated else c.include_brands).update(brands)
+    (c.exclude_categories if negated else c.include_categories).update(cats)
+    own = [float(a or b) for a, b in _CEILING.findall(clause)]
+    if own or (_CHEAPER.search(clause) and not explicit_ceiling):
         prices = [it["price"] for it in last_items if it["price"] is not None]
-        if prices:
+        if not vocab.has_prices:
+            why = "this catalog has no prices"
+        elif own:
+            c.max_price = min(own)
+        elif prices:
             c.max_price = round(statistics.median(prices) - 0.01, 2)
-    return c
+        else:
+            why = "no earlier recommendation has a price to compare with"
+    return c, why

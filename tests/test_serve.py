@@ -171,6 +171,6 @@ def test_chat_page_in_headless_chromium(server):
         WebDriverWait(driver, 60).until(lambda d: "not by" in d.find_element(By.ID, "constraints").text)
         ids = [c.get_attribute("data-item-id") for c in driver.find_elements(By.CSS_SELECTOR, ".item-card")]
         assert ids and all(ds.catalog[i]["brand"] != brand for i in ids)
-        assert len(driver.find_elements(By.CSS_SELECTOR, "#history .msg.user")) == 2
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#conversation .msg.user")) == 2
     finally:
         driver.quit()

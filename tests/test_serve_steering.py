@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from think_rec.serve.steering import Constraints, Vocabulary, parse
+from think_rec.serve.steering import Clause, Constraints, Vocabulary, parse, parse_clauses
 
 ITEMS = [
     {"item_id": "a", "brand": "Aria", "categories": ["Toys", "Puzzles"], "price": 54.0},
@@ -39,6 +39,39 @@ def test_constraints_accumulate_and_filter():
     c.update(parse("not Norex either", VOCAB))
     assert c.include_brands == set() and not any(c.allows(it) for it in ITEMS)
     assert c.describe() == ["not by Norex", "no Toys", "under $10.00"]
+
+
+FILMS = Vocabulary([{"item_id": "m", "brand": "", "categories": ["Comedy", "Sci-Fi"], "price": None}])
+PREFERENCE = "not a rule: passed to the model in the prompt"
+
+
+@pytest.mark.parametrize("text, vocab, expected", [
+    ("cheaper, and no sci-fi. Something funny please", FILMS,
+     [Clause("cheaper", "ignored", reason="this catalog has no prices"),
+      Clause("no sci-fi", "applied", constraint="no Sci-Fi"),
+      Clause("Something funny please", "preference", reason=PREFERENCE)]),
+    ("same brand as before, under $5", FILMS,
+     [Clause("same brand as before", "ignored", reason="this catalog has no brands"),
+      Clause("under $5", "ignored", reason="this catalog has no prices")]),
+    ("not from Aria but a plush under $12.50", VOCAB,
+     [Clause("not from Aria", "applied", constraint="not by Aria"),
+      Clause("a plush under $12.50", "applied", constraint="in Plush"),
+      Clause("a plush under $12.50", "applied", constraint="under $12.50")]),
+    ("cheaper, from that brand", VOCAB,  # no earlier recommendation to compare with
+     [Clause("cheaper", "ignored", reason="no earlier recommendation has a price to compare with"),
+      Clause("from that brand", "ignored", reason="no earlier recommendation has a brand")]),
+])
+def test_every_clause_is_explained(text, vocab, expected):
+    constraints, clauses = parse_clauses(text, vocab)
+    assert clauses == expected
+    assert sorted(c.constraint for c in clauses if c.status == "applied") == sorted(constraints.describe())
+
+
+def test_constraints_are_removed_by_label():
+    c = parse("puzzles or plush, not Norex, under $30", VOCAB)
+    assert c.describe() == ["in Plush or Puzzles", "not by Norex", "under $30.00"]
+    assert c.remove("not by Norex") and c.remove("in Plush or Puzzles") and not c.remove("not by Aria")
+    assert c.describe() == ["under $30.00"] and c.remove("under $30.00") and c == Constraints()
 
 
 def test_hf_backend_same_interface(aligned_run):

@@ -1,0 +1,176 @@
+"""Explanations on a served stage-2 model: every steering clause answered as applied, ignored (with its reason)
+or preference; constraints removed by label; the history used and the history items the rationale cites; and
+the chat page in headless Chromium (history panel, highlighted citation, constraint chips, screenshot)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from think_rec.data.schema import Catalog, RecDataset
+from think_rec.eval.bench_serve import start_server, stop_server
+from think_rec.finetune.rationale_filters import title_mentioned
+
+pytestmark = pytest.mark.slow
+SCREENSHOT = Path(__file__).resolve().parents[1] / "eval" / "results" / "chat_page.png"
+ASK = "Something fun please, and no {category}"
+
+
+@pytest.fixture(scope="module")
+def reason_model(aligned_run, tmp_path_factory) -> Path:
+    """A stage-2 model: the stage-1 model fully fine-tuned on `template` teacher rationales (they name history
+    titles), long enough to write them back."""
+    from think_rec.finetune.reason import train_reason
+    from think_rec.finetune.reason_config import ReasonConfig
+
+    dirs, _, model_dir = aligned_run
+    out = tmp_path_factory.mktemp("reason")
+    return Path(train_reason(ReasonConfig(
+        output_dir=str(out), model=str(model_dir), data_dir=str(dirs.data), sids_dir=str(dirs.sids), num_examples=200,
+        max_history=5, rejection_top_n=0, lora_r=0, per_device_train_batch_size=16, max_steps=300, save_steps=10_000,
+        learning_rate=3e-3, lr_scheduler_type="constant", disable_tqdm=True)))
+
+
+@pytest.fixture(scope="module")
+def server(aligned_run, reason_model, tmp_path_factory):
+    """``(base_url, dataset)`` of ``think-rec serve --backend hf --think`` on the stage-2 model."""
+    dirs = aligned_run[0]
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    proc, url = start_server(reason_model, dirs.data, dirs.sids, "hf", log, timeout_s=300, extra_args=["--think"])
+    try:
+        yield url, RecDataset.load(dirs.data)
+    finally:
+        stop_server(proc)
+
+
+def _chat(url: str, status: int = 200, **body) -> dict:
+    r = httpx.post(url + "/v1/chat/completions", json={"max_think_tokens": 48, **body}, timeout=120)
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def _say(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def test_cheaper_without_prices_is_answered_with_its_reason(aligned_run, reason_model, tmp_path):
+    """A catalog without prices (as MovieLens): "cheaper" is ignored and says why; the rest still applies."""
+    from fastapi.testclient import TestClient
+
+    from think_rec.serve.api import RecService, ServeConfig, create_app
+
+    dirs = aligned_run[0]
+    ds = RecDataset.load(dirs.data)
+    ds.catalog = Catalog.from_rows([{**row, "price": None} for row in ds.catalog.items.to_list()])
+    ds.save(tmp_path / "data")
+    service = RecService(ServeConfig(reason_model, tmp_path / "data", dirs.sids, backend="hf",
+                                     session_db=tmp_path / "sessions.sqlite"))
+    with TestClient(create_app(service)) as client:
+        category = ds.catalog[ds.catalog.ids[0]]["categories"][-1]
+        r = client.post("/v1/chat/completions", json={"messages": _say(f"cheaper, and no {category}"), "user": "u0",
+                                                      "k": 4})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    rec, text = out["recommendation"], out["choices"][0]["message"]["content"]
+    assert rec["clauses"] == [
+        {"clause": "cheaper", "status": "ignored", "reason": "this catalog has no prices", "constraint": None},
+        {"clause": f"no {category}", "status": "applied", "reason": None, "constraint": f"no {category}"}]
+    assert 'Ignored "cheaper": this catalog has no prices.' in text and f'Applied "no {category}"' in text
+    assert rec["active"] == [f"no {category}"] and rec["constraints"]["max_price"] is None
+    assert rec["items"] and all(category not in ds.catalog[it["id"]]["categories"] for it in rec["items"])
+
+
+def test_clauses_history_and_citations(server):
+    url, ds = server
+    first = _chat(url, messages=_say("What next?"), user="u1", k=4)
+    brand = first["recommendation"]["items"][0]["brand"]
+    second = _chat(url, messages=_say("something for a rainy day, not from that brand"),
+                   session_id=first["session_id"], k=4)
+    rec, text = second["recommendation"], second["choices"][0]["message"]["content"]
+    assert [(c["clause"], c["status"], c["constraint"]) for c in rec["clauses"]] == [
+        ("something for a rainy day", "preference", None), ("not from that brand", "applied", f"not by {brand}")]
+    assert 'Taken as a preference, not a rule: "something for a rainy day".' in text
+    assert f'Applied "not from that brand": not by {brand}.' in text
+    assert all(it["brand"] != brand for it in rec["items"]) and rec["active"] == [f"not by {brand}"]
+    history = dict(zip(ds.interactions.users, ds.interactions.sequences))["u1"][-20:]
+    assert [h["id"] for h in rec["history"]] == list(dict.fromkeys(reversed(history)))  # most recent first
+    assert all(h["title"] == ds.catalog[h["id"]]["title"] and h["image"] for h in rec["history"])
+    assert rec["cited"] == [h["id"] for h in rec["history"] if title_mentioned(rec["rationale"], h["title"])]
+
+
+def test_remove_constraints(server):
+    url, ds = server
+    category = ds.catalog[ds.catalog.ids[0]]["categories"][-1]
+    first = _chat(url, messages=_say(f"no {category}, under $1000"), user="u2", k=3)
+    assert first["recommendation"]["active"] == [f"no {category}", "under $1000.00"]
+    sid = first["session_id"]
+    bad = _chat(url, 400, messages=_say(""), session_id=sid, remove_constraints=["not by Nobody"])
+    assert "no active constraint 'not by Nobody'" in bad["error"]["message"]
+    _chat(url, 400, messages=_say(""), session_id=sid)  # an empty turn must remove something
+    second = _chat(url, messages=_say(""), session_id=sid, k=3, remove_constraints=[f"no {category}"])
+    rec = second["recommendation"]
+    assert rec["active"] == ["under $1000.00"] and rec["constraints"]["exclude_categories"] == []
+    assert rec["clauses"] == [{"clause": f"no {category}", "status": "removed", "reason": "dropped at your request",
+                               "constraint": None}]
+    assert f'Removed "no {category}": dropped at your request.' in second["choices"][0]["message"]["content"]
+
+
+def _citing_user(url: str, ds: RecDataset, category: str) -> tuple[str, dict]:
+    """The first user whose answer to ``ASK`` cites a history item, with that answer (greedy decoding: the
+    page's turn answers the same)."""
+    for user in ds.interactions.users[:40]:
+        rec = _chat(url, messages=_say(ASK.format(category=category)), user=user, k=8)["recommendation"]
+        if rec["cited"]:
+            return user, rec
+    pytest.fail("no user's rationale cites a history item")
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                    reason="needs Debian chromium + chromium-driver (scripts/install.sh)")
+def test_chat_page_shows_history_citations_and_chips(server):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, ds = server
+    category = ds.catalog[ds.catalog.ids[0]]["categories"][-1]
+    user, expected = _citing_user(url, ds, category)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                "--window-size=1400,900"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(shutil.which("chromedriver")))
+    try:
+        driver.get(url + "/")
+        driver.find_element(By.ID, "user").send_keys(user)
+        driver.find_element(By.ID, "text").send_keys(ASK.format(category=category), Keys.RETURN)
+        WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".item-card"))
+        past = driver.find_elements(By.CSS_SELECTOR, "#user-history .history-card")
+        assert [c.get_attribute("data-item-id") for c in past] == [h["id"] for h in expected["history"]]
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#user-history img')].every((i) => i.complete && i.naturalWidth)"))
+        marks = driver.find_elements(By.CSS_SELECTOR, "#rationale mark.cited")
+        assert marks and {m.get_attribute("data-item-id") for m in marks} <= set(expected["cited"])
+        for m in marks:
+            assert title_mentioned(m.text, ds.catalog[m.get_attribute("data-item-id")]["title"])
+        cited_cards = driver.find_elements(By.CSS_SELECTOR, "#user-history .history-card.cited")
+        assert {c.get_attribute("data-item-id") for c in cited_cards} == set(expected["cited"])
+        chips = driver.find_elements(By.CSS_SELECTOR, "#constraints .chip")
+        assert [c.get_attribute("data-constraint") for c in chips] == [f"no {category}"]
+        ids = [c.get_attribute("data-item-id") for c in driver.find_elements(By.CSS_SELECTOR, ".item-card")]
+        assert ids == [it["id"] for it in expected["items"]]
+        meta = driver.find_element(By.CSS_SELECTOR, ".item-card .meta").text
+        assert ds.catalog[ids[0]]["brand"] in meta and f"${ds.catalog[ids[0]]['price']:.2f}" in meta
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(SCREENSHOT))
+        chips[0].find_element(By.TAG_NAME, "button").click()  # removing the chip drops the constraint
+        WebDriverWait(driver, 120).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#constraints .chip")
+                                         and len(d.find_elements(By.CSS_SELECTOR, "#conversation .msg.user")) == 2)
+        WebDriverWait(driver, 120).until(lambda d: "Removed" in d.find_elements(By.CSS_SELECTOR, ".msg.assistant")[-1].text)
+    finally:
+        driver.quit()
