@@ -119,9 +119,10 @@ def test_remove_constraints(server):
 
 def _citing_user(url: str, ds: RecDataset, category: str) -> tuple[str, dict]:
     """The first user whose answer to ``ASK`` cites a history item, with that answer (greedy decoding: the
-    page's turn answers the same)."""
+    page's turn, with the same request, answers the same)."""
     for user in ds.interactions.users[:40]:
-        rec = _chat(url, messages=_say(ASK.format(category=category)), user=user, k=8)["recommendation"]
+        rec = _chat(url, messages=_say(ASK.format(category=category)), user=user, k=8,
+                    max_think_tokens=64)["recommendation"]  # as the page asks
         if rec["cited"]:
             return user, rec
     pytest.fail("no user's rationale cites a history item")
