@@ -1,11 +1,14 @@
-"""``think-rec bench reason``: does thinking help? One stage-2 model scored with and without its rationale.
+"""``think-rec bench reason``: does thinking help, and can people read the rationale? One stage-2 model
+scored with and without its rationale.
 
 Reuses the ``bench rec`` run (data, SIDs, stage-1 model) under ``work_dir/DATASET`` or builds it with the
-same budget; stage 2 (template teacher, filters, LoRA SFT) gets its own ``budget_minutes`` of training.
-``no_reasoning`` is the **same stage-2 model decoded with an empty think**; ``reasoning`` writes its
-rationale (greedy) first. Both run on the same seeded test users; nothing is selected on test.
-With ``rejection_top_n=None`` the rank check is skipped in training and only measured on
-``probe_examples`` (a weak stage-1 model accepts almost nothing, which would leave only empty thinks).
+same budget; stage 2 (template teacher, filters, full SFT of the tiny model) gets its own ``budget_minutes``
+of training. ``no_reasoning`` is the **same stage-2 model decoded with an empty think**; ``reasoning``
+writes its rationale (greedy, citing history items) first. Both run on the same seeded test users; nothing
+is selected on test. The teachers (``template``, ``self``) are compared on ``probe_examples`` training
+examples by what the filters and the top-10 rank check accept. With ``rejection_top_n=None`` the rank
+check is skipped in training: the stage-1 model ranks the target in its top 10 for only a few percent of
+examples whatever the rationale, so the check would leave almost only empty thinks.
 """
 from __future__ import annotations
 
@@ -15,8 +18,9 @@ from pathlib import Path
 
 from think_rec.data.split import leave_one_out, sample_users
 from think_rec.finetune.align import train_align
+from think_rec.finetune.config import load_config
 from think_rec.finetune.reason import train_reason
-from think_rec.finetune.rationales import TemplateTeacher
+from think_rec.finetune.rationales import make_teacher
 from think_rec.finetune.reason_config import ReasonConfig
 from think_rec.finetune.reason_data import build_rationales, sample_examples
 from think_rec.finetune.run_state import MANIFEST
@@ -27,43 +31,47 @@ from .bench_rec import align_config, prepare_run
 from .reasoning import reasoning_ablation
 from .report import write_report
 
-ROW_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "grounding", "consistency", "leakage", "acceptance_rate")
+ROW_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "grounding", "complete", "citations", "leakage", "mean_length",
+            "readability", "closed_by_model", "consistency", "acceptance_rate")
+RECIPE = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "reason_tiny.yaml"
+STATS = ("examples", "accepted", "acceptance_rate", "rejected_leakage", "rejected_incomplete", "rejected_ungrounded",
+         "rejected_rank", "top_n", "mean_rationale_words")
 
 
 def reason_config(dirs: RunDirs, budget_minutes: float, max_history: int, num_examples: int,
-                  rejection_top_n: int | None, seed: int = 0) -> ReasonConfig:
-    """The tiny-preset stage-2 recipe of the benchmark (template teacher), trained from scratch each time."""
-    return ReasonConfig(output_dir=str(dirs.root / "reason"), model=str(dirs.align / "final"),
-                        data_dir=str(dirs.data), sids_dir=str(dirs.sids), teacher="template",
-                        max_history=max_history, num_examples=num_examples, rejection_top_n=rejection_top_n,
-                        rejection_batch_size=16, learning_rate=1e-3, lr_scheduler_type="constant",
-                        per_device_train_batch_size=16, num_train_epochs=100, lora_r=16, lora_alpha=32,
-                        time_budget_minutes=budget_minutes, save_steps=50, logging_steps=10, max_length=1024,
-                        seed=seed, overwrite=True)
+                  rejection_top_n: int | None, seed: int = 0, recipe: str | Path = RECIPE) -> ReasonConfig:
+    """The stage-2 recipe (``finetune/configs/reason_tiny.yaml``) pointed at the run in ``dirs``, trained from
+    scratch each time."""
+    return load_config(ReasonConfig, recipe, output_dir=str(dirs.root / "reason"), model=str(dirs.align / "final"),
+                       data_dir=str(dirs.data), sids_dir=str(dirs.sids), max_history=max_history,
+                       num_examples=num_examples, rejection_top_n=rejection_top_n, time_budget_minutes=budget_minutes,
+                       seed=seed, overwrite=True)
 
 
-def rank_check_probe(dirs: RunDirs, data, codebook, max_history: int, n: int, seed: int = 0) -> dict:
-    """Filter statistics with the top-10 rank check of the stage-1 model on ``n`` training examples."""
+def teacher_probe(dirs: RunDirs, data, codebook, max_history: int, n: int, seed: int = 0) -> dict[str, dict]:
+    """Per teacher (``template``, ``self``: the stage-1 model), what the filters and the top-10 rank check of
+    the stage-1 model accept on ``n`` training examples."""
     model, processor = load_model(dirs.align / "final")
     model.eval()
     examples = sample_examples(leave_one_out(data.interactions, max_history=max_history), codebook, n, seed=seed)
-    _, stats = build_rationales(examples, data, codebook, dirs.sids, TemplateTeacher(), model=model,
-                                processor=processor, top_n=10, progress=False)
-    return stats
+    out = {}
+    for name, kwargs in (("template", {}), ("self", {"model": model, "processor": processor})):
+        _, stats = build_rationales(examples, data, codebook, dirs.sids, make_teacher(name, **kwargs), model=model,
+                                    processor=processor, top_n=10, progress=False)
+        out[name] = {k: stats[k] for k in STATS}
+    return out
 
 
 def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: int | None = 300,
         max_history: int = 10, work_dir: str | Path = "runs/bench-rec", out_dir: str | Path = "eval/results",
-        num_examples: int = 800, rejection_top_n: int | None = 10, max_think_tokens: int = 64,
-        probe_examples: int = 48, codebook_size: int = 256, seed: int = 0) -> dict:
+        num_examples: int = 4000, rejection_top_n: int | None = None, max_think_tokens: int = 96,
+        probe_examples: int = 100, codebook_size: int = 256, seed: int = 0) -> dict:
     """Stage 1 (reused or trained), stage 2, the ablation on test users; writes ``DATASET_reason.*``."""
     dirs, data, codebook = prepare_run(dataset, work_dir, codebook_size, seed)
     stage1_reused = (dirs.align / "final" / MANIFEST).exists()
     if not stage1_reused:
         train_align(align_config(dirs, budget_minutes, seed, max_history=max_history))
-    probe = None
-    if not rejection_top_n and probe_examples:  # what the rank check would accept, on a few examples
-        probe = rank_check_probe(dirs, data, codebook, max_history, probe_examples, seed)
+    probe = teacher_probe(dirs, data, codebook, max_history, probe_examples, seed) if probe_examples else None
     start = time.perf_counter()
     final = train_reason(reason_config(dirs, budget_minutes, max_history, num_examples, rejection_top_n, seed))
     stage2_seconds = time.perf_counter() - start
@@ -89,9 +97,8 @@ def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: in
                "ablation": "no_reasoning = the same stage-2 model decoded with an empty think",
                "budget_minutes": budget_minutes, "stage1_reused": stage1_reused, "eval_users": len(test),
                "max_history": max_history, "max_think_tokens": max_think_tokens, "teacher": "template",
-               "rationales": {k: stats[k] for k in ("examples", "accepted", "rejected_leakage", "rejected_ungrounded",
-                                                    "rejected_rank", "top_n", "mean_rationale_words", "seconds")},
-               "rejection_top_n": rejection_top_n, "rank_check_probe": probe,
+               "rationales": {k: stats[k] for k in (*STATS, "seconds")},
+               "rejection_top_n": rejection_top_n, "teacher_probe": probe,
                "train_steps": stats["steps"], "example": example}
     write_report(f"{dataset}_reason", payload, out_dir, metric_keys=ROW_KEYS)
     return payload

@@ -1,9 +1,12 @@
 """Reasoning evaluation: Recall/NDCG@5/10 of think-then-recommend, rationale quality, and the ablation.
 
-Rationale quality, averaged over users (each user's first rationale):
+Rationale quality, averaged over users (each user's first rationale, citations shown as titles):
 ``grounding``: share of rationales naming a history item (title or a significant part) or an
-attribute (brand/category) of one; ``consistency``: mean share of the top-k items having an
-attribute the rationale names; ``leakage``: share naming the target's title; ``mean_length``: words.
+attribute (brand/category) of one; ``citations``: history items named; ``complete``: share ending a
+sentence; ``closed_by_model``: share the model itself closed at a sentence end (the rest were cut back
+to one at ``max_think_tokens``); ``consistency``: mean share of the top-k items having an attribute the
+rationale names; ``leakage``: share naming the target's title; ``readability``: Flesch reading ease;
+``mean_length``: words.
 
 The ablation scores one model twice on the same examples: ``no_reasoning`` decodes with an empty think
 (``<think></think>`` then the SID, ``max_think_tokens=0``), ``reasoning`` writes the rationale first.
@@ -18,13 +21,15 @@ from tqdm.auto import tqdm
 
 from think_rec.data.schema import RecDataset, column
 from think_rec.decoding import SIDTrie, ThinkResult, think_then_recommend
-from think_rec.finetune.rationale_filters import consistency, grounding, leakage
+from think_rec.finetune.rationale_filters import (citation_title, cited_items, complete, consistency, grounding,
+                                                  leakage, readability)
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.prompts import render_recommend_prompt
 
 from .metrics import aggregate
 
-QUALITY = ("grounding", "consistency", "leakage", "mean_length")
+QUALITY = ("grounding", "citations", "complete", "closed_by_model", "consistency", "leakage", "readability",
+           "mean_length")
 
 
 def rationale_quality(results: Sequence[ThinkResult], histories: Sequence[Sequence[str]], targets: Sequence[str],
@@ -32,16 +37,19 @@ def rationale_quality(results: Sequence[ThinkResult], histories: Sequence[Sequen
     """``QUALITY`` means over users (see the module docstring); an empty think scores 0 on each."""
     if not results:
         raise ValueError("no results to score")
-    g = c = leak = words = 0.0
+    totals = dict.fromkeys(QUALITY, 0.0)
     for res, hist, target in zip(results, histories, targets):
         text = res.rationales[0] if res.rationales else ""
         hist_items = [items[i] for i in hist]
-        g += grounding(text, hist_items)
-        c += consistency(text, [items[i] for i, _ in res.items])
-        leak += leakage(text, items[target], hist_items) if text else False
-        words += len(text.split())
-    n = len(results)
-    return {"grounding": g / n, "consistency": c / n, "leakage": leak / n, "mean_length": words / n}
+        totals["grounding"] += grounding(text, hist_items)
+        totals["citations"] += len(cited_items(text, hist_items))
+        totals["complete"] += complete(text)
+        totals["closed_by_model"] += bool(res.closed_by_model and res.closed_by_model[0])
+        totals["consistency"] += consistency(text, [items[i] for i, _ in res.items])
+        totals["leakage"] += leakage(text, items[target], hist_items) if text else False
+        totals["readability"] += readability(text)
+        totals["mean_length"] += len(text.split())
+    return {name: value / len(results) for name, value in totals.items()}
 
 
 def evaluate_reasoning(model, processor, dataset: RecDataset, codebook: SIDCodebook, examples: datasets.Dataset, *,
@@ -60,8 +68,9 @@ def evaluate_reasoning(model, processor, dataset: RecDataset, codebook: SIDCodeb
     for s in tqdm(range(0, len(histories), batch_size), desc=desc, disable=not progress):
         batch = histories[s:s + batch_size]
         prompts = [render_recommend_prompt(h, items, codebook, processor, with_images=False).text for h in batch]
+        citations = [{i: citation_title(items[i]) for i in h} for h in batch]
         results += think_then_recommend(model, processor, prompts, trie, k=k, num_beams=num_beams,
-                                        num_rationales=num_rationales if think else 1, do_sample=do_sample and think,
+                                        citations=citations, num_rationales=num_rationales if think else 1, do_sample=do_sample and think,
                                         max_think_tokens=max_think_tokens if think else 0,
                                         exclude=[set(h) for h in batch] if exclude_history else None)
     rankings = [[i for i, _ in r.items] for r in results]

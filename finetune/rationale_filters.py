@@ -11,6 +11,8 @@ from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from think_rec.decoding.think import SENTENCE_END
+
 STOPWORDS = frozenset(
     "a an and are as at be by for from has have in is it its of on or that the this to was were will with "
     "de la le les el los las der die das du des del un une ii iii part vol edition new set pack "
@@ -47,6 +49,11 @@ def display_title(title: str) -> str:
     """``"Silence of the Lambs, The"`` -> ``"The Silence of the Lambs"`` (MovieLens style)."""
     m = re.match(r"^(.*), (The|A|An|Les|La|Le|Il|Das|Der|Die|El)$", (title or "").strip())
     return f"{m.group(2)} {m.group(1)}" if m else (title or "").strip()
+
+
+def citation_title(item: Item) -> str:
+    """How a rationale names an item: its display title without a closing period."""
+    return display_title(item.get("title") or "").rstrip(". ")
 
 
 def leakage(rationale: str, target: Item, history_items: Sequence[Item] = (), ngram: int = LEAK_NGRAM) -> bool:
@@ -95,6 +102,26 @@ def grounding(rationale: str, history_items: Sequence[Item], target: Item | None
     return any(mentions(rationale, a) for a in attrs)
 
 
+def cited_items(rationale: str, history_items: Sequence[Item]) -> list[Item]:
+    """The history items whose title (or a significant part of it) the rationale names."""
+    return [h for h in history_items if title_mentioned(rationale, h.get("title", ""))]
+
+
+def complete(rationale: str) -> bool:
+    """The rationale ends a sentence (``.``, ``!`` or ``?``, closing quotes allowed)."""
+    return bool(SENTENCE_END.search((rationale or "").strip()))
+
+
+def readability(text: str) -> float:
+    """Flesch reading ease (higher reads easier; 60-70 is plain English); syllables are vowel groups."""
+    words = re.findall(r"[A-Za-z]+", text or "")
+    if not words:
+        return 0.0
+    sentences = max(1, len(re.findall(r"[.!?]+(?=\s|$)", text)))
+    syllables = sum(max(1, len(re.findall(r"[aeiouy]+", w.lower()))) for w in words)
+    return 206.835 - 1.015 * len(words) / sentences - 84.6 * syllables / len(words)
+
+
 def consistency(rationale: str, recommended_items: Sequence[Item]) -> float:
     """Share of recommended items having an attribute (brand/category) that the rationale names."""
     if not recommended_items:
@@ -104,12 +131,15 @@ def consistency(rationale: str, recommended_items: Sequence[Item]) -> float:
 
 
 def filter_rationale(text: str, target_item: Item, pruned_items: Sequence[Item]) -> tuple[bool, str]:
-    """``(ok, reason)``; reason is ``"ok"``, ``"empty"``, ``"leakage"`` or ``"ungrounded"``."""
+    """``(ok, reason)``; reason is ``"ok"``, ``"empty"``, ``"leakage"``, ``"incomplete"`` (no sentence end)
+    or ``"ungrounded"`` (cites no history item by title)."""
     if not (text or "").strip():
         return False, "empty"
     if leakage(text, target_item, pruned_items):
         return False, "leakage"
-    if not grounding(text, pruned_items, target_item):
+    if not complete(text):
+        return False, "incomplete"
+    if not cited_items(text, pruned_items):
         return False, "ungrounded"
     return True, "ok"
 
@@ -123,13 +153,14 @@ def rejection_sample(examples: Sequence[Any], rationales: Sequence[str],
     ``examples`` carry ``target`` and ``history`` item dicts (``RationaleRequest`` or plain dicts)."""
     if len(examples) != len(rationales):
         raise ValueError(f"{len(examples)} examples for {len(rationales)} rationales")
-    stats = {"accepted": 0, "rejected_leakage": 0, "rejected_ungrounded": 0, "rejected_rank": 0}
+    stats = {"accepted": 0, "rejected_leakage": 0, "rejected_incomplete": 0, "rejected_ungrounded": 0,
+             "rejected_rank": 0}
     kept = []
     for ex, text in tqdm(list(zip(examples, rationales)), desc="rejection sampling", disable=not progress):
         target, history = _get(ex, "target"), _get(ex, "history")
         ok, reason = filter_rationale(text, target, history)
         if not ok:
-            stats["rejected_leakage" if reason == "leakage" else "rejected_ungrounded"] += 1
+            stats[f"rejected_{'ungrounded' if reason == 'empty' else reason}"] += 1
         elif rank_fn is not None and target["item_id"] not in list(rank_fn(ex, text))[:top_n]:
             stats["rejected_rank"] += 1
         else:

@@ -25,12 +25,12 @@ from typing import Any, Callable, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
-from .rationale_filters import attributes, content_tokens, display_title, leakage, mentions
+from .rationale_filters import attributes, citation_title, content_tokens, display_title, leakage, mentions
 
 log = logging.getLogger(__name__)
 Item = dict[str, Any]
 YEAR = re.compile(r"\bReleased (\d{4})\b")
-TEACHER_VERSION = 1  # bump when teacher_prompt or TemplateTeacher change what a teacher writes
+TEACHER_VERSION = 2  # bump when teacher_prompt or TemplateTeacher change what a teacher writes
 TRANSPORT = ("concurrency", "cache_dir", "timeout", "max_retries", "api_key_env", "batch_size")  # not in the output
 
 
@@ -138,76 +138,77 @@ def _year(item: Item) -> int | None:
 
 
 class TemplateTeacher:
-    """Deterministic 1-3 sentence rationale from what the target shares with the pruned history:
-    brand, category path (genres and decade for films), title keywords and price band."""
+    """Deterministic rationale in short, complete sentences: the history items that lead to the target,
+    cited by title in quotes (stage 2 trains them as the items' SIDs), and what the target shares with
+    them: category path (genres and decade for films), brand, title words and price band."""
 
-    def __init__(self, max_cited: int = 3):
+    def __init__(self, max_cited: int = 2):
         self.max_cited = max_cited
 
     def generate(self, requests: list[RationaleRequest]) -> list[str]:
         return [self.rationale(r.history, r.target) for r in requests]
 
     def rationale(self, history: list[Item], target: Item) -> str:
-        film = _year(target) is not None
-        safe = [h for h in history if h.get("title") and not leakage(h["title"], target)]
-        overlap = [len(attributes(h) & attributes(target)) for h in safe]
-        best = sorted(range(len(safe)), key=lambda i: (-overlap[i], -i))[:self.max_cited]
-        cited = list(dict.fromkeys(display_title(safe[i]["title"]) for i in sorted(best)))
-        reasons = self._reasons(history, target, film)
-        sentences = []
-        if cited:
-            sentences.append(f"The user recently {'watched' if film else 'bought'} {_join(cited)}.")
-        if reasons:
-            sentences.append(f"The next {'film' if film else 'item'} fits because it {_join(reasons[:2])}.")
-        elif cited:
-            sentences.append(f"Something close to these {'films' if film else 'items'} matches where "
-                             "their interest is heading.")
-        if len(reasons) > 2:
-            sentences.append(f"It also {_join(reasons[2:])}.")
-        kept = [s for s in sentences if not leakage(s, target, history)]
-        return " ".join(kept) if kept else "Their history points to more of the same kind of item."
+        safe = [h for h in history if h.get("title") and not leakage(h["title"], target, history)]
+        if not safe:
+            return ""
+        sentences, cited = self._reasons(safe, target)
+        if not cited:  # no shared attribute names an item: cite the closest ones
+            overlap = [len(attributes(h) & attributes(target)) for h in safe]
+            best = sorted(range(len(safe)), key=lambda i: (-overlap[i], -i))[:self.max_cited]
+            film = _year(target) is not None
+            titles = _join([_quote(safe[i]) for i in sorted(best)])
+            sentences.insert(0, f"They recently {'watched' if film else 'bought'} {titles}.")
+        return " ".join(s for s in sentences if not leakage(s, target, history))
 
-    def _reasons(self, history: list[Item], target: Item, film: bool) -> list[str]:
-        reasons, n = [], len(history)
-        brand = target.get("brand") or ""
-        same_brand = sum(h.get("brand") == brand for h in history) if brand else 0
-        if same_brand:
-            reasons.append(f"comes from {brand} (chosen {_times(same_brand)} before)")
-        cats = target.get("categories") or []
-        if film:
+    def _reasons(self, history: list[Item], target: Item) -> tuple[list[str], set[int]]:
+        """Sentences on what the target shares with the history, each citing the latest item sharing it
+        (an item already cited is not repeated), and the ids of the cited items."""
+        cited: set[int] = set()
+
+        def like(pred) -> str:
+            h = next((h for h in reversed(history) if pred(h)), None)
+            if h is None or id(h) in cited:
+                return ""
+            cited.add(id(h))
+            return _quote(h)
+
+        out, cats, year = [], target.get("categories") or [], _year(target)
+        if year is not None:
             genres = Counter(g for h in history for g in set(h.get("categories") or []) if g in cats)
-            top = [g for g, _ in genres.most_common(2)]
-            if top:
-                count = sum(bool(set(top) & set(h.get("categories") or [])) for h in history)
-                reasons.append(f"is {_article(top[0])} {' and '.join(top)} film, like {count} of the {n} "
-                               "they picked")
-            decade = _year(target) // 10 * 10
-            same = sum((_year(h) or 0) // 10 * 10 == decade for h in history)
-            if same:
-                reasons.append(f"dates from the {decade}s, like {same} of their recent films")
-        elif cats:
-            paths = Counter(p for h in history if (p := _prefix(h.get("categories") or [], cats)))
-            if paths:
-                path, count = max(paths.items(), key=lambda kv: (len(kv[0]), kv[1]))
-                reasons.append(f"sits in the {' > '.join(path)} category, like {count} of their {n} items")
+            if genres:
+                genre = genres.most_common(1)[0][0]
+                src = like(lambda h: genre in (h.get("categories") or []))
+                out.append(f"{f'Like {src}, t' if src else 'T'}he next film is {_article(genre)} {genre} film.")
+            decade = year // 10 * 10
+            src = like(lambda h: (_year(h) or 0) // 10 * 10 == decade)
+            out.append(f"It is from the {decade}s{f', like {src}' if src else ''}.")
+        elif len(cats) > 1:
+            path = " > ".join(cats[1:3])  # below the catalog's root
+            src = like(lambda h: len(_prefix(h.get("categories") or [], cats)) >= 2)
+            out.append(f"{f'Like {src}, t' if src else 'T'}he next item is in {path}.")
+        brand = target.get("brand") or ""
+        if brand and any(h.get("brand") == brand for h in history):
+            src = like(lambda h: h.get("brand") == brand)
+            out.append(f"It is made by {brand}{f', like {src}' if src else ' too'}.")
         brand_words = set(content_tokens(brand))
-        words = [w for w in dict.fromkeys(content_tokens(target.get("title", "")))
-                 if w not in brand_words and any(w in content_tokens(h.get("title", "")) for h in history)]
-        if words and not mentions(" ".join(words), target.get("title", "")):
-            reasons.append(f"shares the word{'s' if len(words) > 1 else ''} {_join(words[:3])} "
-                           "with titles they picked")
+        words = [w for w in dict.fromkeys(content_tokens(target.get("title", ""))) if w not in brand_words]
+        sharing = [h for h in history if set(words) & set(content_tokens(h.get("title", "")))]
+        if sharing and year is None:
+            shared = [w for w in words if w in content_tokens(sharing[-1]["title"])][:2]
+            src = like(lambda h: h is sharing[-1])
+            out.append(f"It is also about {_join(shared)}{f', like {src}' if src else ''}.")
         prices = [h["price"] for h in history if h.get("price")]
         if target.get("price") and prices:
-            usual = statistics.median(prices)
-            ratio = target["price"] / usual
-            band = "about what they usually pay" if 0.67 <= ratio <= 1.5 else \
-                "cheaper than what they usually pay" if ratio < 0.67 else "a step up from what they usually pay"
-            reasons.append(f"costs ${target['price']:.2f}, {band} (around ${usual:.2f})")
-        return reasons
+            ratio = target["price"] / statistics.median(prices)
+            out.append("It is priced like what they usually pay." if 0.67 <= ratio <= 1.5 else
+                       "It is cheaper than what they usually pay." if ratio < 0.67 else
+                       "It costs more than they usually pay.")
+        return out, cited
 
 
-def _times(n: int) -> str:
-    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+def _quote(item: Item) -> str:
+    return f'"{citation_title(item)}"'
 
 
 def _article(word: str) -> str:

@@ -26,7 +26,7 @@ from think_rec.itemic.codebook import SIDCodebook
 from think_rec.prompts import render_recommend_prompt
 
 from .pruned_context import prune_examples
-from .rationale_filters import filter_rationale, rejection_sample
+from .rationale_filters import citation_title, filter_rationale, rejection_sample
 from .rationales import RationaleRequest, Teacher, ask_teacher
 
 SID_TEXT = re.compile(r"<\|sid_(?:begin|end)\|>|<s_[a-z]_\d+>")
@@ -104,6 +104,17 @@ def build_rationales(examples: datasets.Dataset, data: RecDataset, codebook: SID
     return rows, stats
 
 
+def encode_citations(rationale: str, history: Sequence[dict[str, Any]], codebook: SIDCodebook) -> str:
+    """Each history item named by its ``citation_title`` becomes its SID string: stage 2 trains citations as
+    item tokens, which decoding lets the model write (``RationaleMask``) and shows as titles."""
+    names = {citation_title(h): codebook.sid_string(h["item_id"]) for h in history
+             if citation_title(h) and h["item_id"] in codebook.codes}
+    if not names or not rationale:
+        return rationale
+    pattern = re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)))
+    return pattern.sub(lambda m: names[m.group(0)], rationale)
+
+
 def save_rows(rows: list[dict[str, Any]], stats: dict[str, Any], out_dir: str | Path) -> None:
     """``rationales.jsonl`` (one example a line) and ``rationale_stats.json`` under ``out_dir``."""
     out = Path(out_dir)
@@ -136,9 +147,10 @@ def load_rows(out_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]
 
 def tokenize_rows(rows: Sequence[dict[str, Any]], data: RecDataset, codebook: SIDCodebook, processor: Any,
                   max_length: int | None = None) -> datasets.Dataset:
-    """``input_ids``/``labels``: full-history prompt, ``<think>rationale</think>``, target SID, ``<|im_end|>``;
-    labels (not -100) exactly on the rationale tokens, ``</think>`` and the SID tokens. A row longer than
-    ``max_length`` loses its oldest history items until it fits."""
+    """``input_ids``/``labels``: full-history prompt, ``<think>rationale</think>`` (history titles it names as
+    the items' SIDs, ``encode_citations``), target SID, ``<|im_end|>``; labels (not -100) exactly on the
+    rationale tokens, ``</think>`` and the SID tokens. A row longer than ``max_length`` loses its oldest
+    history items until it fits."""
     tok = getattr(processor, "tokenizer", processor)
     items = data.catalog.by_id
     end_id = tok.eos_token_id
@@ -148,7 +160,8 @@ def tokenize_rows(rows: Sequence[dict[str, Any]], data: RecDataset, codebook: SI
         history = list(row["history"])
         while True:
             (prompt,) = recommend_prompts([history], items, codebook, processor)
-            head = think_ids(processor, prompt, row["rationale"])
+            rationale = encode_citations(row["rationale"], [items[i] for i in history], codebook)
+            head = think_ids(processor, prompt, rationale)
             if max_length is None or len(head) + len(sid) + 1 <= max_length:
                 break
             if len(history) <= 1:

@@ -4,7 +4,7 @@
     think-rec train rl --config finetune/configs/rl_tiny.yaml
 
 Each prompt is the recommend prompt followed by ``<think>``; each of the ``num_generations`` completions is a
-sampled rationale (SID and special tokens suppressed) that ends at ``</think>``; the rewards of
+sampled rationale (under the decoding's rationale rule: free text and citations of the prompt's items) that ends at ``</think>``; the rewards of
 ``finetune/rl_rewards.py`` run a trie beam search after it. Checkpoints go to ``output_dir/`` and resume from
 the last one; ``rl_log.json`` (mean reward, reward std, zero-variance group share, KL, rationale length per
 step) and ``reward_curve.png`` are written beside them; the merged model goes to ``output_dir/final``.
@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+from transformers import LogitsProcessorList
 from trl import GRPOTrainer, TrlParser
 
 from think_rec.data.schema import RecDataset, column
 from think_rec.data.split import leave_one_out
-from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN, rationale_banned_ids
+from think_rec.decoding.think import (THINK_CLOSE, THINK_OPEN, RationaleLogitsProcessor, RationaleMask,
+                                     prompt_items)
 from think_rec.decoding.trie import SIDTrie
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.adapters import make_trainable
@@ -77,6 +79,21 @@ def plot_reward_curve(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def rationale_rule_in_rollouts(model, mask: RationaleMask) -> None:
+    """GRPO samples rationales with ``model.generate``: give it the decoding's rationale rule (``RationaleMask``),
+    each row citing the items its prompt shows, so rollouts are written as at inference."""
+    generate = model.generate
+
+    def generate_with_rule(*args, **kwargs):
+        prompts = kwargs["input_ids"]
+        cites = [mask.citable(prompt_items(mask.trie, row.tolist())) for row in prompts]
+        rule = RationaleLogitsProcessor(mask, cites, prompts.shape[1])
+        kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), rule])
+        return generate(*args, **kwargs)
+
+    model.generate = generate_with_rule
+
+
 def train_rl(config: RLConfig) -> Path:
     """GRPO from the stage-2 model, merge; returns ``output_dir/final``."""
     for name in ("model", "data_dir", "sids_dir", "output_dir"):
@@ -97,8 +114,6 @@ def train_rl(config: RLConfig) -> Path:
     trie = SIDTrie.from_codebook(codebook, processor)
     close_id = tok.convert_tokens_to_ids(THINK_CLOSE)
     model.generation_config.eos_token_id = [tok.eos_token_id, close_id]  # a rationale ends at </think>
-    config.generation_kwargs = {**(config.generation_kwargs or {}),
-                                "suppress_tokens": rationale_banned_ids(tok, trie)}
     model = make_trainable(model, tok.convert_tokens_to_ids([*codebook.vocabulary(), THINK_CLOSE]),
                            r=config.lora_r, alpha=config.lora_alpha)
     rollout = BeamRollout(tok, trie, close_id, config.num_beams)
@@ -107,6 +122,7 @@ def train_rl(config: RLConfig) -> Path:
                           args=config, train_dataset=rl_dataset(config, data, codebook, processor),
                           processing_class=tok, callbacks=[TimeBudget(deadline)])
     rollout.model = trainer.model
+    rationale_rule_in_rollouts(trainer.model, RationaleMask(tok, trie))
 
     def write_logs(step: int) -> None:
         rows = step_log(trainer.state.log_history)

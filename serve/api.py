@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -27,7 +27,8 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from think_rec.data.schema import RecDataset
-from think_rec.finetune.rationale_filters import title_mentioned
+from think_rec.decoding.think import CitationStream, render_citations
+from think_rec.finetune.rationale_filters import citation_title, title_mentioned
 from think_rec.itemic.codebook import SIDCodebook
 
 from .conversation import Conversation, Session
@@ -190,6 +191,9 @@ class RecService:
                 events = self.engine.stream(turn.prompt, k=turn.k, banned=turn.banned, think=turn.think,
                                             max_think_tokens=turn.max_think_tokens,
                                             history=turn.session.history[-self.config.max_history:])
+            catalog = self.conversation.catalog
+            titles = {self.codebook.sid_string(i): (i, citation_title(catalog[i])) for i in turn.session.history}
+            stream = CitationStream(titles)  # citations (SIDs) in the rationale are shown as titles
             while True:
                 try:
                     async with asyncio.timeout_at(deadline):
@@ -201,9 +205,12 @@ class RecService:
                 except EngineBusy as e:
                     raise Busy(str(e)) from None
                 if isinstance(event, Recommendation):
+                    event = replace(event, rationale=render_citations(event.rationale, titles)[0].strip())
                     self.finish(turn.session, event)
                     await asyncio.to_thread(self.sessions.put, turn.session)
-                yield event
+                    yield event
+                elif text := stream.feed(event):
+                    yield text
         finally:
             self.limiter.release()
 

@@ -63,17 +63,20 @@ class HFEngine:
             task.exception()  # retrieved: a request cancelled meanwhile does not leave it unobserved
 
     @torch.no_grad()
-    def _run(self, prompt: str, k: int, banned: set[str], think: bool, max_think_tokens: int) -> Recommendation:
-        if think:
+    def _run(self, prompt: str, k: int, banned: set[str], think: bool, max_think_tokens: int,
+             history: Sequence[str]) -> Recommendation:
+        if think:  # citations stay SID strings, as from vLLM: the API shows them as titles
+            tok = self.processor.tokenizer
+            sids = {i: tok.decode(list(self.trie.tokens_of[i])) for i in history if i in self.trie.tokens_of}
             res = think_then_recommend(self.model, self.processor, [prompt], self.trie, k=k,
-                                       max_think_tokens=max_think_tokens, exclude=[banned])[0]
+                                       max_think_tokens=max_think_tokens, exclude=[banned], citations=[sids])[0]
             return Recommendation(res.rationales[0], res.items)
         return Recommendation("", recommend(self.model, self.processor, [prompt], self.trie, k=k,
                                             exclude=[banned])[0])
 
     async def stream(self, prompt: str, *, k: int, banned: set[str], think: bool, max_think_tokens: int,
                      history: Sequence[str] = ()) -> AsyncIterator[str | Recommendation]:
-        rec = await self.exclusive(self._run, prompt, k, banned, think, max_think_tokens)
+        rec = await self.exclusive(self._run, prompt, k, banned, think, max_think_tokens, list(history))
         if rec.rationale:
             yield rec.rationale
         yield rec

@@ -104,7 +104,8 @@ class VLLMEngine:
             if max_think_tokens > 0:
                 params = SamplingParams(max_tokens=max_think_tokens, min_tokens=1, temperature=0.0,
                                         stop_token_ids=[self.close_id],
-                                        output_kind=RequestOutputKind.DELTA, extra_args={KEY: {"mode": "think"}})
+                                        output_kind=RequestOutputKind.DELTA,
+                                        extra_args={KEY: {"mode": "think", "citable": list(history)}})
                 async for out in self._generate(ids + [self.open_id], params):
                     delta = out.outputs[0]
                     think_ids += [t for t in delta.token_ids if t != self.close_id]

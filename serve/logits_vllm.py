@@ -3,8 +3,8 @@
 The engine core builds it once from ``additional_config["think_rec_sids"]`` (the codebook folder) and
 the model's tokenizer. A request opts in with ``SamplingParams(extra_args={"think_rec": {...}})``:
 
-- ``mode="think"``: free text (no SID, special or ``<think>`` tokens: ``rationale_banned_ids``, as in HF
-  decoding) until ``</think>``, then only trie continuations;
+- ``mode="think"``: the rationale under ``RationaleMask`` (free text and citations of the ``citable`` item
+  ids, as in HF decoding) until ``</think>``, then only trie continuations;
 - ``mode="sid"``: trie continuations from the first output token, after the SID tokens ``prefix``
   that already end the prompt (one step of the engine's beam search);
 - ``banned``: item ids never to complete (pruned exactly, see ``SIDTrie.banned_counts``).
@@ -18,7 +18,7 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor, RequestLogitsProcessor
 
-from think_rec.decoding.think import rationale_banned_ids
+from think_rec.decoding.think import RationaleMask
 from think_rec.decoding.trie import SIDTrie
 from think_rec.itemic.codebook import SIDCodebook
 
@@ -38,17 +38,19 @@ def load_trie(sids_dir: str, tokenizer_path: str) -> tuple[SIDTrie, Any]:
 class _Request:
     """One request's constraint: see the module docstring."""
 
-    def __init__(self, owner: "SIDTrieLogitsProcessor", mode: str, prefix: list[int], banned: list[str]):
+    def __init__(self, owner: "SIDTrieLogitsProcessor", mode: str, prefix: list[int], banned: list[str],
+                 citable: list[str]):
         if mode not in ("think", "sid"):
             raise ValueError(f"think_rec mode must be 'think' or 'sid', not {mode!r}")
         self.owner, self.mode, self.prefix = owner, mode, tuple(prefix)
         self.banned: Counter | None = owner.trie.banned_counts(banned) if banned else None
+        self.cite = owner.rationale.citable(citable) if mode == "think" else None
 
     def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
         o = self.owner
         if self.mode == "think":
             if o.close_id not in output_ids:
-                return logits.index_fill(0, o.text_banned.to(logits.device), float("-inf"))
+                return o.rationale.apply(output_ids, logits, self.cite)
             prefix = tuple(output_ids[len(output_ids) - output_ids[::-1].index(o.close_id):])
         else:
             prefix = self.prefix + tuple(output_ids)
@@ -71,7 +73,7 @@ class SIDTrieLogitsProcessor(AdapterLogitsProcessor):
             raise ValueError("SIDTrieLogitsProcessor needs additional_config={'think_rec_sids': SIDS_DIR}")
         self.trie, tok = load_trie(sids, vllm_config.model_config.tokenizer)
         self.close_id = tok.convert_tokens_to_ids(THINK_CLOSE)
-        self.text_banned = torch.tensor(rationale_banned_ids(tok, self.trie))  # the same set as HF decoding
+        self.rationale = RationaleMask(tok, self.trie)  # the same rule as HF decoding
         self.end_only = torch.tensor([tok.eos_token_id])  # what follows a SID in training
 
     def is_argmax_invariant(self) -> bool:
@@ -81,4 +83,5 @@ class SIDTrieLogitsProcessor(AdapterLogitsProcessor):
         args = (params.extra_args or {}).get(KEY)
         if args is None:
             return None
-        return _Request(self, args.get("mode", "sid"), args.get("prefix", []), args.get("banned", []))
+        return _Request(self, args.get("mode", "sid"), args.get("prefix", []), args.get("banned", []),
+                        args.get("citable", []))

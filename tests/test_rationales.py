@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from think_rec.finetune.pruned_context import prune_batch, prune_examples, prune_history
-from think_rec.finetune.rationale_filters import (consistency, filter_rationale, grounding, leakage,
-                                        rejection_sample)
+from think_rec.finetune.rationale_filters import (citation_title, complete, consistency, filter_rationale,
+                                                  grounding, leakage, readability, rejection_sample)
 from think_rec.finetune.rationales import (CallableTeacher, OpenAITeacher, RationaleRequest, TeacherError,
                                            TemplateTeacher, ask_teacher, make_teacher, teacher_prompt)
 from think_rec.data.errors import DataError
@@ -67,21 +67,23 @@ def check_template(reqs):
     for req, text in zip(reqs, texts):
         assert filter_rationale(text, req.target, req.history) == (True, "ok"), text
         assert not re.search(rf"\b{re.escape(req.target['title'].lower())}\b", text.lower()), text
-        starts = re.findall(r"(?:^|\. )(?:The user|The next|It also|Something|Their)", text)
-        assert 1 <= len(starts) <= 3 and text.endswith("."), text
+        quoted = re.findall(r'"([^"]+)"', text)
+        assert quoted and set(quoted) <= {citation_title(h) for h in req.history}, text  # cites by title
+        sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z])", text)
+        assert 1 <= len(sentences) <= 5 and all(complete(s) for s in sentences), text
     return texts
 
 
 def test_template_teacher_passes_filters_on_synthetic(synthetic_dataset):
     texts = check_template(requests_from(synthetic_dataset))
-    assert any("category" in t for t in texts) and any("$" in t for t in texts)
+    assert any("the next item is in" in t for t in texts) and any("usually pay" in t for t in texts)
 
 
 def test_template_teacher_passes_filters_on_movielens():
     from think_rec.data.loaders import load_source
 
     texts = check_template(requests_from(load_source("recbole", "ml-100k"), n=300))
-    assert all("film" in t for t in texts) and any("1990s" in t for t in texts)
+    assert sum("film" in t for t in texts) > 250 and any("1990s" in t for t in texts)
 
 
 def test_template_teacher_never_cites_a_title_containing_the_target():
@@ -103,13 +105,23 @@ HIST = [make_item("1", "Star Wars", categories=["Action", "Sci-Fi"]),
     ("They loved Star Wars, so star wars: the empire strikes back is next.", "leakage"),
     ("After Blade Runner, The Empire Strikes Back is natural.", "leakage"),  # distinctive 4-gram
     ("They like long films with good music.", "ungrounded"),
+    ("Their taste runs to Sci-Fi.", "ungrounded"),  # a shared genre alone cites no item
+    ("They watched Star Wars and Blade Runner, so more", "incomplete"),
+    ("They watched Star Wars and Blade Runner, so more space adventure fits", "incomplete"),
     ("   ", "empty"),
     ("They watched Star Wars and Blade Runner, so more space adventure fits.", "ok"),
-    ("Their taste runs to Sci-Fi.", "ok"),  # shared genre
+    ('Like "Blade Runner", it is Sci-Fi!', "ok"),
     ("They enjoyed The Silence of the Lambs.", "ok"),  # MovieLens ', The' title, reordered
 ])
 def test_filter_rationale(text, reason):
     assert filter_rationale(text, FILM, HIST) == (reason == "ok", reason)
+
+
+def test_completeness_and_readability():
+    assert complete('They bought "Star Wars".') and complete("Why not?") and complete("Great!)")
+    assert not complete("It costs $12") and not complete("") and not complete("e.g")
+    plain, dense = "They like films. They watch a lot.", "Incomprehensibility characterises institutionalisation."
+    assert readability(plain) > 80 > readability(dense) and readability("") == 0.0
 
 
 def test_grounding_and_consistency():
@@ -128,15 +140,15 @@ def test_rejection_sample_with_fake_ranker():
     texts = ["Star Wars fans want more Sci-Fi.",  # kept: ranker puts the target first
              "More Sci-Fi after Blade Runner.",  # ranker buries the target
              "star wars: the empire strikes back",  # leakage
-             "nothing in common"]  # ungrounded
+             "nothing in common."]  # ungrounded
 
     def rank(ex, text):
         return ["5", "1"] if text.startswith("Star Wars") else ["1", "2", "5"]
 
     kept, stats = rejection_sample(reqs, texts, rank, top_n=2, progress=False)
     assert kept == [texts[0], "", "", ""]
-    assert stats == {"accepted": 1, "rejected_leakage": 1, "rejected_ungrounded": 1, "rejected_rank": 1,
-                     "acceptance_rate": 0.25}
+    assert stats == {"accepted": 1, "rejected_leakage": 1, "rejected_incomplete": 0, "rejected_ungrounded": 1,
+                     "rejected_rank": 1, "acceptance_rate": 0.25}
     kept, stats = rejection_sample(reqs, texts, None, progress=False)
     assert kept[:2] == texts[:2] and stats["accepted"] == 2
 

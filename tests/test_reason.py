@@ -12,7 +12,9 @@ from think_rec.decoding import SIDTrie, think_then_recommend
 from think_rec.finetune.rationales import RationaleRequest, SelfTeacher, TeacherError, TemplateTeacher, make_teacher
 from think_rec.finetune.reason import ReasonTrainer, train_reason
 from think_rec.finetune.reason_config import ReasonConfig
-from think_rec.finetune.reason_data import build_rationales, load_rows, sample_examples, save_rows, tokenize_rows
+from think_rec.finetune.rationale_filters import citation_title
+from think_rec.finetune.reason_data import (build_rationales, encode_citations, load_rows, sample_examples, save_rows,
+                                            tokenize_rows)
 from think_rec.finetune.run_state import RunChanged
 from think_rec.model.loading import load_model, load_processor
 from think_rec.prompts import render_recommend_prompt
@@ -39,7 +41,11 @@ def test_loss_mask_covers_exactly_rationale_and_item_tokens(aligned_run, synthet
     for row, ids, labels in zip(rows, table["input_ids"], table["labels"]):
         prompt = render_recommend_prompt(row["history"], items, codebook, processor, with_images=False).text
         prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        rationale = tok(row["rationale"], add_special_tokens=False)["input_ids"] if row["rationale"] else []
+        cited = [h for h in row["history"] if citation_title(items[h]) in row["rationale"]]
+        encoded = encode_citations(row["rationale"], [items[h] for h in row["history"]], codebook)
+        assert all(codebook.sid_string(h) in encoded and citation_title(items[h]) not in encoded for h in cited)
+        assert not row["rationale"] or cited, "template rationales cite history items"
+        rationale = tok(encoded, add_special_tokens=False)["input_ids"] if row["rationale"] else []
         sid = tok.convert_tokens_to_ids(codebook.tokens(row["target"]))
         assert ids == prompt_ids + [open_id] + rationale + [close_id] + sid + [tok.eos_token_id]
         trained = [t for t, lab in zip(ids, labels) if lab != -100]
@@ -47,7 +53,7 @@ def test_loss_mask_covers_exactly_rationale_and_item_tokens(aligned_run, synthet
         first = labels.index(next(lab for lab in labels if lab != -100))
         assert first == len(prompt_ids) + 1 and all(lab == -100 for lab in labels[:first]) and labels[-1] == -100
         assert all(lab == t for t, lab in zip(ids, labels) if lab != -100)
-        assert tok.decode(rationale).strip() == row["rationale"]
+        assert tok.decode(rationale).strip() == encoded
     # too long for max_length: the oldest history items go, the rationale and the answer stay whole
     longest = max(range(len(table)), key=lambda i: len(table[i]["input_ids"]))
     limit = len(table[longest]["input_ids"]) - 5

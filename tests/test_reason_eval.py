@@ -18,7 +18,7 @@ ITEMS = {
 
 def test_rationale_quality_hand_made():
     results = [
-        ThinkResult(["They loved the Blue Ceramic Mug and Acme things."], [("t", 0.0), ("x", -1.0)]),
+        ThinkResult(["They loved the Blue Ceramic Mug and Acme things."], [("t", 0.0), ("x", -1.0)], [["h1"]], [True]),
         ThinkResult(["Next: the Green Glass Teapot."], [("x", 0.0)]),
         ThinkResult([""], [("t", 0.0)]),
         ThinkResult(["something nice"], [("x", 0.0), ("t", -1.0)]),
@@ -28,6 +28,8 @@ def test_rationale_quality_hand_made():
     assert q["leakage"] == pytest.approx(1 / 4)  # the second names the target
     assert q["consistency"] == pytest.approx((0.5 + 0 + 0 + 0) / 4)  # "Acme" matches t, not the hose
     assert q["mean_length"] == pytest.approx((9 + 5 + 0 + 2) / 4)
+    assert q["citations"] == pytest.approx(1 / 4) and q["complete"] == pytest.approx(2 / 4)
+    assert q["closed_by_model"] == pytest.approx(1 / 4) and q["readability"] > 0
 
 
 def test_ablation_rows_on_aligned_model(aligned_run, synthetic_dataset):
@@ -40,8 +42,10 @@ def test_ablation_rows_on_aligned_model(aligned_run, synthetic_dataset):
     assert [r["system"] for r in rows] == ["no_reasoning", "reasoning"]
     empty, think = rows
     assert empty["mean_length"] == 0 and empty["grounding"] == empty["leakage"] == 0
-    assert 0 < think["mean_length"] <= 5 and all(0 <= think[m] <= 1 for m in ("recall@10", "ndcg@10", "grounding"))
+    assert think["mean_length"] <= 5 and all(0 <= think[m] <= 1 for m in ("recall@10", "ndcg@10", "grounding",
+                                                                         "complete", "closed_by_model"))
     assert len(results) == 6 and all(len(r.items) == 10 for r in results)
+    assert think["complete"] == sum(bool(r.rationales[0]) for r in results) / 6  # a sentence, or nothing
     again, _ = evaluate_reasoning(model, processor, synthetic_dataset, codebook, test, think=False, max_history=4,
                                   batch_size=6, progress=False)
     assert {k: again[k] for k in ("recall@10", "ndcg@10")} == {k: empty[k] for k in ("recall@10", "ndcg@10")}

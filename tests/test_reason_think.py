@@ -1,12 +1,15 @@
 """Think-then-recommend: every answer is a catalog SID after ``</think>``, also when the think never closes."""
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from think_rec.decoding import SIDTrie, think_then_recommend
-from think_rec.decoding.think import generate_rationales, merge_scores
+from think_rec.decoding.think import SENTENCE_END, close_at_sentence, generate_rationales, merge_scores
+from think_rec.finetune.rationale_filters import complete
 from think_rec.model.loading import load_model
 from think_rec.prompts import render_recommend_prompt
 
@@ -26,13 +29,22 @@ def think_setup(aligned_run, synthetic_dataset):
 
 def bias_token(model, token_id: int, value: float, after: int | None = None):
     """Make ``model`` add ``value`` to one token's next-token logit (only right after token ``after``)."""
+    return bias_tokens(model, {after: (token_id, value)})
+
+
+def bias_tokens(model, rules: dict, noise: float = 0.0):
+    """``rules``: ``{after: (token, value)}`` adds ``value`` to ``token``'s next-token logit right after token
+    ``after`` (``None``: everywhere); ``noise`` replaces the logits by Gaussian noise of that scale first."""
     forward = type(model).forward.__get__(model)
 
     def biased(*args, **kwargs):
         out = forward(*args, **kwargs)
         logits = out.logits.clone()
-        rows = slice(None) if after is None else kwargs["input_ids"][:, -1] == after
-        logits[rows, -1, token_id] += value
+        if noise:
+            logits[:, -1] = noise * torch.randn_like(logits[:, -1])
+        for after, (token_id, value) in rules.items():
+            rows = slice(None) if after is None else kwargs["input_ids"][:, -1] == after
+            logits[rows, -1, token_id] += value
         return CausalLMOutputWithPast(logits=logits, past_key_values=out.past_key_values)
 
     model.forward = biased
@@ -49,24 +61,87 @@ def check_items(results, trie, k, exclude=None):
         assert [s for _, s in r.items] == sorted((s for _, s in r.items), reverse=True)
 
 
-def test_never_closing_think_is_force_closed(think_setup):
+def test_never_closing_think_is_closed_at_its_last_sentence(think_setup):
     model, processor, trie, prompts, ids = think_setup
-    close = processor.tokenizer.convert_tokens_to_ids("</think>")
-    bias_token(model, close, float("-inf"))
-    try:
+    tok = processor.tokenizer
+    close, dot = tok.convert_tokens_to_ids("</think>"), tok.convert_tokens_to_ids(".")
+    word = next(i for i in range(len(tok)) if tok.decode([i]).startswith(" ") and tok.decode([i]).strip().isalpha())
+    bias_tokens(model, {None: (close, float("-inf")), tok.convert_tokens_to_ids("<think>"): (dot, 1e4),
+                        dot: (word, 1e4)})
+    try:  # the model writes ". word" first, then never closes: the think is cut back to that sentence end
         seqs = generate_rationales(model, processor, prompts, trie, max_think_tokens=6)
         for rows in seqs:
             (s,) = rows
             assert s[-1] == close and s.count(close) == 1
-            opened = len(s) - 1 - s[::-1].index(processor.tokenizer.convert_tokens_to_ids("<think>"))
-            assert len(s) - opened - 2 == 6, "the think must run to the budget, then be closed"
-            assert not set(s[opened + 1:-1]) & {t for seq in trie.item_of for t in seq}, "no SID tokens in a think"
+            opened = len(s) - 1 - s[::-1].index(tok.convert_tokens_to_ids("<think>"))
+            think = s[opened + 1:-1]
+            assert 1 <= len(think) <= 6 and complete(tok.decode(think)), "cut back to the last sentence end"
+            assert not set(think) & {t for seq in trie.item_of for t in seq}, "no SID tokens without citations"
         exclude = [set(ids[:3]), set(), {ids[40]}]
         results = think_then_recommend(model, processor, prompts, trie, k=5, max_think_tokens=6, exclude=exclude)
         check_items(results, trie, 5, exclude)
-        assert all(len(r.rationales) == 1 and r.rationales[0] for r in results)
+        assert all(len(r.rationales) == 1 and complete(r.rationales[0]) for r in results)
+        assert not any(r.closed_by_model[0] for r in results)
     finally:
         del model.forward
+
+
+def test_rationales_cite_only_history_items_shown_as_titles(think_setup):
+    model, processor, trie, prompts, ids = think_setup
+    tok = processor.tokenizer
+    begin, end, dot, close, open_ = tok.convert_tokens_to_ids(
+        ["<|sid_begin|>", "<|sid_end|>", ".", "</think>", "<think>"])
+    histories = [ids[:4], ids[10:12], ids[30:37]]
+    bias_tokens(model, {open_: (begin, 1e4), end: (dot, 1e4), dot: (close, 1e4)})
+    try:  # the model opens a citation at once: the mask lets it finish only as one of its history items
+        results = think_then_recommend(model, processor, prompts, trie, k=3, max_think_tokens=12,
+                                       citations=[{i: f"Title {i}" for i in h} for h in histories])
+        uncited = think_then_recommend(model, processor, prompts, trie, k=3, max_think_tokens=12)
+    finally:
+        del model.forward
+    for r, h in zip(results, histories):
+        (cited,) = r.cited
+        assert len(cited) == 1 and cited[0] in h and r.rationales == [f"Title {cited[0]}."]
+        assert r.closed_by_model == [True]
+    assert all(r.cited == [[]] and "sid" not in r.rationales[0] for r in uncited)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_close_at_sentence_never_cuts_mid_word(think_setup, seed):
+    """Property test on random token sequences (words, punctuation, citations) against a plain oracle, then
+    on random logits."""
+    model, processor, trie, prompts, ids = think_setup
+    tok = processor.tokenizer
+    rng = random.Random(seed)
+    begin, end, sid_tokens = trie.first_token, trie.end_token, set(trie.token_ids.tolist())
+    words = tok.convert_tokens_to_ids([".", "!", "?", '"', ")"]) + [
+        i for t, i in tok.get_vocab().items() if i not in sid_tokens and t.isprintable()][:300]
+
+    def valid_cut(seq, n):  # seq[:n] ends a sentence, outside a citation, before a new word or the end
+        head = seq[:n]
+        if not head or head[-1] in sid_tokens or head.count(begin) != head.count(end):
+            return False
+        text = head[len(head) - head[::-1].index(end):] if end in head else head
+        nxt = seq[n] if n < len(seq) else None
+        return bool(SENTENCE_END.search(tok.decode(text))) and (nxt is None or nxt == begin or tok.decode([nxt])[:1].isspace())
+
+    for _ in range(300):
+        seq: list[int] = []
+        target = rng.randint(1, 40)
+        while len(seq) < target:
+            seq += list(trie.tokens_of[rng.choice(ids)]) if rng.random() < 0.1 else [rng.choice(words)]
+        kept = close_at_sentence(tok, seq, begin, end)
+        best = max((n for n in range(len(seq) + 1) if valid_cut(seq, n)), default=0)
+        assert kept == seq[:best], (tok.decode(seq), tok.decode(kept))
+    torch.manual_seed(seed)
+    bias_tokens(model, {None: (tok.convert_tokens_to_ids("."), 6.0)}, noise=3.0)
+    try:
+        results = think_then_recommend(model, processor, prompts, trie, k=2, num_rationales=4, do_sample=True,
+                                       max_think_tokens=24)
+    finally:
+        del model.forward
+    texts = [t for r in results for t in r.rationales]
+    assert all(t == "" or complete(t) for t in texts) and any(texts)
 
 
 def test_immediate_close_and_empty_think(think_setup):

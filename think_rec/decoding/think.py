@@ -3,9 +3,12 @@
 Two phases, one code path for eval and serving:
 
 1. the prompt gets ``<think>`` appended and the model writes the rationale (greedy, or
-   ``num_rationales`` samples), with SID and special tokens suppressed; it stops at ``</think>``, and
-   a rationale still open after ``max_think_tokens`` tokens is force-closed (``max_think_tokens=0``
-   gives an empty think);
+   ``num_rationales`` samples) under ``RationaleMask``: free text (no SID codes, special tokens or a second
+   ``<think>``) and **citations**, ``<|sid_begin|>`` followed by the SID of one of the prompt's history
+   items, token by token (the model names an item in its own item vocabulary; ``render_citations`` shows
+   the item's title). It stops at ``</think>``; ``max_think_tokens`` is a ceiling, not a cut: the rationale
+   is closed at its last sentence end (``close_at_sentence``), never mid-word, and is empty when no
+   sentence ended (``max_think_tokens=0`` gives an empty think);
 2. constrained beam search over the SID trie continues ``prompt <think>rationale</think>``, so the
    answer is always a catalog item.
 
@@ -17,23 +20,31 @@ missing from rationale ``r``'s beam counts as probability 0 there.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Sequence
+import re
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from .beam import _encode, recommend
 from .trie import SIDTrie
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
+CITATION = re.compile(r"<\|sid_begin\|>(?:<s_[a-z]_\d+>)*(?:<\|sid_end\|>)?")
 
 
 @dataclass
 class ThinkResult:
-    """One prompt's rationales (decoded text, in sampling order) and merged ``(item_id, score)``s, best first."""
+    """One prompt's rationales (text with citations shown as titles, in sampling order), merged
+    ``(item_id, score)``s (best first), per rationale the cited item ids and whether the model itself
+    closed it at a sentence end (``closed_by_model``; otherwise decoding cut it back to one)."""
 
     rationales: list[str]
     items: list[tuple[str, float]]
+    cited: list[list[str]] = field(default_factory=list)
+    closed_by_model: list[bool] = field(default_factory=list)
 
 
 def _token_id(tok, token: str) -> int:
@@ -90,67 +101,199 @@ def merge_scores(per_rationale: Sequence[Sequence[tuple[str, float]]], k: int) -
     return sorted(merged, key=lambda x: -x[1])[:k]
 
 
-@torch.no_grad()
-def generate_rationales(model, tokenizer_or_processor, prompts: Sequence[str], trie: SIDTrie, *,
-                        num_rationales: int = 1, do_sample: bool = False, temperature: float = 0.8,
-                        top_p: float = 0.95, max_think_tokens: int = 96) -> list[list[list[int]]]:
-    """Per prompt, ``num_rationales`` token-id sequences: ``prompt <think> rationale </think>``."""
-    tok = getattr(tokenizer_or_processor, "tokenizer", tokenizer_or_processor)
-    open_id, close_id = _token_id(tok, THINK_OPEN), _token_id(tok, THINK_CLOSE)
+
+
+class CitationStream:
+    """Rationale deltas (as an engine streams them) with citations shown by ``render_citations``; a
+    citation still open at the end of a delta is held back until it closes."""
+
+    def __init__(self, titles: Mapping[str, tuple[str, str]]):
+        self.titles, self.pending = titles, ""
+
+    def feed(self, delta: str) -> str:
+        text, self.pending = self.pending + delta, ""
+        start = text.rfind("<|sid_begin|>")
+        if start != -1 and "<|sid_end|>" not in text[start:]:
+            text, self.pending = text[:start], text[start:]
+        return render_citations(text, self.titles)[0]
+
+
+class RationaleMask:
+    """The token rule of a rationale, shared by HF generation and the vLLM logits processor: free text
+    (``rationale_banned_ids`` are out) and citations of the request's citable items (``citable``)."""
+
+    def __init__(self, tokenizer, trie: SIDTrie):
+        tok = getattr(tokenizer, "tokenizer", tokenizer)
+        self.trie, self.begin = trie, trie.first_token
+        banned = rationale_banned_ids(tok, trie)
+        self.text_banned = torch.tensor(banned, dtype=torch.long)
+        self.text_banned_citing = torch.tensor([t for t in banned if t != self.begin], dtype=torch.long)
+
+    def citable(self, item_ids: Sequence[str]) -> SIDTrie | None:
+        """The trie of the catalog items among ``item_ids`` (None when there is none: no citation allowed)."""
+        seqs = {i: self.trie.tokens_of[i] for i in dict.fromkeys(item_ids) if i in self.trie.tokens_of}
+        return SIDTrie(seqs) if seqs else None
+
+    def apply(self, rationale_ids: Sequence[int], logits: torch.Tensor, cite: SIDTrie | None) -> torch.Tensor:
+        """``logits`` (one row) with every token the rule forbids after ``rationale_ids`` at ``-inf``."""
+        ids = list(rationale_ids)
+        if cite is not None and self.begin in ids:
+            prefix = tuple(ids[len(ids) - 1 - ids[::-1].index(self.begin):])
+            if prefix in cite.node_of and cite.item_at(prefix) is None:  # inside a citation: its continuations
+                allowed = cite.allowed(prefix).to(logits.device)
+                return torch.full_like(logits, float("-inf")).index_copy(0, allowed, logits[allowed])
+        banned = self.text_banned if cite is None else self.text_banned_citing
+        return logits.index_fill(0, banned.to(logits.device), float("-inf"))
+
+
+def prompt_items(trie: SIDTrie, prompt_ids: Sequence[int]) -> list[str]:
+    """The catalog items whose whole SID appears in ``prompt_ids``, in order (what a rationale may cite)."""
+    ids, n = list(prompt_ids), trie.levels + 2
+    found = (trie.item_at(ids[j:j + n]) for j, t in enumerate(ids) if t == trie.first_token)
+    return list(dict.fromkeys(i for i in found if i is not None))
+
+
+class RationaleLogitsProcessor(LogitsProcessor):
+    """``RationaleMask`` for ``model.generate``: row ``b`` generates after ``prompt_width`` tokens and may
+    cite ``cites[b]``."""
+
+    def __init__(self, mask: RationaleMask, cites: Sequence[SIDTrie | None], prompt_width: int):
+        self.mask, self.cites, self.width = mask, list(cites), prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for b in range(scores.shape[0]):
+            scores[b] = self.mask.apply(input_ids[b, self.width:].tolist(), scores[b], self.cites[b])
+        return scores
+
+
+def close_at_sentence(tokenizer, ids: Sequence[int], begin: int, end: int) -> list[int]:
+    """The longest prefix of rationale ``ids`` that ends a sentence (``.``, ``!`` or ``?``, closing quotes
+    allowed) before a new word, a citation or the end; ``[]`` when none does. Citations (``begin`` ..
+    ``end``) are never split and their titles never end a sentence."""
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    ids, best, text_start, inside = list(ids), 0, 0, False
+    for j, t in enumerate(ids):
+        if t == begin or inside:
+            inside = t != end
+            text_start = j + 1
+            continue
+        if not any(c in tok.decode([t]) for c in ".!?\"')]"):
+            continue
+        nxt = tok.decode([ids[j + 1]]) if j + 1 < len(ids) else " "
+        if SENTENCE_END.search(tok.decode(ids[text_start:j + 1])) and (nxt[:1].isspace() or ids[j + 1] == begin):
+            best = j + 1
+    return ids[:best]
+
+
+def render_citations(text: str, titles: Mapping[str, tuple[str, str]]) -> tuple[str, list[str]]:
+    """``text`` with each citation (a SID string) replaced by its item's title; ``titles`` maps SID strings
+    to ``(item_id, title)``. Unknown or unfinished citations are dropped. Returns the text and the cited
+    item ids, in order (repeats kept once)."""
+    cited: list[str] = []
+
+    def title(m: re.Match) -> str:
+        item = titles.get(m.group(0))
+        if item is None:
+            return ""
+        cited.append(item[0])
+        return item[1]
+
+    return CITATION.sub(title, text), list(dict.fromkeys(cited))
+
+
+def _sample(model, tok, bases: list[list[int]], trie: SIDTrie, cites: list[SIDTrie | None], num_rationales: int,
+            sampling: dict, max_think_tokens: int) -> list[list[tuple[list[int], bool]]]:
+    """Per prompt, ``num_rationales`` (rationale ids closed at a sentence end, closed by the model)."""
+    close_id = _token_id(tok, THINK_CLOSE)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else close_id
+    inputs = {key: v.to(model.device) for key, v in left_pad(bases, pad_id).items()}
+    width = inputs["input_ids"].shape[1]
+    rows_cite = [c for c in cites for _ in range(num_rationales)]  # generate repeats each prompt in place
+    rule = RationaleLogitsProcessor(RationaleMask(tok, trie), rows_cite, width)
+    out = model.generate(**inputs, max_new_tokens=max_think_tokens, num_return_sequences=num_rationales,
+                         eos_token_id=close_id, pad_token_id=pad_id, logits_processor=LogitsProcessorList([rule]),
+                         num_beams=1, **sampling)
+    result = []
+    for i in range(len(bases)):
+        rows = []
+        for row in out[i * num_rationales:(i + 1) * num_rationales, width:].tolist():
+            closed = close_id in row
+            think = row[:row.index(close_id)] if closed else [t for t in row if t != pad_id]
+            kept = close_at_sentence(tok, think, trie.first_token, trie.end_token)
+            rows.append((kept, closed and kept == think and bool(think)))
+        result.append(rows)
+    return result
+
+
+def _check(num_rationales: int, do_sample: bool, max_think_tokens: int) -> None:
     if num_rationales < 1:
         raise ValueError(f"num_rationales must be >= 1, got {num_rationales}")
     if num_rationales > 1 and not do_sample:
         raise ValueError("num_rationales > 1 needs do_sample=True (greedy decoding gives one rationale)")
     if max_think_tokens < 0:
         raise ValueError(f"max_think_tokens must be >= 0, got {max_think_tokens}")
+
+
+@torch.no_grad()
+def _rationales(model, tokenizer_or_processor, prompts: Sequence[str], trie: SIDTrie, citable, num_rationales: int,
+                do_sample: bool, temperature: float, top_p: float,
+                max_think_tokens: int) -> tuple[list[list[int]], list[list[tuple[list[int], bool]]]]:
+    """The prompts' token ids + ``<think>``, and per prompt its rationales (see ``_sample``)."""
+    tok = getattr(tokenizer_or_processor, "tokenizer", tokenizer_or_processor)
+    _check(num_rationales, do_sample, max_think_tokens)
+    if citable is not None and len(citable) != len(prompts):
+        raise ValueError(f"citable has {len(citable)} entries for {len(prompts)} prompts")
     enc = _encode(tokenizer_or_processor, list(prompts))
-    bases = [ids + [open_id] for ids in _unpadded(enc["input_ids"], enc["attention_mask"])]
+    bases = [ids + [_token_id(tok, THINK_OPEN)] for ids in _unpadded(enc["input_ids"], enc["attention_mask"])]
     if max_think_tokens == 0:
-        return [[b + [close_id]] * num_rationales for b in bases]
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else close_id
-    banned = rationale_banned_ids(tok, trie)
-    inputs = {key: v.to(model.device) for key, v in left_pad(bases, pad_id).items()}
+        return bases, [[([], False)] * num_rationales for _ in bases]
+    mask = RationaleMask(tok, trie)
+    cites = [mask.citable(list(c)) for c in citable] if citable is not None else [None] * len(bases)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
-    out = model.generate(**inputs, max_new_tokens=max_think_tokens, num_return_sequences=num_rationales,
-                         eos_token_id=close_id, pad_token_id=pad_id, suppress_tokens=banned, num_beams=1,
-                         **sampling)
-    width = inputs["input_ids"].shape[1]
-    result: list[list[list[int]]] = []
-    for i, base in enumerate(bases):
-        rows = []
-        for row in out[i * num_rationales:(i + 1) * num_rationales, width:].tolist():
-            think = row[:row.index(close_id)] if close_id in row else [t for t in row if t != pad_id]
-            rows.append(base + think + [close_id])  # force-closed when the budget ran out
-        result.append(rows)
-    return result
+    return bases, _sample(model, tok, bases, trie, cites, num_rationales, sampling, max_think_tokens)
+
+
+def generate_rationales(model, tokenizer_or_processor, prompts: Sequence[str], trie: SIDTrie, *,
+                        citable: Sequence[Sequence[str]] | None = None, num_rationales: int = 1,
+                        do_sample: bool = False, temperature: float = 0.8, top_p: float = 0.95,
+                        max_think_tokens: int = 96) -> list[list[list[int]]]:
+    """Per prompt, ``num_rationales`` token-id sequences ``prompt <think> rationale </think>``; ``citable``
+    gives per prompt the item ids its rationale may cite (default: none)."""
+    tok = getattr(tokenizer_or_processor, "tokenizer", tokenizer_or_processor)
+    close_id = _token_id(tok, THINK_CLOSE)
+    bases, rows = _rationales(model, tokenizer_or_processor, prompts, trie, citable, num_rationales, do_sample,
+                              temperature, top_p, max_think_tokens)
+    return [[base + think + [close_id] for think, _ in r] for base, r in zip(bases, rows)]
 
 
 @torch.no_grad()
 def think_then_recommend(model, tokenizer_or_processor, prompts: Sequence[str], trie: SIDTrie, *, k: int = 10,
                          num_beams: int | None = None, num_rationales: int = 1, do_sample: bool = False,
                          temperature: float = 0.8, top_p: float = 0.95, max_think_tokens: int = 96,
-                         exclude: Sequence[set[str]] | None = None) -> list[ThinkResult]:
+                         exclude: Sequence[set[str]] | None = None,
+                         citations: Sequence[Mapping[str, str]] | None = None) -> list[ThinkResult]:
     """Rationale(s) then up to ``k`` distinct catalog items per prompt (text prompts ending in the
-    assistant's generation header, e.g. ``render_recommend_prompt(...).text``)."""
+    assistant's generation header, e.g. ``render_recommend_prompt(...).text``). ``citations`` gives per
+    prompt the items its rationale may cite, as ``{item_id: title shown}`` (usually the history)."""
     tok = getattr(tokenizer_or_processor, "tokenizer", tokenizer_or_processor)
     prompts = list(prompts)
     if exclude is not None and len(exclude) != len(prompts):
         raise ValueError(f"exclude has {len(exclude)} sets for {len(prompts)} prompts")
-    seqs = generate_rationales(model, tokenizer_or_processor, prompts, trie, num_rationales=num_rationales,
-                               do_sample=do_sample, temperature=temperature, top_p=top_p,
-                               max_think_tokens=max_think_tokens)
-    flat = [s for rows in seqs for s in rows]
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else _token_id(tok, THINK_CLOSE)
-    flat_exclude = None if exclude is None else [exclude[i] for i, rows in enumerate(seqs) for _ in rows]
+    citable = None if citations is None else [list(c) for c in citations]
+    bases, rows = _rationales(model, tokenizer_or_processor, prompts, trie, citable, num_rationales, do_sample,
+                              temperature, top_p, max_think_tokens)
+    close_id = _token_id(tok, THINK_CLOSE)
+    flat = [base + think + [close_id] for base, r in zip(bases, rows) for think, _ in r]
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else close_id
+    flat_exclude = None if exclude is None else [exclude[i] for i, r in enumerate(rows) for _ in r]
     ranked = recommend(model, tokenizer_or_processor, left_pad(flat, pad_id), trie, k=k, num_beams=num_beams,
                        exclude=flat_exclude)
-    open_id = _token_id(tok, THINK_OPEN)
     results, pos = [], 0
-    for rows in seqs:
-        texts = []
-        for s in rows:
-            start = len(s) - s[::-1].index(open_id)  # just after the last <think>
-            texts.append(tok.decode(s[start:-1], skip_special_tokens=False).strip())
-        results.append(ThinkResult(texts, merge_scores(ranked[pos:pos + len(rows)], k)))
-        pos += len(rows)
+    for n, r in enumerate(rows):
+        titles = {} if citations is None else {tok.decode(list(trie.tokens_of[i])): (i, t)
+                                               for i, t in citations[n].items() if i in trie.tokens_of}
+        shown = [render_citations(tok.decode(think, skip_special_tokens=False), titles) for think, _ in r]
+        results.append(ThinkResult([" ".join(text.split()) for text, _ in shown], merge_scores(ranked[pos:pos + len(r)], k),
+                                   [c for _, c in shown], [closed for _, closed in r]))
+        pos += len(r)
     return results
