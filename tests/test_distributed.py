@@ -73,3 +73,17 @@ def test_gpu_accelerate_configs_load(name):
     else:
         assert config.distributed_type == DistributedType.DEEPSPEED
         assert config.deepspeed_config["zero_stage"] == int(name[-1])
+
+
+def test_vllm_parallel_sizes_reach_the_engine_args(tmp_path, synthetic_dataset):
+    pytest.importorskip("vllm")
+    from think_rec.model.tiny import build_tiny
+    from think_rec.serve.engine import EngineConfig
+    from think_rec.serve.engine_vllm import engine_args
+
+    build_tiny(tmp_path / "model", synthetic_dataset.catalog.texts(), seed=0)
+    args = engine_args(EngineConfig(tmp_path / "model", tmp_path / "sids", tensor_parallel_size=4,
+                                    data_parallel_size=2), width=8)
+    assert (args.tensor_parallel_size, args.data_parallel_size) == (4, 2)
+    single = engine_args(EngineConfig(tmp_path / "model", tmp_path / "sids"), width=8)
+    assert (single.tensor_parallel_size, single.data_parallel_size) == (1, 1)
