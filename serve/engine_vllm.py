@@ -28,7 +28,8 @@ def engine_args(config: EngineConfig, width: int):
         max_model_len=config.max_model_len, max_logprobs=max(20, width), logprobs_mode="processed_logprobs",
         logits_processors=[SIDTrieLogitsProcessor], additional_config={"think_rec_sids": str(config.sids)},
         limit_mm_per_prompt={"image": 0, "video": 0}, disable_log_stats=True,
-        tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size)
+        tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size,
+        dtype=config.dtype)
 
 
 class VLLMEngine:
