@@ -42,7 +42,7 @@ class EngineConfig:
     max_queue: int = 64  # hf: requests waiting for the model beyond the running one (EngineBusy beyond)
     tensor_parallel_size: int = 1  # vllm: GPUs each model replica is split over
     data_parallel_size: int = 1  # vllm: model replicas, requests balanced over them
-    dtype: str = "auto"  # vllm: "auto" serves a float32 checkpoint in bf16 on CPU; "float32" as transformers
+    dtype: str = "auto"  # vllm: "auto" serves a float32 checkpoint in bf16; "float32" scores as transformers
 
 
 class RecEngine(Protocol):

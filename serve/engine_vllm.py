@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from typing import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Sequence
 
 from .engine import THINK_CLOSE, THINK_OPEN, EngineConfig, Recommendation
 from .logits_vllm import KEY, SIDTrieLogitsProcessor, load_trie
 
+if TYPE_CHECKING:
+    from vllm import AsyncEngineArgs
 
-def engine_args(config: EngineConfig, width: int):
+
+def engine_args(config: EngineConfig, width: int) -> AsyncEngineArgs:
     """vLLM's ``AsyncEngineArgs`` for ``config``; ``width`` (the widest trie node) sets ``max_logprobs``."""
     from vllm import AsyncEngineArgs
 
