@@ -40,6 +40,9 @@ class EngineConfig:
     think_ahead_base: str = "vllm"  # the engine it wraps for the last level and for fallbacks
     max_history: int = 20  # the server's: a think_ahead store must have been built with the same
     max_queue: int = 64  # hf: requests waiting for the model beyond the running one (EngineBusy beyond)
+    tensor_parallel_size: int = 1  # vllm: GPUs each model replica is split over
+    data_parallel_size: int = 1  # vllm: model replicas, requests balanced over them
+    dtype: str = "auto"  # vllm: "auto" serves a float32 checkpoint in bf16; "float32" scores as transformers
 
 
 class RecEngine(Protocol):

@@ -13,10 +13,26 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from typing import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Sequence
 
 from .engine import THINK_CLOSE, THINK_OPEN, EngineConfig, Recommendation
 from .logits_vllm import KEY, SIDTrieLogitsProcessor, load_trie
+
+if TYPE_CHECKING:
+    from vllm import AsyncEngineArgs
+
+
+def engine_args(config: EngineConfig, width: int) -> AsyncEngineArgs:
+    """vLLM's ``AsyncEngineArgs`` for ``config``; ``width`` (the widest trie node) sets ``max_logprobs``."""
+    from vllm import AsyncEngineArgs
+
+    return AsyncEngineArgs(
+        model=str(config.model), enforce_eager=True, enable_prefix_caching=True, block_size=32,
+        max_model_len=config.max_model_len, max_logprobs=max(20, width), logprobs_mode="processed_logprobs",
+        logits_processors=[SIDTrieLogitsProcessor], additional_config={"think_rec_sids": str(config.sids)},
+        limit_mm_per_prompt={"image": 0, "video": 0}, disable_log_stats=True,
+        tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size,
+        dtype=config.dtype)
 
 
 class VLLMEngine:
@@ -34,16 +50,10 @@ class VLLMEngine:
         self.llm = None
 
     async def start(self) -> None:
-        from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gib))
-        args = AsyncEngineArgs(
-            model=str(self.config.model), enforce_eager=True, enable_prefix_caching=True, block_size=32,
-            max_model_len=self.config.max_model_len, max_logprobs=max(20, self.width),
-            logprobs_mode="processed_logprobs", logits_processors=[SIDTrieLogitsProcessor],
-            additional_config={"think_rec_sids": str(self.config.sids)},
-            limit_mm_per_prompt={"image": 0, "video": 0}, disable_log_stats=True)
+        args = engine_args(self.config, self.width)
         self.llm = AsyncLLM.from_engine_args(args)
         await self.beam_search(self.tok.encode("warm up", add_special_tokens=False), 2, set())  # first step is slow
 

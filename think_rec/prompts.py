@@ -1,6 +1,7 @@
 """Chat templates for the alignment tasks and the inference ``recommend`` prompt.
 
-Templates are data (``prompts/align.yaml``); this module fills them from the catalog and codebook.
+Templates are data (``prompts/align.yaml``, installed as package data of ``think_rec.prompt_templates``,
+so a wheel install finds them); this module fills them from the catalog and codebook.
 Every message ``content`` is a list of parts (``{"type": "text", "text": ...}`` or
 ``{"type": "image"}``); images come back separately, in placeholder order, as TRL and the
 Qwen-VL processors expect.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,7 +25,7 @@ from .data.schema import Catalog
 Items = Catalog | Mapping[str, dict[str, Any]]  # anything with catalog[item_id] -> row
 from .itemic.codebook import SIDCodebook
 
-PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
+PROMPTS_DIR = Path(str(resources.files("think_rec.prompt_templates")))
 TASKS = ("persona", "sequential", "captioning", "general")
 _REQUIRED = {"system", "history_item", "tasks", "persona"}
 

@@ -1,9 +1,16 @@
 """The offline quickstart: MovieLens-100k (from the ``recbole`` wheel) -> SIDs -> tiny preset ->
 stage-1 alignment -> evaluation against Markov, SASRec and popularity, then a few users' recommendations,
-and a short stage-2 run that prints one user's rationale and items."""
+and a short stage-2 run that prints one user's rationale and items.
+
+The screen shows one status line per stage and the results; what the libraries print on the way (trainer
+per-step logs, tokenising bars, warnings) goes to ``WORK_DIR/quickstart.log``."""
 from __future__ import annotations
 
+import contextlib
+import sys
+import time
 from pathlib import Path
+from typing import Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -15,12 +22,38 @@ from think_rec.eval import bench_rec
 from think_rec.eval.rec import METRICS, think_rec_ranker
 
 
+@contextlib.contextmanager
+def stage(console: Console, log: Path, what: str) -> Iterator[None]:
+    """A status line for ``what`` while its Python-level stdout/stderr are appended to ``log``."""
+    start = time.monotonic()
+    with log.open("a") as out, console.status(f"{what} (log: {log})"), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(out):
+        print(f"=== {what}", flush=True)
+        yield
+    console.print(f"[green]done[/green] {what} ({time.monotonic() - start:.0f} s)")
+
+
+def quiet_libraries() -> None:
+    """Only errors from the transformers and datasets loggers, and none of their progress bars."""
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
 def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 3.0, eval_users: int | None = None,
         show_users: int = 3) -> dict:
-    console = Console()
+    console = Console(file=sys.stdout)  # the terminal, also while a stage's output goes to the log
+    log = Path(work_dir) / "quickstart.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    quiet_libraries()
     console.rule("think_rec quickstart: MovieLens-100k, tiny Qwen3-VL, CPU")
-    payload = bench_rec.run("ml-100k", budget_minutes=budget_minutes, eval_users=eval_users,
-                            work_dir=work_dir, out_dir=Path(work_dir) / "results", valid_users=None)
+    with stage(console, log, f"data, SIDs, stage 1 ({budget_minutes:g} min), baselines, evaluation"):
+        payload = bench_rec.run("ml-100k", budget_minutes=budget_minutes, eval_users=eval_users,
+                                work_dir=work_dir, out_dir=Path(work_dir) / "results", valid_users=None)
     root = Path(work_dir) / "ml-100k"
     data = RecDataset.load(root / "data")
     for title, values in (("dataset", data.stats()), ("semantic IDs", payload["codebook"])):
@@ -40,10 +73,12 @@ def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 3.0, e
     console.print(table)
 
     codebook = SIDCodebook.load(root / "sids")
-    rank = think_rec_ranker(root / "align" / "final", data, codebook, max_history=payload["max_history"],
-                            exclude_history=payload["exclude_history"])
     test = leave_one_out(data.interactions).test.select(range(show_users))
-    for example, ranked in zip(test, rank(test["history"])):
+    with stage(console, log, f"recommendations for {show_users} users"):
+        rank = think_rec_ranker(root / "align" / "final", data, codebook, max_history=payload["max_history"],
+                                exclude_history=payload["exclude_history"])
+        ranked_lists = rank(test["history"])
+    for example, ranked in zip(test, ranked_lists):
         console.rule(f"user {example['user_id']}")
         console.print("recent history: " + "; ".join(data.catalog[i]["title"] for i in example["history"][-5:]))
         console.print(f"held-out next item: {data.catalog[example['target']]['title']}")
@@ -52,9 +87,10 @@ def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 3.0, e
 
     from think_rec.eval.bench_reason import quickstart_example  # stage 2: think, then recommend
 
+    with stage(console, log, f"stage 2 (reasoning, {min(2.0, budget_minutes):g} min)"):
+        shown = quickstart_example(root, test[0], budget_minutes=min(2.0, budget_minutes),
+                                   max_history=payload["max_history"])
     console.rule(f"stage 2 (reasoning), user {test[0]['user_id']}")
-    shown = quickstart_example(root, test[0], budget_minutes=min(2.0, budget_minutes),
-                               max_history=payload["max_history"])
     console.print("history: " + "; ".join(shown["history"][-5:]))
     console.print(f"rationale: <think>{shown['rationale']}</think>")
     for n, title in enumerate(shown["items"], 1):

@@ -1,0 +1,1 @@
+"""Prompt templates as data (``align.yaml``, ``chat.yaml``), installed as ``think_rec.prompt_templates``."""
