@@ -64,7 +64,7 @@ def teacher_probe(dirs: RunDirs, data, codebook, max_history: int, n: int, seed:
 
 def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: int | None = 300,
         max_history: int = 10, work_dir: str | Path = "runs/bench-rec", out_dir: str | Path = "eval/results",
-        num_examples: int = 4000, rejection_top_n: int | None = None, max_think_tokens: int = 96,
+        num_examples: int = 4000, rejection_top_n: int | None = None, max_think_tokens: int = 64,
         probe_examples: int = 100, codebook_size: int = 256, seed: int = 0) -> dict:
     """Stage 1 (reused or trained), stage 2, the ablation on test users; writes ``DATASET_reason.*``."""
     dirs, data, codebook = prepare_run(dataset, work_dir, codebook_size, seed)

@@ -45,7 +45,7 @@ def window_means(log: list[dict[str, Any]], window: int) -> tuple[dict[str, floa
 
 
 def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: int | None = 2000,
-        max_history: int = 10, max_think_tokens: int = 48, window: int = 20, work_dir: str | Path = "runs/bench-rec",
+        max_history: int = 10, max_think_tokens: int = 64, window: int = 20, work_dir: str | Path = "runs/bench-rec",
         out_dir: str | Path = "eval/results", codebook_size: int = 256, seed: int = 0) -> dict:
     """Stage 3 on the ``bench reason`` model, before/after on the same test users; writes ``DATASET_rl.*``."""
     dirs, data, codebook = prepare_run(dataset, work_dir, codebook_size, seed)

@@ -67,6 +67,8 @@ class ServeConfig:
     max_sessions: int = 10_000
     session_ttl_s: float = 7 * 86400
     max_model_len: int = 4096  # prompt + rationale + SID tokens
+    tensor_parallel_size: int = 1  # vLLM: GPUs one model is split over
+    data_parallel_size: int = 1  # vLLM: model replicas
     max_running: int = 4  # engine runs at once
     max_waiting: int = 64  # requests queued for a run (503 beyond)
     request_timeout_s: float = 120.0  # queueing + engine (504 beyond)
@@ -138,7 +140,8 @@ class RecService:
         self.engine = engine or build_engine(config.backend, EngineConfig(
             Path(config.model), Path(config.sids), max_model_len=config.max_model_len,
             think_ahead=config.think_ahead, think_ahead_base=config.think_ahead_base,
-            max_history=config.max_history, max_queue=config.max_waiting))
+            max_history=config.max_history, max_queue=config.max_waiting,
+            tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size))
 
     async def begin(self, req: ChatCompletionRequest) -> Turn:
         """Validate the request's ids, load its session (or open one) and prepare the turn on a copy of it."""

@@ -310,6 +310,8 @@ def serve_cmd(
     max_sessions: int = typer.Option(10_000, help="Sessions kept (least recently used dropped)."),
     session_ttl_hours: float = typer.Option(168.0, help="Idle sessions expire after this."),
     max_model_len: int = typer.Option(4096, help="Prompt + rationale + SID tokens; older dialogue is trimmed."),
+    tensor_parallel_size: int = typer.Option(1, help="vLLM: GPUs one model is split over."),
+    data_parallel_size: int = typer.Option(1, help="vLLM: model replicas behind this server."),
     max_running: int = typer.Option(4, help="Engine runs at once."),
     max_waiting: int = typer.Option(64, help="Requests queued beyond them (503 when full)."),
     request_timeout: float = typer.Option(120.0, help="Seconds per request, queueing included (504)."),
@@ -327,6 +329,7 @@ def serve_cmd(
                           think_ahead=think_ahead, think_ahead_base=think_ahead_base, api_key=api_key,
                           image_root=image_root, session_db=session_db, max_sessions=max_sessions,
                           session_ttl_s=session_ttl_hours * 3600, max_model_len=max_model_len,
+                          tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
                           max_running=max_running, max_waiting=max_waiting, request_timeout_s=request_timeout,
                           max_body_bytes=max_body_kib * 1024))
     except ValueError as e:
@@ -376,7 +379,7 @@ def bench_reason(
     num_examples: int = typer.Option(4000, help="Stage-2 training examples (rationales built for each)."),
     rejection_top_n: int = typer.Option(0, help="Rank check of the rejection sampling in training (0: skip it; "
                                               "the teachers' acceptance under a top-10 check is measured anyway)."),
-    max_think_tokens: int = typer.Option(96, help="Rationale length ceiling at decoding (closed at a sentence end)."),
+    max_think_tokens: int = typer.Option(64, help="Rationale length ceiling at decoding (closed at a sentence end)."),
     work_dir: Path = typer.Option(Path("runs/bench-rec"), help="Reuses the `bench rec` run found here."),
     out_dir: Path = typer.Option(Path("eval/results")),
 ) -> None:
@@ -394,7 +397,7 @@ def bench_rl(
     dataset: str = typer.Option("scientific", help="scientific | industrial | ml-100k"),
     budget_minutes: float = typer.Option(10.0, help="GRPO training budget."),
     eval_users: int = typer.Option(2000, help="Test users scored (0: all; else a seeded sample, the same for all)."),
-    max_think_tokens: int = typer.Option(96, help="Rationale length ceiling, in training and at decoding."),
+    max_think_tokens: int = typer.Option(64, help="Rationale length ceiling, in training and at decoding."),
     work_dir: Path = typer.Option(Path("runs/bench-rec"), help="Reuses the `bench reason` run found here."),
     out_dir: Path = typer.Option(Path("eval/results")),
 ) -> None:
