@@ -31,6 +31,7 @@ from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.loading import load_model
 from think_rec.prompts import chat_example, render_recommend_prompt
 
+from .bench_rec import DATASETS
 from .evaluate import has_repeats, split_sequences
 from .report import write_report
 
@@ -152,6 +153,8 @@ def run(dataset: str = "scientific", run_dir: str | Path = "runs/bench-rec/scien
         retrain: bool = False) -> dict[str, Any]:
     """Train (or reuse) the steering model of a stage-1 run, score ``users`` seeded test users ->
     ``out_dir/steering.{json,md,png}``."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
     run_dir = Path(run_dir)
     model_dir, train_seconds = train_steering(run_dir, budget_minutes, seed, retrain)
     config = load_align_config(RECIPE)

@@ -70,25 +70,24 @@ def test_steering_is_a_task_of_the_chat_phase(shop):
 
 
 @pytest.mark.slow
-def test_model_only_steering_raises_the_requested_category_share(shop, tmp_path):
-    """A short chat phase with steering tasks, then the bench's own evaluation with enforcement off."""
+def test_model_only_steering_raises_the_requested_category_share(aligned_run, synthetic_dataset, tmp_path):
+    """120 chat-phase steps with steering tasks from the stage-1 model, then the bench's own evaluation: with
+    enforcement off, a category request lifts that category's share of the top-10 (2.7x when this was written)."""
     from think_rec.data.schema import column
     from think_rec.eval.steering import Ranker, evaluate
     from think_rec.finetune.align import train_align
     from think_rec.finetune.config import AlignConfig
-    from think_rec.pipeline import ensure_tiny
 
-    dirs, data, codebook = shop
-    ensure_tiny(dirs, data)
-    config = AlignConfig(output_dir=str(tmp_path / "steer"), model=str(dirs.tiny), data_dir=str(dirs.data),
+    dirs, codebook, base = aligned_run
+    config = AlignConfig(output_dir=str(tmp_path / "steer"), model=str(base), data_dir=str(dirs.data),
                          sids_dir=str(dirs.sids), phase="multitask", lora_r=0, with_images=False, max_history=5,
-                         task_mix={"sequential": 0.5, "steering": 0.5}, num_examples=4000, max_steps=150,
+                         task_mix={"sequential": 0.5, "steering": 0.5}, num_examples=4000, max_steps=120,
                          learning_rate=3e-3, lr_scheduler_type="constant", per_device_train_batch_size=32,
                          logging_steps=50, save_steps=1000, disable_tqdm=True)
     model_dir = train_align(config)
-    test = leave_one_out(data.interactions, max_history=5).test
-    rows = {r["system"]: r for r in evaluate(Ranker(model_dir, codebook, k=10, num_beams=10), data, codebook,
-                                             column(test, "history")[:100], column(test, "target")[:100],
+    test = leave_one_out(synthetic_dataset.interactions, max_history=5).test
+    rows = {r["system"]: r for r in evaluate(Ranker(model_dir, codebook, k=10, num_beams=10), synthetic_dataset,
+                                             codebook, column(test, "history")[:100], column(test, "target")[:100],
                                              exclude_history=False)}
     steered = rows["model_only"]
     assert steered["category.prompts"] >= 80
