@@ -89,14 +89,16 @@ def evaluate(ranker: Ranker, data: RecDataset, codebook: SIDCodebook, histories:
                 continue
             rules = requests.constraints([req.text])
             if not rules.allows(catalog[t]) or (kind == "keywords") == bool(rules.describe()):
-                continue  # the parser misreads it, or keywords it turns into a rule / category etc. it misses
+                continue  # parsed into a rule excluding the target, keywords parsed into a rule, or a name missed
             cases.append((u, kind, req))
-            prompts.append(ranker.ids(chat_example(h, [req.text], rules.describe(), None, catalog, codebook)["messages"]))
+            chat = chat_example(h, [req.text], rules.describe(), None, catalog, codebook)
+            prompts.append(ranker.ids(chat["messages"]))
             free.append(seen[u])
             if kind in STEERED:
                 enforced.append((len(cases) - 1, seen[u] | {it["item_id"] for it in coded if not rules.allows(it)}))
     steered = ranker.rank(prompts, free)
-    forced = dict(zip([c for c, _ in enforced], ranker.rank([prompts[c] for c, _ in enforced], [b for _, b in enforced])))
+    forced = dict(zip([c for c, _ in enforced],
+                      ranker.rank([prompts[c] for c, _ in enforced], [b for _, b in enforced])))
 
     def stats(kinds: tuple[str, ...], ranking: dict[int, list[str]] | list[list[str]]) -> dict[str, list[float]]:
         out: dict[str, list[float]] = {m: [] for m in ("share", "share0", "recall", "recall0", "success")}
@@ -120,12 +122,13 @@ def evaluate(ranker: Ranker, data: RecDataset, codebook: SIDCodebook, histories:
         if len(kinds) > 1:
             for kind in kinds:
                 part = stats((kind,), ranking)
-                out.update({f"{kind}.prompts": len(part["share"]), **{f"{kind}.{names[m]}": _mean(part[m]) for m in keys}})
+                out.update({f"{kind}.prompts": len(part["share"]),
+                            **{f"{kind}.{names[m]}": _mean(part[m]) for m in keys}})
         return out
 
     recall_chat = _mean([float(t in r[:k]) for t, r in zip(targets, unsteered)])
     recall_plain = _mean([float(t in r[:k]) for t, r in zip(targets, plain)])
-    return [{**row("model_only", STEERED, steered, ("share", "share0", "recall", "recall0")),
+    return [{**row("model_only", STEERED, steered, ("share", "share0", "success", "recall", "recall0")),
              "recall@10_unsteered": recall_chat, "recall@10_plain_prompt": recall_plain},
             row("enforced", STEERED, forced, ("success", "recall", "recall0")),
             row("keyword", ("keywords",), steered, ("share", "share0", "recall", "recall0"))]
@@ -148,7 +151,7 @@ def train_steering(run_dir: Path, budget_minutes: float, seed: int = 0, retrain:
     return train_align(config), time.perf_counter() - start
 
 
-def run(dataset: str = "scientific", run_dir: str | Path = "runs/bench-rec/scientific", budget_minutes: float = 5.0,
+def run(dataset: str = "scientific", run_dir: str | Path = "runs/bench-rec/scientific", budget_minutes: float = 8.0,
         users: int = 1000, k: int = 10, num_beams: int = 20, out_dir: str | Path = "eval/results", seed: int = 0,
         retrain: bool = False) -> dict[str, Any]:
     """Train (or reuse) the steering model of a stage-1 run, score ``users`` seeded test users ->
@@ -167,7 +170,8 @@ def run(dataset: str = "scientific", run_dir: str | Path = "runs/bench-rec/scien
     rows = evaluate(ranker, data, codebook, column(test, "history"), column(test, "target"),
                     exclude_history=exclude, seed=seed)
     payload = {"benchmark": "steering", "dataset": dataset, "users": len(test), "k": k, "num_beams": num_beams,
-               "budget_minutes": budget_minutes, "train_seconds": None if train_seconds is None else round(train_seconds),
+               "budget_minutes": budget_minutes,
+               "train_seconds": None if train_seconds is None else round(train_seconds),
                "eval_seconds": round(time.perf_counter() - start), "model": str(model_dir),
                "recipe": RECIPE.name, "max_history": config.max_history, "exclude_history": exclude, "seed": seed,
                "phrasings": steering_templates()["held_out"], "rows": rows}

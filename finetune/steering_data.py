@@ -87,7 +87,7 @@ class SteeringRequests:
         return None
 
     def request(self, kind: str, item: Mapping[str, Any], history: Sequence[Mapping[str, Any]] = ()) -> Request | None:
-        """A ``kind`` request that ``item`` satisfies (exclusions prefer the history's attributes); None if impossible."""
+        """A ``kind`` request ``item`` satisfies (exclusions prefer the history's attributes); None if impossible."""
         rng = self.rng
         if kind == "neutral":
             return Request(kind, self.phrase(kind))
@@ -145,7 +145,7 @@ class SteeringRequests:
 
 def steering_example(history: Sequence[str], target: str, catalog: Items, codebook: SIDCodebook,
                      requests: SteeringRequests) -> dict[str, Any] | None:
-    """The chat prompt with a target-derived dialogue -> the target's SID (None: target in the history, or no request)."""
+    """The chat prompt with a target-derived dialogue -> the target's SID (None: target in history, or no request)."""
     if target in history:
         return None
     turns = requests.dialogue(catalog[target], [catalog[i] for i in history])

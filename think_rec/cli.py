@@ -445,8 +445,8 @@ def bench_serve(
 def bench_steering(
     dataset: str = typer.Option("scientific", help="scientific | industrial | ml-100k"),
     run_dir: Optional[Path] = typer.Option(None, help="A `bench rec` run (default: runs/bench-rec/DATASET); the "
-                                           "steering model is trained into RUN_DIR/steer from its align/sequence/merged."),
-    budget_minutes: float = typer.Option(5.0, help="Steering chat-phase training budget."),
+                                           "steering model is trained into RUN_DIR/steer from align/sequence/merged."),
+    budget_minutes: float = typer.Option(8.0, help="Steering chat-phase training budget."),
     retrain: bool = typer.Option(False, help="Train again even if RUN_DIR/steer/final exists."),
     users: int = typer.Option(1000, help="Test users (a seeded sample)."),
     k: int = typer.Option(10, help="Items per ranking."),
