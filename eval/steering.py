@@ -1,109 +1,181 @@
-"""``think-rec bench steering``: do users' steering words reach the recommendations?
+"""``think-rec bench steering``: does the model follow a user's words, with and without the trie enforcing them?
 
-Prompts are generated from catalog attributes per test user (leave-one-out split): exclude a brand
-that the unsteered top-10 contains, include a category, a price ceiling (the unsteered median), and
-a two-turn "cheaper". Phrasings rotate over a few templates; a prompt succeeds when items come back
-and every one honours the request. Recall@10 is measured unsteered — with the chat prompt and a
-neutral message, and with the plain stage-1 prompt — to show what the chat format costs.
+Per test user (a seeded sample, leave-one-out), requests are derived from the target item (``SteeringRequests`` with
+the ``held_out`` phrasings, never trained on): its category, its brand, an exclusion of a brand that is in the
+unsteered top-10 but not the target's, and title keywords that the serving parser turns into no rule. Each is
+put in the served chat prompt (dialogue + the parser's constraints line) and ranked by the trie beam search:
+
+- ``model_only``: no enforcement (only history items banned): share of the top-10 satisfying the request vs the
+  unsteered top-10 (a neutral message) of the same user, and the target's Recall@10 with vs without the request;
+- ``enforced``: the items breaking the parsed constraints are banned in the trie: success (every item satisfies
+  the request) and Recall@10;
+- ``keyword``: the keyword requests, which only the model can follow.
+
+Unsteered Recall@10 is also measured with the plain stage-1 prompt (``recall@10_plain_prompt``).
 """
 from __future__ import annotations
 
-import asyncio
-import statistics
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from think_rec.data.schema import RecDataset
-from think_rec.data.split import leave_one_out
+from think_rec.data.schema import RecDataset, column
+from think_rec.data.split import leave_one_out, sample_users
+from think_rec.decoding import SIDTrie
+from think_rec.decoding.search import beam_search
+from think_rec.finetune.align import train_align
+from think_rec.finetune.config import load_align_config
+from think_rec.finetune.run_state import MANIFEST
+from think_rec.finetune.steering_data import Request, SteeringRequests, steering_templates
 from think_rec.itemic.codebook import SIDCodebook
-from think_rec.prompts import render_recommend_prompt
-from think_rec.serve.conversation import Conversation, Session
-from think_rec.serve.engine import EngineConfig, build_engine, run as run_engine
+from think_rec.model.loading import load_model
+from think_rec.prompts import chat_example, render_recommend_prompt
 
-from .metrics import recall_at_k
+from .bench_rec import DATASETS
+from .evaluate import has_repeats, split_sequences
 from .report import write_report
 
-NEUTRAL = "What should I get next?"
-PHRASES = {
-    "exclude_brand": ["not from {brand}", "no {brand} please", "anything but {brand}", "I don't want {brand}"],
-    "include_category": ["show me {category}", "something in {category}", "I'd like {category} now"],
-    "price_under": ["under ${price:.2f}", "less than {price:.2f} dollars", "at most ${price:.2f}"],
-    "cheaper": ["cheaper", "something cheaper please", "more affordable ones"],
-}
+RECIPE = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "steer_tiny.yaml"
+STEERED = ("category", "brand", "exclude_brand")  # the parser turns these into rules
+KINDS = (*STEERED, "keywords")
 
 
-async def _evaluate(engine, conv: Conversation, examples: Sequence[dict[str, Any]], k: int) -> dict[str, Any]:
-    catalog = conv.catalog
-    ok: dict[str, list[bool]] = {kind: [] for kind in PHRASES}
-    recall_chat, recall_plain = [], []
-    categories = sorted({c for it in conv.items for c in it["categories"]})
+def _mean(values: Sequence[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
 
-    async def turn(session: Session, text: str) -> list[str]:
-        conv.add_user_message(session, text)
-        rec = await run_engine(engine, conv.prompt(session), k=k, banned=conv.banned(session, exclude_seen=False))
-        ids = [i for i, _ in rec.items]
-        session.last_items, session.recommended = ids, session.recommended + ids
-        return ids
 
-    for n, ex in enumerate(examples):
-        base = Session(f"u{n}", history=list(ex["history"]))
-        ranked = await turn(base, NEUTRAL)
-        recall_chat.append(recall_at_k(ranked, ex["target"], 10))
-        plain = render_recommend_prompt(ex["history"], catalog, conv.codebook, conv.tokenizer, with_images=False)
-        recall_plain.append(recall_at_k([i for i, _ in (await run_engine(engine, plain.text, k=k)).items],
-                                        ex["target"], 10))
-        top = [catalog[i] for i in ranked]
-        brand = next((it["brand"] for it in top if it["brand"]), None)
-        others = [c for c in categories if not top or c not in top[0]["categories"]]
-        category = others[n % len(others)]
-        prices = [it["price"] for it in top if it["price"] is not None]
-        ceiling = statistics.median(prices) if prices else None
-        checks = {"exclude_brand": (brand, lambda it: it["brand"] != brand),
-                  "include_category": (category, lambda it: category in it["categories"]),
-                  "price_under": (ceiling, lambda it: it["price"] is not None and it["price"] <= ceiling)}
-        for kind, (value, good) in checks.items():
-            if value is None:
+def _share(ranked: Sequence[str], request: Request, catalog) -> float:
+    return sum(request.satisfied_by(catalog[i]) for i in ranked) / len(ranked) if ranked else 0.0
+
+
+class Ranker:
+    """A model's trie beam search over token-id prompts, top-``k`` item ids per prompt."""
+
+    def __init__(self, model_dir: str | Path, codebook: SIDCodebook, k: int, num_beams: int):
+        self.model, self.processor = load_model(str(model_dir))
+        self.model.eval()
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.trie = SIDTrie.from_codebook(codebook, self.processor)
+        self.k, self.num_beams = k, num_beams
+
+    def ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text)["input_ids"]
+
+    def rank(self, prompts: Sequence[list[int]], banned: Sequence[set[str]]) -> list[list[str]]:
+        rows = beam_search(self.model, self.processor, prompts, self.trie, num_beams=self.num_beams, k=self.k,
+                           exclude=list(banned))
+        return [[item for item, _ in row] for row in rows]
+
+
+def evaluate(ranker: Ranker, data: RecDataset, codebook: SIDCodebook, histories: Sequence[list[str]],
+             targets: Sequence[str], *, exclude_history: bool, seed: int = 0) -> list[dict[str, Any]]:
+    """The three result rows for these test examples (see the module docstring)."""
+    catalog, k = data.catalog.by_id, ranker.k
+    coded = [catalog[i] for i in data.catalog.ids if i in codebook.codes]
+    requests = SteeringRequests(coded, seed=seed, phrasings="held_out")
+    seen = [set(h) if exclude_history else set() for h in histories]
+    neutral = [requests.request("neutral", catalog[t]).text for t in targets]
+    unsteered = ranker.rank([ranker.ids(chat_example(h, [n], [], None, catalog, codebook)["messages"])
+                             for h, n in zip(histories, neutral)], seen)
+    plain = ranker.rank([ranker.ids(render_recommend_prompt(h, catalog, codebook, ranker.processor,
+                                                            with_images=False).messages) for h in histories], seen)
+    cases, prompts, free, enforced = [], [], [], []
+    for u, (h, t) in enumerate(zip(histories, targets)):
+        for kind in KINDS:
+            # an exclusion names a brand the unsteered answer holds (the target's excepted)
+            req = requests.request(kind, catalog[t], [catalog[i] for i in unsteered[u]])
+            if req is None:
                 continue
-            phrase = PHRASES[kind][n % len(PHRASES[kind])].format(brand=value, category=value, price=value)
-            ids = await turn(Session(f"{kind}{n}", history=list(ex["history"])), phrase)
-            ok[kind].append(bool(ids) and all(good(catalog[i]) for i in ids))
-        if prices:  # second turn after the neutral answer: "cheaper" = below that answer's median price
-            ids = await turn(base, PHRASES["cheaper"][n % len(PHRASES["cheaper"])])
-            ok["cheaper"].append(bool(ids) and all(catalog[i]["price"] is not None
-                                                   and catalog[i]["price"] < ceiling for i in ids))
-    prompts = sum(len(v) for v in ok.values())
-    return {"prompts": prompts, "success_rate": round(sum(sum(v) for v in ok.values()) / max(prompts, 1), 4),
-            **{f"success_{kind}": round(sum(v) / len(v), 4) if v else None for kind, v in ok.items()},
-            "recall@10_unsteered": round(sum(recall_chat) / len(recall_chat), 4),
-            "recall@10_plain_prompt": round(sum(recall_plain) / len(recall_plain), 4)}
+            rules = requests.constraints([req.text])
+            if not rules.allows(catalog[t]) or (kind == "keywords") == bool(rules.describe()):
+                continue  # parsed into a rule excluding the target, keywords parsed into a rule, or a name missed
+            cases.append((u, kind, req))
+            chat = chat_example(h, [req.text], rules.describe(), None, catalog, codebook)
+            prompts.append(ranker.ids(chat["messages"]))
+            free.append(seen[u])
+            if kind in STEERED:
+                enforced.append((len(cases) - 1, seen[u] | {it["item_id"] for it in coded if not rules.allows(it)}))
+    steered = ranker.rank(prompts, free)
+    forced = dict(zip([c for c, _ in enforced],
+                      ranker.rank([prompts[c] for c, _ in enforced], [b for _, b in enforced])))
+
+    def stats(kinds: tuple[str, ...], ranking: dict[int, list[str]] | list[list[str]]) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {m: [] for m in ("share", "share0", "recall", "recall0", "success")}
+        for c, (u, kind, req) in enumerate(cases):
+            if kind not in kinds:
+                continue
+            ranked = ranking[c]
+            out["share"].append(_share(ranked, req, catalog))
+            out["share0"].append(_share(unsteered[u], req, catalog))
+            out["recall"].append(float(targets[u] in ranked[:k]))
+            out["recall0"].append(float(targets[u] in unsteered[u][:k]))
+            out["success"].append(float(bool(ranked) and all(req.satisfied_by(catalog[i]) for i in ranked)))
+        return out
+
+    def row(system: str, kinds: tuple[str, ...], ranking, keys: tuple[str, ...]) -> dict[str, Any]:
+        names = {"share": "share_satisfying", "share0": "share_satisfying_unsteered", "success": "success_rate",
+                 "recall": "recall@10_with_request", "recall0": "recall@10_without_request"}
+        total = stats(kinds, ranking)
+        out: dict[str, Any] = {"system": system, "prompts": len(total["share"]),
+                               **{names[m]: _mean(total[m]) for m in keys}}
+        if len(kinds) > 1:
+            for kind in kinds:
+                part = stats((kind,), ranking)
+                out.update({f"{kind}.prompts": len(part["share"]),
+                            **{f"{kind}.{names[m]}": _mean(part[m]) for m in keys}})
+        return out
+
+    recall_chat = _mean([float(t in r[:k]) for t, r in zip(targets, unsteered)])
+    recall_plain = _mean([float(t in r[:k]) for t, r in zip(targets, plain)])
+    return [{**row("model_only", STEERED, steered, ("share", "share0", "success", "recall", "recall0")),
+             "recall@10_unsteered": recall_chat, "recall@10_plain_prompt": recall_plain},
+            row("enforced", STEERED, forced, ("success", "recall", "recall0")),
+            row("keyword", ("keywords",), steered, ("share", "share0", "recall", "recall0"))]
 
 
-def run(model: Path, data: Path, sids: Path, out_dir: Path = Path("eval/results"),
-        backends: Sequence[str] = ("vllm", "hf"), users: int = 40, k: int = 10,
-        max_history: int = 20) -> dict[str, Any]:
-    """One row per backend -> ``eval/results/steering.json`` + .md + .png."""
-    ds = RecDataset.load(data)
-    codebook = SIDCodebook.load(sids)
-    test = leave_one_out(ds.interactions, max_history=max_history).test
-    examples = [test[i] for i in range(min(users, len(test)))]
-    rows = []
-    for backend in backends:
-        engine = build_engine(backend, EngineConfig(Path(model), Path(sids)))
+def train_steering(run_dir: Path, budget_minutes: float, seed: int = 0, retrain: bool = False,
+                   recipe: str | Path = RECIPE) -> tuple[Path, float | None]:
+    """The steering chat phase (``recipe``) from ``run_dir/align/sequence/merged`` into ``run_dir/steer``; an existing
+    model there is reused unless ``retrain``. Returns the model folder and the training seconds (None: reused)."""
+    base = run_dir / "align" / "sequence" / "merged"
+    if not (base / MANIFEST).is_file():
+        raise FileNotFoundError(f"{base}: no stage-1 sequence model; run `think-rec bench rec` for this dataset first")
+    final = run_dir / "steer" / "final"
+    if (final / MANIFEST).is_file() and not retrain:
+        return final, None
+    config = load_align_config(recipe, model=str(base), data_dir=str(run_dir / "data"), sids_dir=str(run_dir / "sids"),
+                               output_dir=str(run_dir / "steer"), time_budget_minutes=budget_minutes, seed=seed,
+                               overwrite=True)
+    start = time.perf_counter()
+    return train_align(config), time.perf_counter() - start
 
-        async def go() -> dict[str, Any]:
-            await engine.start()
-            try:
-                from transformers import AutoTokenizer
 
-                conv = Conversation(ds, codebook, AutoTokenizer.from_pretrained(str(model)), max_history)
-                return await _evaluate(engine, conv, examples, k)
-            finally:
-                engine.shutdown()
-        rows.append({"system": backend, **asyncio.run(go())})
-    payload = {"benchmark": "steering", "dataset": f"{ds.name} ({len(ds.catalog)} items)",
-               "setup": {"model": str(model), "users": len(examples), "k": k,
-                         "phrasings": {kind: p for kind, p in PHRASES.items()}},
-               "rows": rows}
-    write_report("steering", payload, out_dir, metric_keys=["success_rate", "recall@10_unsteered",
-                                                            "recall@10_plain_prompt"])
+def run(dataset: str = "scientific", run_dir: str | Path = "runs/bench-rec/scientific", budget_minutes: float = 8.0,
+        users: int = 1000, k: int = 10, num_beams: int = 20, out_dir: str | Path = "eval/results", seed: int = 0,
+        retrain: bool = False) -> dict[str, Any]:
+    """Train (or reuse) the steering model of a stage-1 run, score ``users`` seeded test users ->
+    ``out_dir/steering.{json,md,png}``."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
+    run_dir = Path(run_dir)
+    model_dir, train_seconds = train_steering(run_dir, budget_minutes, seed, retrain)
+    config = load_align_config(RECIPE)
+    data, codebook = RecDataset.load(run_dir / "data"), SIDCodebook.load(run_dir / "sids")
+    split = leave_one_out(data.interactions, max_history=config.max_history)
+    exclude = not has_repeats(split_sequences(split))
+    test = sample_users(split.test, users, seed)
+    start = time.perf_counter()
+    ranker = Ranker(model_dir, codebook, k, num_beams)
+    rows = evaluate(ranker, data, codebook, column(test, "history"), column(test, "target"),
+                    exclude_history=exclude, seed=seed)
+    payload = {"benchmark": "steering", "dataset": dataset, "users": len(test), "k": k, "num_beams": num_beams,
+               "budget_minutes": budget_minutes,
+               "train_seconds": None if train_seconds is None else round(train_seconds),
+               "eval_seconds": round(time.perf_counter() - start), "model": str(model_dir),
+               "recipe": RECIPE.name, "max_history": config.max_history, "exclude_history": exclude, "seed": seed,
+               "phrasings": steering_templates()["held_out"], "rows": rows}
+    write_report("steering", payload, out_dir, metric_keys=["share_satisfying", "share_satisfying_unsteered",
+                                                            "success_rate", "recall@10_with_request",
+                                                            "recall@10_without_request"])
     return payload

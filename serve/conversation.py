@@ -7,24 +7,15 @@ engine's trie.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
-
-import yaml
+from typing import Sequence
 
 from think_rec.data.schema import RecDataset
 from think_rec.itemic.codebook import SIDCodebook
-from think_rec.prompts import PROMPTS_DIR, _chat, _text, _user_with_history, load_templates
+from think_rec.prompts import chat_example, chat_templates
 
 from .errors import RequestError
 from .steering import Clause, Constraints, Vocabulary, parse_clauses
-
-
-@functools.cache
-def chat_templates(path: str | Path = PROMPTS_DIR / "chat.yaml") -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text())
 
 
 @dataclass
@@ -74,20 +65,9 @@ class Conversation:
 
     def prompt(self, session: Session) -> str:
         """The chat prompt text, ending in the assistant's generation header."""
-        tpl, chat = load_templates(), chat_templates()
-        history = session.history[-self.max_history:]
-        dialogue = chat["dialogue"].format(lines="\n".join(chat["dialogue_line"].format(text=t)
-                                                           for t in session.user_messages)) \
-            if session.user_messages else ""
-        described = session.constraints.describe()
-        constraints = chat["constraints"].format(constraints=", ".join(described)) if described else ""
-        template = chat["user"].replace("{dialogue}", dialogue).replace("{constraints}", constraints)
-        if history:
-            user, _ = _user_with_history(template, history, self.catalog, self.codebook, False, 0, None, tpl)
-        else:
-            user = [_text(template.replace("{history}", chat["empty_history"]))]
-        return self.tokenizer.apply_chat_template(_chat(user, None, tpl), tokenize=False,
-                                                  add_generation_prompt=True)
+        ex = chat_example(session.history[-self.max_history:], session.user_messages,
+                          session.constraints.describe(), None, self.catalog, self.codebook)
+        return self.tokenizer.apply_chat_template(ex["messages"], tokenize=False, add_generation_prompt=True)
 
     def fit_prompt(self, session: Session, max_tokens: int) -> tuple[str, int]:
         """The prompt and its length in tokens, the oldest user messages dropped from ``session`` until it

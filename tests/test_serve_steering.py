@@ -77,6 +77,7 @@ def test_constraints_are_removed_by_label():
 def test_hf_backend_same_interface(aligned_run):
     """``--backend hf``: constrained items from the catalog, none of the banned ones, rationale when asked."""
     from think_rec.data.schema import RecDataset
+    from think_rec.finetune.rationale_filters import complete
     from think_rec.serve.conversation import Conversation, Session
     from think_rec.serve.engine import EngineConfig, build_engine, run
 
@@ -93,4 +94,5 @@ def test_hf_backend_same_interface(aligned_run):
     assert len(rec.items) == 6 and not {i for i, _ in rec.items} & banned and rec.rationale == ""
     assert all(i in ds.catalog and ds.catalog[i]["brand"] != "Aria" for i, _ in rec.items)
     thought = asyncio.run(run(engine, conv.prompt(session), k=3, banned=banned, think=True, max_think_tokens=5))
-    assert thought.rationale and len(thought.items) == 3
+    assert len(thought.items) == 3  # a stage-1 model ends no sentence in 5 tokens: the rationale is closed empty
+    assert thought.rationale == "" or complete(thought.rationale)

@@ -447,17 +447,22 @@ def bench_serve(
 
 @bench_app.command("steering")
 def bench_steering(
-    model: Path = typer.Option(..., help="A merged model folder (with SID tokens)."),
-    run: Path = typer.Option(..., help="Its run folder (data/ and sids/)."),
-    users: int = typer.Option(40, help="Test users (one prompt of each kind per user)."),
-    backends: str = typer.Option("vllm,hf"),
+    dataset: str = typer.Option("scientific", help="scientific | industrial | ml-100k"),
+    run_dir: Optional[Path] = typer.Option(None, help="A `bench rec` run (default: runs/bench-rec/DATASET); the "
+                                           "steering model is trained into RUN_DIR/steer from align/sequence/merged."),
+    budget_minutes: float = typer.Option(8.0, help="Steering chat-phase training budget."),
+    retrain: bool = typer.Option(False, help="Train again even if RUN_DIR/steer/final exists."),
+    users: int = typer.Option(1000, help="Test users (a seeded sample)."),
+    k: int = typer.Option(10, help="Items per ranking."),
+    num_beams: int = typer.Option(20, help="Beam width of the trie search."),
     out_dir: Path = typer.Option(Path("eval/results")),
 ) -> None:
-    """Steering success (exclude brand / include category / price) and unsteered Recall@10 -> steering.json."""
+    """Requests derived from test targets, with the trie enforcing them or not -> eval/results/steering.json."""
     from think_rec.eval.steering import run as run_steering
 
-    payload = run_steering(model, run / "data", run / "sids", out_dir, backends=backends.split(","), users=users)
-    print_dict("bench steering", {r["system"]: {k: v for k, v in r.items() if k != "system"}
+    payload = run_steering(dataset, run_dir or Path("runs/bench-rec") / dataset, budget_minutes, users, k, num_beams,
+                           out_dir, retrain=retrain)
+    print_dict("bench steering", {r["system"]: {m: v for m, v in r.items() if m != "system" and "." not in m}
                                   for r in payload["rows"]})
 
 

@@ -26,7 +26,7 @@ Items = Catalog | Mapping[str, dict[str, Any]]  # anything with catalog[item_id]
 from .itemic.codebook import SIDCodebook
 
 PROMPTS_DIR = Path(str(resources.files("think_rec.prompt_templates")))
-TASKS = ("persona", "sequential", "captioning", "general")
+TASKS = ("persona", "sequential", "captioning", "general", "steering")
 _REQUIRED = {"system", "history_item", "tasks", "persona"}
 
 
@@ -179,6 +179,30 @@ def general_example(item_id: str, variant: int, catalog: Items) -> dict[str, Any
     if not (answer.strip() and item["title"]):
         return None
     return {"messages": _chat([_text(qa["user"].format(**fields))], answer, tpl), "images": []}
+
+
+@functools.cache
+def chat_templates(path: str | Path = PROMPTS_DIR / "chat.yaml") -> dict[str, Any]:
+    """The served chat prompt's templates."""
+    return yaml.safe_load(Path(path).read_text())
+
+
+def chat_example(history: Sequence[str], user_messages: Sequence[str], constraints: Sequence[str],
+                 target: str | None, catalog: Items, codebook: SIDCodebook) -> dict[str, Any]:
+    """The served chat prompt (``prompts/chat.yaml``): history, the user's messages and the described
+    constraints, answered by ``target``'s SID (``None``: no assistant turn, for inference)."""
+    tpl, chat = load_templates(), chat_templates()
+    dialogue = chat["dialogue"].format(lines="\n".join(chat["dialogue_line"].format(text=t) for t in user_messages)) \
+        if user_messages else ""
+    described = chat["constraints"].format(constraints=", ".join(constraints)) if constraints else ""
+    template = chat["user"].replace("{dialogue}", dialogue).replace("{constraints}", described)
+    if history:
+        user, _ = _user_with_history(template, history, catalog, codebook, False, 0, None, tpl)
+    else:
+        user = [_text(template.replace("{history}", chat["empty_history"]))]
+    answer = None if target is None else tpl["tasks"]["sequential"]["assistant"].format(
+        target_sid=codebook.sid_string(target))
+    return {"messages": _chat(user, answer, tpl), "images": []}
 
 
 @dataclass
