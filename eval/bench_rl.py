@@ -9,6 +9,7 @@ rationale (``after_grpo``, ``after_grpo_no_reasoning``: the same model decoded w
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: i
                "num_beams": config.num_beams, "beta": config.beta, "max_think_tokens": max_think_tokens,
                "ndcg@10_gain": (after["ndcg@10"] - before["ndcg@10"]) / before["ndcg@10"] if before["ndcg@10"] else None,
                "reasoning_vs_none": after["ndcg@10"] / plain["ndcg@10"] if plain["ndcg@10"] else None,
-               "reward_curve": str(Path(config.output_dir) / "reward_curve.png"), "rows": rows}
+               "reward_curve": f"{dataset}_rl_reward_curve.png", "rows": rows}
     write_report(f"{dataset}_rl", payload, out_dir, metric_keys=METRICS)
+    shutil.copyfile(Path(config.output_dir) / "reward_curve.png", Path(out_dir) / payload["reward_curve"])
     return payload

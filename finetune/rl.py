@@ -62,16 +62,26 @@ def step_log(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_reward_curve(rows: list[dict[str, Any]], path: Path) -> None:
-    """Mean reward (and the zero-variance group share) by step."""
+def plot_reward_curve(rows: list[dict[str, Any]], path: Path, window: int = 20) -> None:
+    """Mean reward by step (each step is one prompt's group: faint) and its running mean over ``window`` steps,
+    with the running share of zero-variance groups."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    def running(values: list[float]) -> np.ndarray:
+        x = np.asarray(values, dtype=float)
+        return np.convolve(x, np.ones(window), "valid") / window if len(x) >= window else x
+
     steps = [r["step"] for r in rows]
-    ax.plot(steps, [r["mean_reward"] for r in rows], label="mean reward")
-    ax.plot(steps, [r.get("zero_variance_group_share", float("nan")) for r in rows], label="zero-variance groups")
+    reward = [r["mean_reward"] for r in rows]
+    zero = [r.get("zero_variance_group_share", float("nan")) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, reward, color="tab:blue", alpha=0.25, lw=0.8)
+    tail = steps[len(steps) - len(running(reward)):]
+    ax.plot(tail, running(reward), color="tab:blue", label=f"mean reward ({window}-step mean)")
+    ax.plot(tail, running(zero), color="tab:orange", label=f"zero-variance groups ({window}-step mean)")
     ax.set_xlabel("GRPO step")
     ax.legend()
     fig.tight_layout()
