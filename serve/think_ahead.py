@@ -245,7 +245,7 @@ def build_store(model: Path, data: Path, sids: Path, out: Path, *, rationales: i
             hist = seq[-max_history:]
             prompt = conversation.prompt(Session(user, history=hist))
             if rationales:
-                rows = generate_rationales(net, processor, [prompt], trie, num_rationales=rationales,
+                rows = generate_rationales(net, processor, [prompt], trie, citable=[hist], num_rationales=rationales,
                                            do_sample=rationales > 1, max_think_tokens=max_think_tokens)[0]
             else:
                 rows = [tok.encode(prompt, add_special_tokens=False)]
