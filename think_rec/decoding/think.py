@@ -31,7 +31,7 @@ from .beam import _encode, recommend
 from .trie import SIDTrie
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
+SENTENCE_END = re.compile(r"[.!?][\"')\]]*\Z")
 CITATION = re.compile(r"<\|sid_begin\|>(?:<s_[a-z]_\d+>)*(?:<\|sid_end\|>)?")
 
 
