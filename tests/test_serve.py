@@ -165,7 +165,8 @@ def test_chat_page_in_headless_chromium(server):
         titles = [c.find_element(By.CLASS_NAME, "title").text for c in cards]
         assert len(titles) == 8 and all(t == ds.catalog[c.get_attribute("data-item-id")]["title"]
                                         for t, c in zip(titles, cards))
-        assert driver.execute_script("return document.querySelector('.item-card img').naturalWidth") > 0
+        loaded = "const i = document.querySelector('.item-card img'); return i.complete && i.naturalWidth"
+        assert WebDriverWait(driver, 20).until(lambda d: d.execute_script(loaded)) > 0  # the image arrives
         brand = ds.catalog[cards[0].get_attribute("data-item-id")]["brand"]
         driver.find_element(By.ID, "text").send_keys("not from that brand", Keys.RETURN)
         WebDriverWait(driver, 60).until(lambda d: "not by" in d.find_element(By.ID, "constraints").text)
