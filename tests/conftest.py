@@ -117,3 +117,26 @@ def fake_openai():
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+def chrome():
+    """``chrome(width)``: a headless Debian Chromium driven by chromedriver (quit after the test)."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    import shutil
+
+    drivers = []
+
+    def start(width: int = 1280):
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = shutil.which("chromium")
+        for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                    f"--window-size={width},900"):
+            opts.add_argument(arg)
+        drivers.append(webdriver.Chrome(options=opts, service=webdriver.ChromeService(shutil.which("chromedriver"))))
+        return drivers[-1]
+
+    yield start
+    for driver in drivers:
+        driver.quit()

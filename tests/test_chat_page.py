@@ -130,8 +130,7 @@ def _citing_user(url: str, ds: RecDataset, category: str) -> tuple[str, dict]:
 
 @pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
                     reason="needs Debian chromium + chromium-driver (scripts/install.sh)")
-def test_chat_page_shows_history_citations_and_chips(server):
-    webdriver = pytest.importorskip("selenium.webdriver")
+def test_chat_page_shows_history_citations_and_chips(server, chrome):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
@@ -139,39 +138,30 @@ def test_chat_page_shows_history_citations_and_chips(server):
     url, ds = server
     category = ds.catalog[ds.catalog.ids[0]]["categories"][-1]
     user, expected = _citing_user(url, ds, category)
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                "--window-size=1400,900"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(shutil.which("chromedriver")))
-    try:
-        driver.get(url + "/")
-        driver.find_element(By.ID, "user").send_keys(user)
-        driver.find_element(By.ID, "text").send_keys(ASK.format(category=category), Keys.RETURN)
-        WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".item-card"))
-        past = driver.find_elements(By.CSS_SELECTOR, "#user-history .history-card")
-        assert [c.get_attribute("data-item-id") for c in past] == [h["id"] for h in expected["history"]]
-        WebDriverWait(driver, 30).until(lambda d: d.execute_script(
-            "return [...document.querySelectorAll('#user-history img')].every((i) => i.complete && i.naturalWidth)"))
-        marks = driver.find_elements(By.CSS_SELECTOR, "#rationale mark.cited")
-        assert marks and {m.get_attribute("data-item-id") for m in marks} <= set(expected["cited"])
-        for m in marks:
-            assert title_mentioned(m.text, ds.catalog[m.get_attribute("data-item-id")]["title"])
-        cited_cards = driver.find_elements(By.CSS_SELECTOR, "#user-history .history-card.cited")
-        assert {c.get_attribute("data-item-id") for c in cited_cards} == set(expected["cited"])
-        chips = driver.find_elements(By.CSS_SELECTOR, "#constraints .chip")
-        assert [c.get_attribute("data-constraint") for c in chips] == [f"no {category}"]
-        ids = [c.get_attribute("data-item-id") for c in driver.find_elements(By.CSS_SELECTOR, ".item-card")]
-        assert ids == [it["id"] for it in expected["items"]]
-        meta = driver.find_element(By.CSS_SELECTOR, ".item-card .meta").text
-        assert ds.catalog[ids[0]]["brand"] in meta and f"${ds.catalog[ids[0]]['price']:.2f}" in meta
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(SCREENSHOT))
-        chips[0].find_element(By.TAG_NAME, "button").click()  # removing the chip drops the constraint
-        WebDriverWait(driver, 120).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#constraints .chip")
-                                         and len(d.find_elements(By.CSS_SELECTOR, "#conversation .msg.user")) == 2)
-        WebDriverWait(driver, 120).until(lambda d: "Removed" in d.find_elements(By.CSS_SELECTOR, ".msg.assistant")[-1].text)
-    finally:
-        driver.quit()
+    driver = chrome(1400)
+    driver.get(url + "/")
+    driver.find_element(By.ID, "user").send_keys(user)
+    driver.find_element(By.ID, "text").send_keys(ASK.format(category=category), Keys.RETURN)
+    WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".item-card"))
+    past = driver.find_elements(By.CSS_SELECTOR, "#user-history .history-card")
+    assert [c.get_attribute("data-item-id") for c in past] == [h["id"] for h in expected["history"]]
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+        "return [...document.querySelectorAll('#user-history img')].every((i) => i.complete && i.naturalWidth)"))
+    marks = driver.find_elements(By.CSS_SELECTOR, "#rationale mark.cited")
+    assert marks and {m.get_attribute("data-item-id") for m in marks} <= set(expected["cited"])
+    for m in marks:
+        assert title_mentioned(m.text, ds.catalog[m.get_attribute("data-item-id")]["title"])
+    cited_cards = driver.find_elements(By.CSS_SELECTOR, "#user-history .history-card.cited")
+    assert {c.get_attribute("data-item-id") for c in cited_cards} == set(expected["cited"])
+    chips = driver.find_elements(By.CSS_SELECTOR, "#constraints .chip")
+    assert [c.get_attribute("data-constraint") for c in chips] == [f"no {category}"]
+    ids = [c.get_attribute("data-item-id") for c in driver.find_elements(By.CSS_SELECTOR, ".item-card")]
+    assert ids == [it["id"] for it in expected["items"]]
+    meta = driver.find_element(By.CSS_SELECTOR, ".item-card .meta").text
+    assert ds.catalog[ids[0]]["brand"] in meta and f"${ds.catalog[ids[0]]['price']:.2f}" in meta
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SCREENSHOT))
+    chips[0].find_element(By.TAG_NAME, "button").click()  # removing the chip drops the constraint
+    WebDriverWait(driver, 120).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#constraints .chip")
+                                     and len(d.find_elements(By.CSS_SELECTOR, "#conversation .msg.user")) == 2)
+    WebDriverWait(driver, 120).until(lambda d: "Removed" in d.find_elements(By.CSS_SELECTOR, ".msg.assistant")[-1].text)

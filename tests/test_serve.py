@@ -143,35 +143,25 @@ def test_terminal_chat_client(server):
 
 @pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
                     reason="needs Debian chromium + chromium-driver (scripts/install.sh)")
-def test_chat_page_in_headless_chromium(server):
-    webdriver = pytest.importorskip("selenium.webdriver")
+def test_chat_page_in_headless_chromium(server, chrome):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, ds = server
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                "--window-size=1280,900"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(shutil.which("chromedriver")))
-    try:
-        driver.get(url + "/")
-        driver.find_element(By.ID, "user").send_keys("u6")
-        driver.find_element(By.ID, "text").send_keys("What should I buy next?", Keys.RETURN)
-        cards = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".item-card"))
-        titles = [c.find_element(By.CLASS_NAME, "title").text for c in cards]
-        assert len(titles) == 8 and all(t == ds.catalog[c.get_attribute("data-item-id")]["title"]
-                                        for t, c in zip(titles, cards))
-        loaded = "const i = document.querySelector('.item-card img'); return i.complete && i.naturalWidth"
-        assert WebDriverWait(driver, 20).until(lambda d: d.execute_script(loaded)) > 0  # the image arrives
-        brand = ds.catalog[cards[0].get_attribute("data-item-id")]["brand"]
-        driver.find_element(By.ID, "text").send_keys("not from that brand", Keys.RETURN)
-        WebDriverWait(driver, 60).until(lambda d: "not by" in d.find_element(By.ID, "constraints").text)
-        ids = [c.get_attribute("data-item-id") for c in driver.find_elements(By.CSS_SELECTOR, ".item-card")]
-        assert ids and all(ds.catalog[i]["brand"] != brand for i in ids)
-        assert len(driver.find_elements(By.CSS_SELECTOR, "#conversation .msg.user")) == 2
-    finally:
-        driver.quit()
+    driver = chrome()
+    driver.get(url + "/")
+    driver.find_element(By.ID, "user").send_keys("u6")
+    driver.find_element(By.ID, "text").send_keys("What should I buy next?", Keys.RETURN)
+    cards = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".item-card"))
+    titles = [c.find_element(By.CLASS_NAME, "title").text for c in cards]
+    assert len(titles) == 8 and all(t == ds.catalog[c.get_attribute("data-item-id")]["title"]
+                                    for t, c in zip(titles, cards))
+    loaded = "const i = document.querySelector('.item-card img'); return i.complete && i.naturalWidth"
+    assert WebDriverWait(driver, 20).until(lambda d: d.execute_script(loaded)) > 0  # the image arrives
+    brand = ds.catalog[cards[0].get_attribute("data-item-id")]["brand"]
+    driver.find_element(By.ID, "text").send_keys("not from that brand", Keys.RETURN)
+    WebDriverWait(driver, 60).until(lambda d: "not by" in d.find_element(By.ID, "constraints").text)
+    ids = [c.get_attribute("data-item-id") for c in driver.find_elements(By.CSS_SELECTOR, ".item-card")]
+    assert ids and all(ds.catalog[i]["brand"] != brand for i in ids)
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#conversation .msg.user")) == 2

@@ -201,7 +201,7 @@ def render_citations(text: str, titles: Mapping[str, tuple[str, str]]) -> tuple[
     return CITATION.sub(title, text), list(dict.fromkeys(cited))
 
 
-def _sample(model, tok, bases: list[list[int]], trie: SIDTrie, cites: list[SIDTrie | None], num_rationales: int,
+def _sample(model, tok, bases: list[list[int]], mask: RationaleMask, cites: list[SIDTrie | None], num_rationales: int,
             sampling: dict, max_think_tokens: int) -> list[list[tuple[list[int], bool]]]:
     """Per prompt, ``num_rationales`` (rationale ids closed at a sentence end, closed by the model)."""
     close_id = _token_id(tok, THINK_CLOSE)
@@ -209,7 +209,7 @@ def _sample(model, tok, bases: list[list[int]], trie: SIDTrie, cites: list[SIDTr
     inputs = {key: v.to(model.device) for key, v in left_pad(bases, pad_id).items()}
     width = inputs["input_ids"].shape[1]
     rows_cite = [c for c in cites for _ in range(num_rationales)]  # generate repeats each prompt in place
-    rule = RationaleLogitsProcessor(RationaleMask(tok, trie), rows_cite, width)
+    rule = RationaleLogitsProcessor(mask, rows_cite, width)
     out = model.generate(**inputs, max_new_tokens=max_think_tokens, num_return_sequences=num_rationales,
                          eos_token_id=close_id, pad_token_id=pad_id, logits_processor=LogitsProcessorList([rule]),
                          num_beams=1, **sampling)
@@ -219,7 +219,7 @@ def _sample(model, tok, bases: list[list[int]], trie: SIDTrie, cites: list[SIDTr
         for row in out[i * num_rationales:(i + 1) * num_rationales, width:].tolist():
             closed = close_id in row
             think = row[:row.index(close_id)] if closed else [t for t in row if t != pad_id]
-            kept = close_at_sentence(tok, think, trie.first_token, trie.end_token)
+            kept = close_at_sentence(tok, think, mask.trie.first_token, mask.trie.end_token)
             rows.append((kept, closed and kept == think and bool(think)))
         result.append(rows)
     return result
@@ -250,7 +250,7 @@ def _rationales(model, tokenizer_or_processor, prompts: Sequence[str], trie: SID
     mask = RationaleMask(tok, trie)
     cites = [mask.citable(list(c)) for c in citable] if citable is not None else [None] * len(bases)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
-    return bases, _sample(model, tok, bases, trie, cites, num_rationales, sampling, max_think_tokens)
+    return bases, _sample(model, tok, bases, mask, cites, num_rationales, sampling, max_think_tokens)
 
 
 def generate_rationales(model, tokenizer_or_processor, prompts: Sequence[str], trie: SIDTrie, *,
@@ -293,7 +293,8 @@ def think_then_recommend(model, tokenizer_or_processor, prompts: Sequence[str], 
         titles = {} if citations is None else {tok.decode(list(trie.tokens_of[i])): (i, t)
                                                for i, t in citations[n].items() if i in trie.tokens_of}
         shown = [render_citations(tok.decode(think, skip_special_tokens=False), titles) for think, _ in r]
-        results.append(ThinkResult([" ".join(text.split()) for text, _ in shown], merge_scores(ranked[pos:pos + len(r)], k),
-                                   [c for _, c in shown], [closed for _, closed in r]))
+        texts = [" ".join(text.split()) for text, _ in shown]
+        results.append(ThinkResult(texts, merge_scores(ranked[pos:pos + len(r)], k), [c for _, c in shown],
+                                   [closed for _, closed in r]))
         pos += len(r)
     return results
