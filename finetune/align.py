@@ -42,10 +42,31 @@ from .sequence_data import build_sequence_dataset, item_token_ids, sid_stream
 
 
 class TimeBudget(TrainerCallback):
-    """Stops training (saving a checkpoint first) once ``time.monotonic()`` passes ``deadline``."""
+    """Stops training (saving a checkpoint first) once ``time.monotonic()`` passes ``deadline``; over the last
+    ``decay_share`` of the time from the start of training to ``deadline`` the learning rate the scheduler sets
+    is scaled down linearly to 0 (warmup-stable-decay on the clock)."""
 
-    def __init__(self, deadline: float | None):
-        self.deadline = deadline
+    def __init__(self, deadline: float | None, decay_share: float = 0.0):
+        self.deadline, self.decay_share, self.start = deadline, decay_share, None
+
+    def lr_scale(self, now: float) -> float:
+        if self.deadline is None or not self.decay_share or self.start is None:
+            return 1.0
+        left = (self.deadline - now) / max(self.deadline - self.start, 1e-9)
+        return min(1.0, max(0.0, left) / self.decay_share)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        scale = self.lr_scale(time.monotonic())
+        if scale < 1.0 and optimizer is not None and lr_scheduler is not None:
+            for group, lr in zip(optimizer.param_groups, lr_scheduler.get_last_lr()):
+                group["lr"] = lr * scale
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "learning_rate" in logs:
+            logs["learning_rate"] *= self.lr_scale(time.monotonic())
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -145,7 +166,8 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
                                     with_images=config.with_images, max_images=config.max_images,
                                     image_root=config.data_dir)
     compact_fused_lm_head_on_cpu()
-    callbacks = [TimeBudget(deadline), *_selection(config, phase, split, data, codebook, processor, out)]
+    callbacks = [TimeBudget(deadline, config.lr_decay_share),
+                 *_selection(config, phase, split, data, codebook, processor, out)]
     if phase == "sequence":
         trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                                   callbacks=callbacks, sid_token_ids=new_ids if config.sequence_sid_softmax else None)

@@ -78,6 +78,9 @@ class AlignConfig(SFTConfig):
         "help": "Dropout on embeddings, attention and residual branches while training (models from scratch)."})
     quantization: str | None = field(default=None, metadata={"help": "None | 4bit | 8bit (QLoRA)."})
     time_budget_minutes: float | None = field(default=None, metadata={"help": "Stop (and checkpoint) when spent."})
+    lr_decay_share: float = field(default=0.0, metadata={
+        "help": "With a time budget: the last share of each phase's time decays the learning rate linearly to 0 "
+                "(warmup-stable-decay: a step-based schedule cannot know where a time budget ends)."})
 
     # SFTConfig defaults changed for this stage
     assistant_only_loss: bool = True
@@ -94,6 +97,8 @@ class AlignConfig(SFTConfig):
         unknown = [p for p in self.phases if p not in PHASES]
         if unknown or not self.phases:
             raise ValueError(f"phase: expected a comma-separated list of {PHASES}, got {self.phase!r}")
+        if not 0.0 <= self.lr_decay_share <= 1.0:
+            raise ValueError(f"lr_decay_share: expected a share in [0, 1], got {self.lr_decay_share!r}")
         if self.quantization not in (None, "4bit", "8bit"):
             raise ValueError(f"quantization: expected None, '4bit' or '8bit', got {self.quantization!r}")
         self.task_mix = json_mapping(self.task_mix, "task_mix")

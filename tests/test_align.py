@@ -161,6 +161,25 @@ def test_time_budget_stops_and_saves():
     assert control.should_training_stop and control.should_save
 
 
+def test_time_budget_anneals_the_lr_over_its_last_share():
+    budget = align.TimeBudget(deadline=100.0, decay_share=0.25)
+    budget.start = 0.0
+    assert budget.lr_scale(50.0) == budget.lr_scale(75.0) == 1.0
+    assert budget.lr_scale(87.5) == pytest.approx(0.5) and budget.lr_scale(120.0) == 0.0
+    assert align.TimeBudget(deadline=100.0).lr_scale(99.0) == 1.0  # no decay share: the scheduler's lr
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    now = time.monotonic()
+    budget = align.TimeBudget(deadline=now + 12.5, decay_share=0.25)
+    budget.start = now - 87.5
+    budget.on_pre_optimizer_step(None, TrainerState(), TrainerControl(), optimizer=optimizer, lr_scheduler=scheduler)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5, rel=0.05)
+    logs = {"learning_rate": 0.1}
+    budget.on_log(None, TrainerState(), TrainerControl(), logs=logs)
+    assert logs["learning_rate"] == pytest.approx(0.05, rel=0.05)
+
+
 @pytest.mark.parametrize("name", ["rec_tiny", "align_warmup", "align_multitask"])
 def test_yaml_configs_parse(name):
     (cfg,) = TrlParser((AlignConfig,)).parse_args_and_config(["--config", str(CONFIGS / f"{name}.yaml")])
