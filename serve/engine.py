@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import AsyncIterator, Protocol, Sequence
 
 from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN
+from think_rec.decoding.trie_beam import Children
 
-__all__ = ["THINK_CLOSE", "THINK_OPEN", "EngineBusy", "EngineConfig", "RecEngine", "Recommendation", "build_engine",
-           "run"]
+__all__ = ["THINK_CLOSE", "THINK_OPEN", "EngineBusy", "EngineConfig", "RecEngine", "Recommendation", "StepEngine",
+           "build_engine", "run"]
 
 
 class EngineBusy(RuntimeError):
@@ -65,6 +66,15 @@ class RecEngine(Protocol):
         """Free the model (and engine processes)."""
 
 
+class StepEngine(RecEngine, Protocol):
+    """An engine that also scores one trie beam step (``vllm``, ``hf``): what Think-Ahead wraps."""
+
+    async def child_logprobs(self, ids: list[int], prefixes: Sequence[Sequence[int]],
+                             banned: set[str] = frozenset()) -> list[Children]:
+        """Per prefix (``<|sid_begin|>`` codes...), its trie children (minus ``banned`` items) after
+        ``ids + prefix`` with their log-probs (``think_rec.decoding.trie_beam``)."""
+
+
 async def run(engine: RecEngine, prompt: str, *, k: int, banned: set[str] = frozenset(), think: bool = False,
               max_think_tokens: int = 64, history: Sequence[str] = ()) -> Recommendation:
     """``engine.stream`` without the deltas: the final ``Recommendation``."""
@@ -88,5 +98,5 @@ def build_engine(backend: str, config: EngineConfig) -> RecEngine:
     if backend == "think_ahead":
         from .think_ahead import ThinkAheadEngine
 
-        return ThinkAheadEngine(config)
+        return ThinkAheadEngine(config, build_engine)
     raise ValueError(f"backend must be 'vllm', 'hf' or 'think_ahead', not {backend!r}")

@@ -1,7 +1,7 @@
 """``HFEngine``: the same interface as ``VLLMEngine`` on transformers (for machines without vLLM).
 
 Requests run one at a time in a worker thread: ``think_then_recommend`` when thinking, else
-constrained ``recommend`` (HF beam search over the SID trie). The rationale arrives as one delta.
+``decoding.search.beam_search`` (the trie beam search, scored as on vLLM). The rationale arrives as one delta.
 At most ``max_queue`` requests wait for the model (``EngineBusy`` beyond); a cancelled request (timeout,
 client gone) keeps the model until its thread ends, so runs never overlap.
 """
@@ -12,9 +12,10 @@ from typing import AsyncIterator, Sequence
 
 import torch
 
-from think_rec.decoding.beam import recommend
+from think_rec.decoding.search import beam_search, child_logprobs
 from think_rec.decoding.think import think_then_recommend
 from think_rec.decoding.trie import SIDTrie
+from think_rec.decoding.trie_beam import Children
 from think_rec.itemic.codebook import SIDCodebook
 
 from .engine import EngineBusy, EngineConfig, Recommendation
@@ -62,6 +63,12 @@ class HFEngine:
         if not task.cancelled():
             task.exception()  # retrieved: a request cancelled meanwhile does not leave it unobserved
 
+    async def child_logprobs(self, ids: list[int], prefixes: Sequence[Sequence[int]],
+                             banned: set[str] = frozenset()) -> list[Children]:
+        """Per prefix (``<|sid_begin|>`` codes..., all of one length), its trie children (minus ``banned`` items)
+        after ``ids + prefix`` with their log-probs (``trie_beam``): one batched step, alone on the model."""
+        return await self.exclusive(child_logprobs, self.model, self.processor, ids, prefixes, self.trie, banned)
+
     @torch.no_grad()
     def _run(self, prompt: str, k: int, banned: set[str], think: bool, max_think_tokens: int,
              history: Sequence[str]) -> Recommendation:
@@ -71,8 +78,9 @@ class HFEngine:
             res = think_then_recommend(self.model, self.processor, [prompt], self.trie, k=k,
                                        max_think_tokens=max_think_tokens, exclude=[banned], citations=[sids])[0]
             return Recommendation(res.rationales[0], res.items)
-        return Recommendation("", recommend(self.model, self.processor, [prompt], self.trie, k=k,
-                                            exclude=[banned])[0])
+        ids = self.processor.tokenizer.encode(prompt, add_special_tokens=False)
+        return Recommendation("", beam_search(self.model, self.processor, [ids], self.trie, num_beams=k, k=k,
+                                              exclude=[banned])[0])
 
     async def stream(self, prompt: str, *, k: int, banned: set[str], think: bool, max_think_tokens: int,
                      history: Sequence[str] = ()) -> AsyncIterator[str | Recommendation]:

@@ -1,19 +1,24 @@
 """``VLLMEngine``: think-then-recommend on vLLM's ``AsyncLLM``.
 
 The rationale is one streamed request under ``SIDTrieLogitsProcessor`` in ``think`` mode (free text,
-stops at ``</think>``). Top-K items come from a beam search written as single-token requests: per SID
-level, one request per beam whose prompt is ``prompt [<think>…</think>] <|sid_begin|> codes-so-far``,
-constrained to the beam's trie children (``sid`` mode, banned items pruned), asking for the logprobs
-of every child (a beam with a single allowed child needs no request). Prefix caching (block size 32)
-makes each step cost about one token per beam. Scores are sums of log-probabilities renormalised over
-the allowed children (``logprobs_mode="processed_logprobs"``).
+stops at ``</think>``). Top-K items come from ``trie_beam_search`` over ``child_logprobs``, written as
+single-token requests: per SID level, one request per beam whose prompt is ``prompt [<think>…</think>]
+<|sid_begin|> codes-so-far``, constrained to the beam's trie children (``sid`` mode, banned items pruned),
+asking for the logprobs of every child. Prefix caching (block size 32) makes each step cost about one token
+per beam. Scores are those of ``think_rec.decoding.search``: the processor sets each child to its
+log-probability over the SID tokens and vLLM reports it (``logprobs_mode="processed_logits"``).
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import uuid
 from typing import TYPE_CHECKING, AsyncIterator, Sequence
+
+import torch
+
+from think_rec.decoding.trie_beam import Children, ranked_items, trie_beam_search
 
 from .engine import THINK_CLOSE, THINK_OPEN, EngineConfig, Recommendation
 from .logits_vllm import KEY, SIDTrieLogitsProcessor, load_trie
@@ -28,13 +33,11 @@ def engine_args(config: EngineConfig, width: int) -> AsyncEngineArgs:
 
     return AsyncEngineArgs(
         model=str(config.model), enforce_eager=True, enable_prefix_caching=True, block_size=32,
-        max_model_len=config.max_model_len, max_logprobs=max(20, width), logprobs_mode="processed_logprobs",
+        max_model_len=config.max_model_len, max_logprobs=max(20, width), logprobs_mode="processed_logits",
         logits_processors=[SIDTrieLogitsProcessor], additional_config={"think_rec_sids": str(config.sids)},
         limit_mm_per_prompt={"image": 0, "video": 0}, disable_log_stats=True,
         tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size,
         dtype=config.dtype)
-
-
 class VLLMEngine:
     """See the module docstring; the interface is ``serve.engine.RecEngine``."""
 
@@ -44,9 +47,7 @@ class VLLMEngine:
         self.config = config
         self.trie, self.tok = load_trie(str(config.sids), str(config.model))
         self.open_id, self.close_id = self.tok.convert_tokens_to_ids([THINK_OPEN, THINK_CLOSE])
-        self.sid_begin = self.trie.first_token
         self.width = max(len(c) for c in self.trie.child_tokens)  # widest trie node
-        self.levels = self.trie.levels
         self.llm = None
 
     async def start(self) -> None:
@@ -71,36 +72,31 @@ class VLLMEngine:
         async for out in self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, uuid.uuid4().hex):
             yield out
 
-    async def _children(self, ids: list[int], prefix: list[int], banned: list[str]) -> list[tuple[int, float]]:
-        """``(token, logprob)`` of every allowed next SID token after ``ids + prefix``."""
+    async def _step(self, ids: list[int], prefix: list[int], allowed: torch.Tensor, banned: list[str]) -> Children:
         from vllm import SamplingParams
 
+        if not len(allowed):
+            return allowed, torch.zeros(0)
         params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.width, detokenize=False,
                                 extra_args={KEY: {"mode": "sid", "prefix": prefix, "banned": banned}})
         final = None
         async for final in self._generate(ids + prefix, params):
             pass
-        top = final.outputs[0].logprobs[0]
-        return [(t, lp.logprob) for t, lp in top.items() if lp.logprob != float("-inf")]
+        top = final.outputs[0].logprobs[0]  # every allowed child: the processor left nothing else finite
+        return allowed, torch.tensor([top[t].logprob for t in allowed.tolist()])
+
+    async def child_logprobs(self, ids: list[int], prefixes: Sequence[Sequence[int]],
+                             banned: set[str] = frozenset()) -> list[Children]:
+        """Per prefix (``<|sid_begin|>`` codes...), its trie children (minus ``banned`` items) after ``ids + prefix``
+        with their log-probs (``trie_beam``): one single-token request each, run concurrently."""
+        counts, banned_list = self.trie.banned_counts(banned), sorted(banned)
+        return await asyncio.gather(*(self._step(ids, list(p), self.trie.allowed(p, counts), banned_list)
+                                      for p in prefixes))
 
     async def beam_search(self, ids: list[int], k: int, banned: set[str]) -> list[tuple[str, float]]:
-        """Top ``k`` distinct items after ``ids`` (beam width ``k``; all SIDs have the same length)."""
-        banned_list, counts = sorted(banned), self.trie.banned_counts(banned)
-        beams: list[tuple[list[int], float]] = [([self.sid_begin], 0.0)]
-
-        async def children(prefix: list[int]) -> list[tuple[int, float]]:
-            allowed = self.trie.allowed(prefix, counts).tolist()
-            if len(allowed) <= 1:  # a lone child has renormalised logprob 0: no model call
-                return [(t, 0.0) for t in allowed]
-            return await self._children(ids, prefix, banned_list)
-
-        for _ in range(self.levels):
-            steps = await asyncio.gather(*(children(p) for p, _ in beams))
-            candidates = [(p + [t], s + lp) for (p, s), children in zip(beams, steps) for t, lp in children]
-            beams = sorted(candidates, key=lambda c: -c[1])[:k]
-        end = self.trie.allowed(beams[0][0]).tolist() if beams else []
-        items = [(self.trie.item_at(p + end), s) for p, s in beams]
-        return [(i, s) for i, s in items if i is not None]
+        """Top ``k`` distinct items after ``ids`` (beam width ``k``)."""
+        beams = await trie_beam_search(functools.partial(self.child_logprobs, ids, banned=banned), self.trie, k)
+        return ranked_items(self.trie, beams)
 
     async def stream(self, prompt: str, *, k: int, banned: set[str], think: bool, max_think_tokens: int,
                      history: Sequence[str] = ()) -> AsyncIterator[str | Recommendation]:

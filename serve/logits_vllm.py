@@ -6,7 +6,9 @@ the model's tokenizer. A request opts in with ``SamplingParams(extra_args={"thin
 - ``mode="think"``: the rationale under ``RationaleMask`` (free text and citations of the ``citable`` item
   ids, as in HF decoding) until ``</think>``, then only trie continuations;
 - ``mode="sid"``: trie continuations from the first output token, after the SID tokens ``prefix``
-  that already end the prompt (one step of the engine's beam search);
+  that already end the prompt (one step of the engine's beam search), each set to its log-probability over
+  the SID tokens (``trie_beam.sid_logprobs``): under ``logprobs_mode="processed_logits"`` vLLM reports the
+  scores of ``think_rec.decoding.search``;
 - ``banned``: item ids never to complete (pruned exactly, see ``SIDTrie.banned_counts``).
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from vllm.v1.sample.logits_processor import AdapterLogitsProcessor, RequestLogit
 
 from think_rec.decoding.think import RationaleMask
 from think_rec.decoding.trie import SIDTrie
+from think_rec.decoding.trie_beam import sid_logprobs
 from think_rec.itemic.codebook import SIDCodebook
 
 from .engine import THINK_CLOSE
@@ -54,13 +57,14 @@ class _Request:
             prefix = tuple(output_ids[len(output_ids) - output_ids[::-1].index(o.close_id):])
         else:
             prefix = self.prefix + tuple(output_ids)
+        out = torch.full_like(logits, float("-inf"))
         if o.trie.item_at(prefix) is not None:
-            allowed = o.end_only
-        else:
-            allowed = o.trie.allowed(prefix, self.banned)
-        mask = torch.full_like(logits, float("-inf"))
-        mask[allowed.to(logits.device)] = 0.0
-        return logits + mask
+            end = o.end_only.to(logits.device)
+            out[end] = logits[end]
+        else:  # the allowed codes with their log-probs, as every engine scores them (processed_logits mode)
+            allowed = o.trie.allowed(prefix, self.banned).to(logits.device)
+            out[allowed] = sid_logprobs(logits, o.sid_ids)[allowed]
+        return out
 
 
 class SIDTrieLogitsProcessor(AdapterLogitsProcessor):
@@ -75,6 +79,7 @@ class SIDTrieLogitsProcessor(AdapterLogitsProcessor):
         self.close_id = tok.convert_tokens_to_ids(THINK_CLOSE)
         self.rationale = RationaleMask(tok, self.trie)  # the same rule as HF decoding
         self.end_only = torch.tensor([tok.eos_token_id])  # what follows a SID in training
+        self.sid_ids = self.trie.token_ids.to(device)
 
     def is_argmax_invariant(self) -> bool:
         return False

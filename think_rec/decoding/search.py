@@ -2,12 +2,13 @@
 
 ``beam_search`` prefills every prompt (plus ``<|sid_begin|>``) once, then expands its KV cache over
 the beams, one SID level per step: a prompt of P tokens costs P + (levels - 1) * beams token
-forwards instead of HF ``generate``'s beams * P. ``score_items`` gives the log-probability of any
-candidate items' SIDs under the same cache. Both take prompts as token-id lists (text only) and
-score an item by the sum of its code tokens' log-probabilities, each a softmax over the SID tokens
-(inside a SID nothing else may follow; a model pre-trained with a SID-only head has no calibrated
-mass elsewhere). The constant ``<|sid_begin|>`` and the forced ``<|sid_end|>`` are left out, so
-rankings equal those of the full sequence score.
+forwards instead of HF ``generate``'s beams * P. ``prefix_search`` stops after the first ``depth``
+levels; ``child_logprobs`` scores the trie children of given prefixes after one prompt; ``score_items``
+gives the log-probability of any candidate items' SIDs under the same cache. All take prompts as token-id
+lists (text only) and score as every engine does (``trie_beam``): the sum of the code tokens'
+log-probabilities, each a softmax over the SID tokens (inside a SID nothing else may follow; a model
+pre-trained with a SID-only head has no calibrated mass elsewhere). The constant ``<|sid_begin|>`` and
+the forced ``<|sid_end|>`` are left out, so rankings equal those of the full sequence score.
 """
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ from typing import Sequence
 import torch
 
 from .trie import SIDTrie
+from .trie_beam import Beam, Children, expand, ranked_items, sid_logprobs
 
 Ranked = list[tuple[str, float]]
-
-
 def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -45,10 +45,7 @@ class _Decoder:
 
     def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
         """Log-softmax over the SID tokens (``-inf`` elsewhere), on the CPU."""
-        logits = logits.float().cpu()
-        out = torch.full_like(logits, float("-inf"))
-        out[..., self.sid_ids] = logits[..., self.sid_ids].log_softmax(-1)
-        return out
+        return sid_logprobs(logits.float().cpu(), self.sid_ids)
 
     def fork(self, rows: torch.Tensor) -> None:
         """Keep cache row ``rows[i]`` as new row ``i`` (rows may repeat)."""
@@ -72,48 +69,76 @@ def _token_ids(tokenizer, trie: SIDTrie) -> tuple[int, int]:
     return trie.first_token, pad
 
 
+def _beams(model, tokenizer, prompts: Sequence[Sequence[int]], trie: SIDTrie, num_beams: int, depth: int,
+           exclude: Sequence[set[str]] | None, batch_size: int) -> list[list[Beam]]:
+    if exclude is not None and len(exclude) != len(prompts):
+        raise ValueError(f"exclude has {len(exclude)} sets for {len(prompts)} prompts")
+    begin, pad = _token_ids(tokenizer, trie)
+    results: list[list[Beam]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        banned = [trie.banned_counts(exclude[start + i]) if exclude else None for i in range(len(chunk))]
+        decoder = _Decoder(model, chunk, begin, pad, trie.token_ids)
+        results.extend(_search(decoder, trie, banned, num_beams, depth, begin))
+    return results
+
+
 @torch.no_grad()
 def beam_search(model, tokenizer, prompts: Sequence[Sequence[int]], trie: SIDTrie, *, num_beams: int = 20,
                 k: int = 10, exclude: Sequence[set[str]] | None = None, batch_size: int = 64) -> list[Ranked]:
     """Up to ``k`` ``(item_id, log-prob)`` per prompt (token ids), best first, every item in the trie."""
     if num_beams < k:
         raise ValueError(f"num_beams={num_beams} must be >= k={k}")
-    if exclude is not None and len(exclude) != len(prompts):
-        raise ValueError(f"exclude has {len(exclude)} sets for {len(prompts)} prompts")
-    begin, pad = _token_ids(tokenizer, trie)
-    results: list[Ranked] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        banned = [trie.banned_counts(exclude[start + i]) if exclude else None for i in range(len(chunk))]
-        results.extend(_search(_Decoder(model, chunk, begin, pad, trie.token_ids), trie, banned, num_beams, k, begin))
-    return results
+    beams = _beams(model, tokenizer, prompts, trie, num_beams, trie.levels, exclude, batch_size)
+    return [ranked_items(trie, user[:k]) for user in beams]
 
 
-def _search(decoder: _Decoder, trie: SIDTrie, banned: list, num_beams: int, k: int, begin: int) -> list[Ranked]:
+@torch.no_grad()
+def prefix_search(model, tokenizer, prompts: Sequence[Sequence[int]], trie: SIDTrie, depth: int, *,
+                  num_beams: int = 10, batch_size: int = 64) -> list[list[Beam]]:
+    """Per prompt, the best ``num_beams`` trie prefixes ``<|sid_begin|> c1..c_depth`` with their log-probs."""
+    return _beams(model, tokenizer, prompts, trie, num_beams, depth, None, batch_size)
+
+
+def _search(decoder: _Decoder, trie: SIDTrie, banned: list, num_beams: int, depth: int, begin: int) -> list[list[Beam]]:
     n = len(banned)
-    beams: list[list[tuple[tuple[int, ...], float]]] = [[((begin,), 0.0)] for _ in range(n)]
+    beams: list[list[Beam]] = [[((begin,), 0.0)] for _ in range(n)]
     logprobs, width = decoder.first_logprobs.unsqueeze(1), 1  # (rows, 1, vocab); row r serves user r // width
-    for level in range(trie.levels):
+    for level in range(depth):
         if level:
             decoder.fork(torch.tensor(parents))
             logprobs, width = decoder.step(torch.tensor(tokens).unsqueeze(1)), num_beams
         new_beams, parents, tokens = [], [], []
         for user in range(n):
-            cands = []
-            for b, (prefix, score) in enumerate(beams[user]):
-                allowed = trie.allowed(prefix, banned[user])
-                if len(allowed):
-                    lp = (score + logprobs[user * width + b, -1, allowed]).tolist()
-                    cands.extend(zip([b] * len(lp), allowed.tolist(), lp))
-            cands.sort(key=lambda c: -c[2])
-            kept = [c for c in cands[:num_beams] if c[2] > float("-inf")]
-            new_beams.append([(beams[user][b][0] + (t,), s) for b, t, s in kept])
-            kept = kept or [(0, begin, float("-inf"))]  # a user with nothing left keeps a dead row
-            kept += [kept[-1]] * (num_beams - len(kept))
-            parents.extend(user * width + b for b, _, _ in kept)
-            tokens.extend(t for _, t, _ in kept)
+            allowed = [trie.allowed(prefix, banned[user]) for prefix, _ in beams[user]]
+            kept = expand(beams[user], [(a, logprobs[user * width + b, -1, a]) for b, a in enumerate(allowed)],
+                          num_beams)
+            new_beams.append([beam for _, beam in kept])
+            rows = [(b, prefix[-1]) for b, (prefix, _) in kept] or [(0, begin)]  # nothing left: a dead row
+            rows += [rows[-1]] * (num_beams - len(rows))
+            parents.extend(user * width + b for b, _ in rows)
+            tokens.extend(t for _, t in rows)
         beams = new_beams
-    return [[(trie.item_at(p + (trie.end_token,)), s) for p, s in user][:k] for user in beams]
+    return beams
+
+
+@torch.no_grad()
+def child_logprobs(model, tokenizer, ids: Sequence[int], prefixes: Sequence[Sequence[int]], trie: SIDTrie,
+                   banned: set[str] = frozenset()) -> list[Children]:
+    """Per prefix (``<|sid_begin|>`` codes..., all of one length), its trie children (minus ``banned`` items)
+    after ``ids + prefix`` with their log-probs: one prefill of ``ids``, one step over the prefixes."""
+    if not prefixes:
+        return []
+    begin, pad = _token_ids(tokenizer, trie)
+    decoder = _Decoder(model, [ids], begin, pad, trie.token_ids)
+    rows = torch.zeros(len(prefixes), dtype=torch.long)
+    if len(prefixes[0]) > 1:
+        decoder.fork(rows)
+        logprobs = decoder.step(torch.tensor([list(p[1:]) for p in prefixes]))[:, -1]
+    else:
+        logprobs = decoder.first_logprobs[rows]
+    counts = trie.banned_counts(banned)
+    return [(a, row[a]) for a, row in zip((trie.allowed(p, counts) for p in prefixes), logprobs)]
 
 
 @torch.no_grad()
