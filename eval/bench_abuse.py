@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 import httpx
 
-from .bench_serve import start_server, stop_server
+from think_rec.serve.launch import start_server, stop_server
+
 from .report import write_report
 
 KEY = "bench-abuse-key"

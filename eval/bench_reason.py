@@ -102,25 +102,3 @@ def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: in
                "train_steps": stats["steps"], "example": example}
     write_report(f"{dataset}_reason", payload, out_dir, metric_keys=ROW_KEYS)
     return payload
-
-
-def quickstart_example(root: str | Path, example: dict, budget_minutes: float = 2.0, max_history: int = 10,
-                       num_examples: int = 1000, seed: int = 0) -> dict:
-    """Stage 2 (template teacher, no rank check) on the run under ``root``, then one user's history, the
-    model's rationale and its top items, as titles (what the quickstart prints)."""
-    from think_rec.data.schema import RecDataset
-    from think_rec.decoding import SIDTrie, think_then_recommend
-    from think_rec.itemic.codebook import SIDCodebook
-    from think_rec.prompts import render_recommend_prompt
-
-    dirs = RunDirs(Path(root))
-    final = train_reason(reason_config(dirs, budget_minutes, max_history, num_examples, None, seed))
-    data, codebook = RecDataset.load(dirs.data), SIDCodebook.load(dirs.sids)
-    model, processor = load_model(final)
-    model.eval()
-    items = data.catalog.by_id
-    history = list(example["history"])[-max_history:]
-    prompt = render_recommend_prompt(history, items, codebook, processor, with_images=False).text
-    (result,) = think_then_recommend(model, processor, [prompt], SIDTrie.from_codebook(codebook, processor), k=5)
-    return {"history": [items[i]["title"] for i in history], "target": items[example["target"]]["title"],
-            "rationale": result.rationales[0], "items": [items[i]["title"] for i, _ in result.items]}

@@ -30,6 +30,7 @@ from think_rec.data.schema import RecDataset
 from think_rec.decoding.think import CitationStream, render_citations
 from think_rec.finetune.rationale_filters import citation_title, title_mentioned
 from think_rec.itemic.codebook import SIDCodebook
+from think_rec.steering import Clause
 
 from .conversation import Conversation, Session
 from .engine import EngineBusy, EngineConfig, RecEngine, Recommendation, build_engine
@@ -40,7 +41,6 @@ from .protocol import (AssistantMessage, ChatCompletionChunk, ChatCompletionRequ
                        ChunkChoice, ClauseReport, DeltaMessage, ItemCard, ModelCard, ModelList, RecommendedItem, Usage)
 from .protocol import Recommendation as RecommendationOut
 from .sessions import SessionStore, new_session_id
-from .steering import Clause
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("think_rec.serve")

@@ -1,6 +1,6 @@
 """Multi-turn chat sessions: the items a user saw, the dialogue, and the constraints steering has set.
 
-Each user message is parsed into ``Constraints`` (``serve.steering``) that accumulate over the session;
+Each user message is parsed into ``Constraints`` (``think_rec.steering``) that accumulate over the session;
 the prompt (``prompts/chat.yaml``) carries the history items, the user's words and the constraints,
 and the banned set (items breaking a constraint, already seen or already recommended) goes to the
 engine's trie.
@@ -13,9 +13,9 @@ from typing import Sequence
 from think_rec.data.schema import RecDataset
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.prompts import chat_example, chat_templates
+from think_rec.steering import Clause, Constraints, Vocabulary, parse_clauses
 
 from .errors import RequestError
-from .steering import Clause, Constraints, Vocabulary, parse_clauses
 
 
 @dataclass
@@ -101,7 +101,7 @@ class Conversation:
         the items as a numbered list."""
         chat = chat_templates()
         described = session.constraints.describe()
-        explained = [c.sentence() for c in clauses]
+        explained = [explain(c) for c in clauses]
         if not item_ids:
             return "\n".join([*explained, chat["no_items"].format(constraints=", ".join(described) or "this request")])
         basis = f"the {len(session.history)} items you interacted with" if session.history else "what you told me"
@@ -115,3 +115,12 @@ class Conversation:
                                                     price=f", ${it['price']:.2f}" if it["price"] is not None else ""))
         text = "\n".join([*explained, *lines])
         return f"{rationale}\n\n{text}" if rationale else text
+
+
+def explain(clause: Clause) -> str:
+    """What became of one clause, as a sentence of the answer text."""
+    if clause.status == "applied":
+        return f'Applied "{clause.clause}": {clause.constraint}.'
+    if clause.status == "preference":
+        return f'Taken as a preference, not a rule: "{clause.clause}".'
+    return f'{clause.status.capitalize()} "{clause.clause}": {clause.reason}.'

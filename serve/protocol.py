@@ -99,7 +99,7 @@ class RecommendedItem(ItemCard):
 
 
 class ClauseReport(BaseModel):
-    """What became of one clause of the user's words (``serve.steering.Clause``)."""
+    """What became of one clause of the user's words (``think_rec.steering.Clause``)."""
 
     clause: str
     status: Literal["applied", "ignored", "preference", "removed"]

@@ -14,8 +14,9 @@ import threading
 import time
 from pathlib import Path
 
+from think_rec.steering import Constraints
+
 from .conversation import Session
-from .steering import Constraints
 
 PRUNE_EVERY = 100  # writes between expiry/size sweeps
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from think_rec.data.schema import Catalog, RecDataset
-from think_rec.eval.bench_serve import start_server, stop_server
+from think_rec.serve.launch import start_server, stop_server
 from think_rec.finetune.rationale_filters import title_mentioned
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +12,9 @@ import yaml
 
 from think_rec.finetune.run_state import MANIFEST
 from think_rec.itemic.codebook import SIDCodebook
+from think_rec.serve.launch import free_port
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "accelerate"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

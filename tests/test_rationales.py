@@ -261,7 +261,7 @@ def test_openai_teacher_against_a_real_vllm_server(aligned_run, tmp_path, fake_r
     """vLLM's own OpenAI server (CPU) with the tiny preset answers every teacher request; reruns hit the cache."""
     import sys
 
-    from think_rec.eval.bench_serve import free_port, launch, stop_server
+    from think_rec.serve.launch import free_port, launch, stop_server
 
     dirs, _, _ = aligned_run
     port = free_port()

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from think_rec.data.schema import RecDataset
-from think_rec.eval.bench_serve import start_server, stop_server
+from think_rec.serve.launch import start_server, stop_server
 
 pytestmark = pytest.mark.slow
 

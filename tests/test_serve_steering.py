@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from think_rec.serve.steering import Clause, Constraints, Vocabulary, parse, parse_clauses
+from think_rec.steering import Clause, Constraints, Vocabulary, parse, parse_clauses
 
 ITEMS = [
     {"item_id": "a", "brand": "Aria", "categories": ["Toys", "Puzzles"], "price": 54.0},

@@ -44,6 +44,30 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
+def reasoning_example(root: str | Path, example: dict, budget_minutes: float = 2.0, max_history: int = 10,
+                      num_examples: int = 1000, seed: int = 0) -> dict:
+    """Stage 2 (template teacher, no rank check) on the run under ``root``, then one user's history, the
+    model's rationale and its top items, as titles (what the quickstart prints)."""
+    from think_rec.decoding import SIDTrie, think_then_recommend
+    from think_rec.eval.bench_reason import reason_config
+    from think_rec.finetune.reason import train_reason
+    from think_rec.model.loading import load_model
+    from think_rec.pipeline import RunDirs
+    from think_rec.prompts import render_recommend_prompt
+
+    dirs = RunDirs(Path(root))
+    final = train_reason(reason_config(dirs, budget_minutes, max_history, num_examples, None, seed))
+    data, codebook = RecDataset.load(dirs.data), SIDCodebook.load(dirs.sids)
+    model, processor = load_model(final)
+    model.eval()
+    items = data.catalog.by_id
+    history = list(example["history"])[-max_history:]
+    prompt = render_recommend_prompt(history, items, codebook, processor, with_images=False).text
+    (result,) = think_then_recommend(model, processor, [prompt], SIDTrie.from_codebook(codebook, processor), k=5)
+    return {"history": [items[i]["title"] for i in history], "target": items[example["target"]]["title"],
+            "rationale": result.rationales[0], "items": [items[i]["title"] for i, _ in result.items]}
+
+
 def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 3.0, eval_users: int | None = None,
         show_users: int = 3) -> dict:
     console = Console(file=sys.stdout)  # the terminal, also while a stage's output goes to the log
@@ -85,11 +109,9 @@ def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 3.0, e
         for n, item in enumerate(ranked[:5], 1):
             console.print(f"  {n}. {codebook.sid_string(item)} {data.catalog[item]['title']}")
 
-    from think_rec.eval.bench_reason import quickstart_example  # stage 2: think, then recommend
-
     with stage(console, log, f"stage 2 (reasoning, {min(2.0, budget_minutes):g} min)"):
-        shown = quickstart_example(root, test[0], budget_minutes=min(2.0, budget_minutes),
-                                   max_history=payload["max_history"])
+        shown = reasoning_example(root, test[0], budget_minutes=min(2.0, budget_minutes),
+                                  max_history=payload["max_history"])
     console.rule(f"stage 2 (reasoning), user {test[0]['user_id']}")
     console.print("history: " + "; ".join(shown["history"][-5:]))
     console.print(f"rationale: <think>{shown['rationale']}</think>")

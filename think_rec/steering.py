@@ -8,7 +8,8 @@ bare "cheaper" means below the median price of the last recommendations.
 
 Every clause is also reported back (``Clause``): ``applied`` (a constraint the trie enforces), ``ignored`` with
 the reason (e.g. "cheaper" on a catalog without prices) or ``preference`` (words that match no rule and reach
-the model only through the prompt).
+the model only through the prompt). The parser is shared by serving (``serve/conversation.py``, which also
+words the answer) and the steering training data (``finetune/steering_data.py``), so both see the same constraints.
 """
 from __future__ import annotations
 
@@ -146,14 +147,6 @@ class Clause:
     status: Literal["applied", "ignored", "preference", "removed"]
     reason: str | None = None
     constraint: str | None = None
-
-    def sentence(self) -> str:
-        """The clause explained in the answer text."""
-        if self.status == "applied":
-            return f'Applied "{self.clause}": {self.constraint}.'
-        if self.status == "preference":
-            return f'Taken as a preference, not a rule: "{self.clause}".'
-        return f'{self.status.capitalize()} "{self.clause}": {self.reason}.'
 
 
 def parse(text: str, vocab: Vocabulary, last_items: Sequence[Mapping[str, Any]] = ()) -> Constraints:
