@@ -1,8 +1,7 @@
 """Steering tasks: a user's request derived from the target item, in the served chat prompt, answered by its SID.
 
 From a training (history, target) pair, ``SteeringRequests`` phrases (rotating templates of ``prompts/steering.yaml``)
-a request the target satisfies: one of its informative categories (one the history lacks when it can: a request
-the history already implies teaches the model to ignore it), its brand, a price band around its price, content
+a request the target satisfies: one of its informative categories, its brand, a price band around its price, content
 words of its title (never all of them), or an exclusion of a brand/category the target does not have (taken from
 the history when it can). A quarter are two turns: a first request (neutral or category), then a refinement.
 The prompt carries the dialogue and the constraints line the serving parser (``think_rec.steering``) derives from
@@ -87,18 +86,13 @@ class SteeringRequests:
                 return tuple(self.rng.sample(words, n))
         return None
 
-    def request(self, kind: str, item: Mapping[str, Any], history: Sequence[Mapping[str, Any]] = (),
-                unseen: bool = False) -> Request | None:
-        """A ``kind`` request ``item`` satisfies (exclusions prefer the history's attributes; with ``unseen``, a
-        category request prefers one no history item has); None if impossible."""
+    def request(self, kind: str, item: Mapping[str, Any], history: Sequence[Mapping[str, Any]] = ()) -> Request | None:
+        """A ``kind`` request ``item`` satisfies (exclusions prefer the history's attributes); None if impossible."""
         rng = self.rng
         if kind == "neutral":
             return Request(kind, self.phrase(kind))
         if kind == "category":
             cats = [c for c in item["categories"] if c in self.informative]
-            if unseen:
-                seen = {c for it in history for c in it["categories"]}
-                cats = [c for c in cats if c not in seen] or cats
             value = rng.choice(cats) if cats else None
             return Request(kind, self.phrase(kind, category=value), value) if value else None
         if kind == "brand":
@@ -133,17 +127,16 @@ class SteeringRequests:
         return out
 
     def dialogue(self, item: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> list[Request] | None:
-        """One or two training requests ``item`` satisfies whose parsed constraints allow it (categories the
-        history lacks preferred); None when none fits."""
+        """One or two requests ``item`` satisfies whose parsed constraints allow it; None when none fits."""
         weights = self.cfg["kind_weights"]
         kinds = list(weights)
         for _ in range(4):
-            last = self.request(self.rng.choices(kinds, [weights[k] for k in kinds])[0], item, history, unseen=True)
+            last = self.request(self.rng.choices(kinds, [weights[k] for k in kinds])[0], item, history)
             if last is None:
                 continue
             turns = [last]
             if last.kind not in self.cfg["first_turn"] and self.rng.random() < self.cfg["two_turn"]:
-                first = self.request(self.rng.choice(self.cfg["first_turn"]), item, history, unseen=True)
+                first = self.request(self.rng.choice(self.cfg["first_turn"]), item, history)
                 turns = [first, last] if first else turns
             if self.constraints([r.text for r in turns]).allows(item):
                 return turns

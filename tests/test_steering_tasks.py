@@ -62,20 +62,6 @@ def test_requests_are_satisfied_by_the_target_and_negatives_name_none_of_its_att
     assert len(seen_kinds) == 6
 
 
-def test_training_category_requests_prefer_a_category_the_history_lacks(shop):
-    _, data, _ = shop
-    cat = data.catalog.by_id
-    requests = SteeringRequests([cat[i] for i in data.catalog.ids])
-    novel = 0
-    for history, target in _pairs(data, 200):
-        item, past = cat[target], [cat[i] for i in history]
-        seen = {c for it in past for c in it["categories"]}
-        new = {c for c in item["categories"] if c in requests.informative} - seen
-        assert requests.request("category", item, past, unseen=True).value in (new or item["categories"])
-        novel += bool(new)
-    assert 0 < novel < 200
-
-
 def test_steering_is_a_task_of_the_chat_phase(shop):
     _, data, codebook = shop
     split = leave_one_out(data.interactions, max_history=5)
