@@ -79,9 +79,7 @@ def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: in
 
     split = leave_one_out(data.interactions)
     test = sample_users(split.test, eval_users, seed)
-    model, processor = load_model(final)
-    model.eval()
-    rows, results = reasoning_ablation(model, processor, data, codebook, test, max_history=max_history,
+    rows, results = reasoning_ablation(RecModel.load(final, codebook, data), test, max_history=max_history,
                                        max_think_tokens=max_think_tokens)
     for row in rows:
         row["acceptance_rate"] = stats["acceptance_rate"]

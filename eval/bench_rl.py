@@ -19,7 +19,7 @@ from think_rec.finetune.config import load_config
 from think_rec.finetune.rl import train_rl
 from think_rec.finetune.rl_config import RLConfig
 from think_rec.finetune.run_state import MANIFEST
-from think_rec.model.loading import load_model
+from think_rec.model.artefacts import RecModel
 
 from .bench_rec import prepare_run
 from .reasoning import evaluate_reasoning
@@ -57,9 +57,7 @@ def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: i
     score = dict(max_history=max_history, max_think_tokens=max_think_tokens)
 
     def metrics(model_dir: Path, think: bool, desc: str) -> dict[str, Any]:
-        model, processor = load_model(model_dir)
-        model.eval()
-        m, _ = evaluate_reasoning(model, processor, data, codebook, test, think=think, desc=desc, **score)
+        m, _ = evaluate_reasoning(RecModel.load(model_dir, codebook, data), test, think=think, desc=desc, **score)
         return m
 
     before = metrics(stage2, True, "before_grpo")

@@ -19,11 +19,11 @@ from typing import Any, Sequence
 import datasets
 from tqdm.auto import tqdm
 
-from think_rec.data.schema import RecDataset, column
-from think_rec.decoding import SIDTrie, ThinkResult, think_then_recommend
+from think_rec.data.schema import column
+from think_rec.decoding import ThinkResult, think_then_recommend
 from think_rec.finetune.rationale_filters import (citation_title, cited_items, complete, consistency, grounding,
                                                   leakage, readability)
-from think_rec.itemic.codebook import SIDCodebook
+from think_rec.model.artefacts import RecModel
 from think_rec.prompts import render_recommend_prompt
 
 from .metrics import aggregate
@@ -52,24 +52,23 @@ def rationale_quality(results: Sequence[ThinkResult], histories: Sequence[Sequen
     return {name: value / len(results) for name, value in totals.items()}
 
 
-def evaluate_reasoning(model, processor, dataset: RecDataset, codebook: SIDCodebook, examples: datasets.Dataset, *,
-                       think: bool = True, max_history: int = 20, k: int = 10, num_beams: int | None = None,
-                       batch_size: int = 16, max_think_tokens: int = 96, num_rationales: int = 1,
-                       do_sample: bool = False, progress: bool = True, exclude_history: bool = False,
+def evaluate_reasoning(rec: RecModel, examples: datasets.Dataset, *, think: bool = True, max_history: int = 20,
+                       k: int = 10, num_beams: int | None = None, batch_size: int = 16, max_think_tokens: int = 96,
+                       num_rationales: int = 1, do_sample: bool = False, progress: bool = True,
+                       exclude_history: bool = False,
                        desc: str = "reasoning") -> tuple[dict[str, Any], list[ThinkResult]]:
-    """Ranking metrics + ``QUALITY`` of ``think_then_recommend`` on ``examples`` (history, target); with
-    ``think=False`` the think is empty. Returns ``(metrics, results)``."""
-    items = dataset.catalog.by_id
-    trie = SIDTrie.from_codebook(codebook, processor)
+    """Ranking metrics + ``QUALITY`` of ``think_then_recommend`` with ``rec`` (loaded with its data) on ``examples``
+    (history, target); with ``think=False`` the think is empty. Returns ``(metrics, results)``."""
+    model, processor, items = rec.model, rec.processor, rec.items
     histories = [h[-max_history:] for h in column(examples, "history")]
     targets = column(examples, "target")
     results: list[ThinkResult] = []
     start = time.perf_counter()
     for s in tqdm(range(0, len(histories), batch_size), desc=desc, disable=not progress):
         batch = histories[s:s + batch_size]
-        prompts = [render_recommend_prompt(h, items, codebook, processor, with_images=False).text for h in batch]
+        prompts = [render_recommend_prompt(h, items, rec.codebook, processor, with_images=False).text for h in batch]
         citations = [{i: citation_title(items[i]) for i in h} for h in batch]
-        results += think_then_recommend(model, processor, prompts, trie, k=k, num_beams=num_beams,
+        results += think_then_recommend(model, processor, prompts, rec.trie, k=k, num_beams=num_beams,
                                         citations=citations, num_rationales=num_rationales if think else 1, do_sample=do_sample and think,
                                         max_think_tokens=max_think_tokens if think else 0,
                                         exclude=[set(h) for h in batch] if exclude_history else None)
@@ -79,14 +78,13 @@ def evaluate_reasoning(model, processor, dataset: RecDataset, codebook: SIDCodeb
     return metrics, results
 
 
-def reasoning_ablation(model, processor, dataset: RecDataset, codebook: SIDCodebook, examples: datasets.Dataset,
+def reasoning_ablation(rec: RecModel, examples: datasets.Dataset,
                        **kwargs) -> tuple[list[dict[str, Any]], list[ThinkResult]]:
     """Rows ``no_reasoning`` (empty think) and ``reasoning`` for one model on the same examples, plus the
     reasoning results (for examples to show)."""
     rows, shown = [], []
     for system, think in (("no_reasoning", False), ("reasoning", True)):
-        metrics, results = evaluate_reasoning(model, processor, dataset, codebook, examples, think=think,
-                                              desc=system, **kwargs)
+        metrics, results = evaluate_reasoning(rec, examples, think=think, desc=system, **kwargs)
         rows.append({"system": system, **metrics})
         shown = results
     return rows, shown

@@ -17,11 +17,10 @@ import torch
 
 from think_rec.data.schema import RecDataset, column
 from think_rec.data.split import LeaveOneOut, sample_users
-from think_rec.decoding import SIDTrie
 from think_rec.decoding.search import beam_search, score_items
 from think_rec.finetune.align import phase_prompt
 from think_rec.itemic.codebook import SIDCodebook
-from think_rec.model.loading import load_model
+from think_rec.model.artefacts import RecModel
 
 from .evaluate import RankFn, evaluate_ranker
 from .markov import MarkovModel, markov_ranker
@@ -41,9 +40,8 @@ class ThinkRecScorer:
                  max_history: int = 20, num_beams: int = 20, batch_size: int = 64):
         if prompt not in PROMPTS:
             raise ValueError(f"prompt must be one of {list(PROMPTS)}, got {prompt!r}")
-        self.model, self.processor = load_model(model_dir)
-        self.model.eval()
-        self.trie = SIDTrie.from_codebook(codebook, self.processor)
+        rec = RecModel.load(model_dir, codebook)
+        self.model, self.processor, self.trie = rec.model, rec.processor, rec.trie
         self.prompt = phase_prompt(PROMPTS[prompt], dataset, codebook, self.processor, max_history)
         self.num_beams, self.batch_size = num_beams, batch_size
 

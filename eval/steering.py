@@ -21,14 +21,13 @@ from typing import Any, Sequence
 
 from think_rec.data.schema import RecDataset, column
 from think_rec.data.split import leave_one_out, sample_users
-from think_rec.decoding import SIDTrie
 from think_rec.decoding.search import beam_search
 from think_rec.finetune.align import train_align
 from think_rec.finetune.config import load_align_config
 from think_rec.finetune.run_state import MANIFEST
 from think_rec.finetune.steering_data import Request, SteeringRequests, steering_templates
 from think_rec.itemic.codebook import SIDCodebook
-from think_rec.model.loading import load_model
+from think_rec.model.artefacts import RecModel
 from think_rec.prompts import chat_example, render_recommend_prompt
 
 from .bench_rec import DATASETS
@@ -52,10 +51,9 @@ class Ranker:
     """A model's trie beam search over token-id prompts, top-``k`` item ids per prompt."""
 
     def __init__(self, model_dir: str | Path, codebook: SIDCodebook, k: int, num_beams: int):
-        self.model, self.processor = load_model(str(model_dir))
-        self.model.eval()
+        rec = RecModel.load(model_dir, codebook)
+        self.model, self.processor, self.trie = rec.model, rec.processor, rec.trie
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        self.trie = SIDTrie.from_codebook(codebook, self.processor)
         self.k, self.num_beams = k, num_beams
 
     def ids(self, messages: list[dict[str, Any]]) -> list[int]:

@@ -14,9 +14,7 @@ import torch
 
 from think_rec.decoding.search import beam_search, child_logprobs
 from think_rec.decoding.think import think_then_recommend
-from think_rec.decoding.trie import SIDTrie
 from think_rec.decoding.trie_beam import Children
-from think_rec.itemic.codebook import SIDCodebook
 
 from .engine import EngineBusy, EngineConfig, Recommendation
 
@@ -33,11 +31,10 @@ class HFEngine:
         self.waiting = 0
 
     async def start(self) -> None:
-        from think_rec.model.loading import load_model
+        from think_rec.model.artefacts import RecModel
 
-        self.model, self.processor = await asyncio.to_thread(load_model, str(self.config.model))
-        self.model.eval()
-        self.trie = SIDTrie.from_codebook(SIDCodebook.load(self.config.sids), self.processor)
+        rec = await asyncio.to_thread(RecModel.load, self.config.model, self.config.sids)
+        self.model, self.processor, self.trie = rec.model, rec.processor, rec.trie
 
     def healthy(self) -> bool:
         return self.model is not None

@@ -6,7 +6,7 @@ import pytest
 from think_rec.data.split import leave_one_out
 from think_rec.decoding import ThinkResult
 from think_rec.eval.reasoning import evaluate_reasoning, rationale_quality, reasoning_ablation
-from think_rec.model.loading import load_model
+from think_rec.model.artefacts import RecModel
 
 ITEMS = {
     "h1": {"item_id": "h1", "title": "Blue Ceramic Mug", "brand": "Acme", "categories": ["Kitchen", "Mugs"]},
@@ -34,11 +34,9 @@ def test_rationale_quality_hand_made():
 
 def test_ablation_rows_on_aligned_model(aligned_run, synthetic_dataset):
     _, codebook, model_dir = aligned_run
-    model, processor = load_model(model_dir)
-    model.eval()
+    rec = RecModel.load(model_dir, codebook, synthetic_dataset)
     test = leave_one_out(synthetic_dataset.interactions).test.select(range(6))
-    rows, results = reasoning_ablation(model, processor, synthetic_dataset, codebook, test, max_history=4,
-                                       max_think_tokens=5, batch_size=3, progress=False)
+    rows, results = reasoning_ablation(rec, test, max_history=4, max_think_tokens=5, batch_size=3, progress=False)
     assert [r["system"] for r in rows] == ["no_reasoning", "reasoning"]
     empty, think = rows
     assert empty["mean_length"] == 0 and empty["grounding"] == empty["leakage"] == 0
@@ -46,6 +44,5 @@ def test_ablation_rows_on_aligned_model(aligned_run, synthetic_dataset):
                                                                          "complete", "closed_by_model"))
     assert len(results) == 6 and all(len(r.items) == 10 for r in results)
     assert think["complete"] == sum(bool(r.rationales[0]) for r in results) / 6  # a sentence, or nothing
-    again, _ = evaluate_reasoning(model, processor, synthetic_dataset, codebook, test, think=False, max_history=4,
-                                  batch_size=6, progress=False)
+    again, _ = evaluate_reasoning(rec, test, think=False, max_history=4, batch_size=6, progress=False)
     assert {k: again[k] for k in ("recall@10", "ndcg@10")} == {k: empty[k] for k in ("recall@10", "ndcg@10")}

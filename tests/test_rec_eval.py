@@ -8,6 +8,7 @@ import pytest
 from think_rec.data.split import leave_one_out
 from think_rec.eval.markov import MarkovModel
 from think_rec.eval.rec import ThinkRecScorer, prior_fused_rankings, select_prior_weight
+from think_rec.model.artefacts import RecModel
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +50,12 @@ def test_unknown_prompt_kind_is_refused(synthetic_dataset, aligned_run):
     _, codebook, model_dir = aligned_run
     with pytest.raises(ValueError, match="prompt must be one of"):
         ThinkRecScorer(model_dir, synthetic_dataset, codebook, prompt="tweet")
+
+
+def test_rec_model_loads_each_artefact_from_the_run_folders(aligned_run):
+    dirs, codebook, model_dir = aligned_run
+    rec = RecModel.load(model_dir, dirs.sids, dirs.data)
+    assert not rec.model.training and set(rec.trie.tokens_of) == set(rec.codebook.codes) == set(codebook.codes)
+    assert rec.items is rec.dataset.catalog.by_id and set(rec.items) == set(rec.dataset.catalog.ids)
+    with pytest.raises(ValueError, match="without data"):
+        RecModel.load(model_dir, codebook).items

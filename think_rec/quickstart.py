@@ -48,22 +48,20 @@ def reasoning_example(root: str | Path, example: dict, budget_minutes: float = 2
                       num_examples: int = 1000, seed: int = 0) -> dict:
     """Stage 2 (template teacher, no rank check) on the run under ``root``, then one user's history, the
     model's rationale and its top items, as titles (what the quickstart prints)."""
-    from think_rec.decoding import SIDTrie, think_then_recommend
+    from think_rec.decoding import think_then_recommend
     from think_rec.eval.bench_reason import reason_config
     from think_rec.finetune.reason import train_reason
-    from think_rec.model.loading import load_model
+    from think_rec.model.artefacts import RecModel
     from think_rec.pipeline import RunDirs
     from think_rec.prompts import render_recommend_prompt
 
     dirs = RunDirs(Path(root))
     final = train_reason(reason_config(dirs, budget_minutes, max_history, num_examples, None, seed))
-    data, codebook = RecDataset.load(dirs.data), SIDCodebook.load(dirs.sids)
-    model, processor = load_model(final)
-    model.eval()
-    items = data.catalog.by_id
+    rec = RecModel.load(final, dirs.sids, dirs.data)
+    items = rec.items
     history = list(example["history"])[-max_history:]
-    prompt = render_recommend_prompt(history, items, codebook, processor, with_images=False).text
-    (result,) = think_then_recommend(model, processor, [prompt], SIDTrie.from_codebook(codebook, processor), k=5)
+    prompt = render_recommend_prompt(history, items, rec.codebook, rec.processor, with_images=False).text
+    (result,) = think_then_recommend(rec.model, rec.processor, [prompt], rec.trie, k=5)
     return {"history": [items[i]["title"] for i in history], "target": items[example["target"]]["title"],
             "rationale": result.rationales[0], "items": [items[i]["title"] for i, _ in result.items]}
 
