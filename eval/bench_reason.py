@@ -18,7 +18,7 @@ from pathlib import Path
 
 from think_rec.data.split import leave_one_out, sample_users
 from think_rec.finetune.align import train_align
-from think_rec.finetune.config import load_config
+from think_rec.finetune.base_config import load_config
 from think_rec.finetune.reason import train_reason
 from think_rec.finetune.rationales import make_teacher
 from think_rec.finetune.reason_config import ReasonConfig

@@ -11,7 +11,7 @@ from pathlib import Path
 from think_rec.data.schema import RecDataset
 from think_rec.data.split import leave_one_out, sample_users
 from think_rec.finetune.align import train_align
-from think_rec.finetune.config import AlignConfig, load_align_config
+from think_rec.finetune.align_config import AlignConfig, load_align_config
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.pipeline import RunDirs, ensure_data, ensure_sids, ensure_tiny
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from think_rec.data.split import leave_one_out, sample_users
-from think_rec.finetune.config import load_config
+from think_rec.finetune.base_config import load_config
 from think_rec.finetune.rl import train_rl
 from think_rec.finetune.rl_config import RLConfig
 from think_rec.finetune.run_state import MANIFEST

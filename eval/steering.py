@@ -23,7 +23,7 @@ from think_rec.data.schema import RecDataset, column
 from think_rec.data.split import leave_one_out, sample_users
 from think_rec.decoding.search import beam_search
 from think_rec.finetune.align import train_align
-from think_rec.finetune.config import load_align_config
+from think_rec.finetune.align_config import load_align_config
 from think_rec.finetune.run_state import MANIFEST
 from think_rec.finetune.steering_data import Request, SteeringRequests, steering_templates
 from think_rec.itemic.codebook import SIDCodebook

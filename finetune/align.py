@@ -32,8 +32,8 @@ from think_rec.model.loading import load_model
 from think_rec.decoding.trie import SIDTrie
 from think_rec.prompts import render_recommend_prompt
 
+from .align_config import AlignConfig, PHASES
 from .align_data import PAPER_MIX, build_align_dataset
-from .config import AlignConfig, PHASES
 from .cpu_patches import compact_fused_lm_head_on_cpu
 from .run_state import (config_fingerprint, data_fingerprint, model_fingerprint, resume_point, sids_fingerprint,
                         train_and_merge)
@@ -183,9 +183,7 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
 
 def train_align(config: AlignConfig) -> Path:
     """Run the configured phase(s); returns ``output_dir/final`` (a merged, ``from_pretrained``-able model)."""
-    for name in ("model", "data_dir", "sids_dir"):
-        if not getattr(config, name):
-            raise ValueError(f"AlignConfig.{name} is required")
+    config.require()
     if config.disable_tqdm:  # also the per-phase tokenising / packing bars of `datasets`
         datasets.disable_progress_bars()
     data = RecDataset.load(config.data_dir)

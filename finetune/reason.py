@@ -101,9 +101,7 @@ def rationale_rows(config: ReasonConfig, data: RecDataset, codebook: SIDCodebook
 
 def train_reason(config: ReasonConfig) -> Path:
     """Build (or reuse) the rationales, train, merge; returns ``output_dir/final``."""
-    for name in ("model", "data_dir", "sids_dir", "output_dir"):
-        if not getattr(config, name):
-            raise ValueError(f"ReasonConfig.{name} is required")
+    config.require()
     data = RecDataset.load(config.data_dir)
     codebook = SIDCodebook.load(config.sids_dir)
     fingerprint = reason_fingerprint(config)

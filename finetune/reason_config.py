@@ -3,21 +3,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from trl import SFTConfig
 
-from .config import json_mapping
+from .base_config import StageConfig, json_mapping
 from .rationales import reject_secrets
 
 
 @dataclass
-class ReasonConfig(SFTConfig):
+class ReasonConfig(StageConfig, SFTConfig):
     """Stage 2: teacher rationales on pruned contexts, filtered, then LoRA SFT on the full history ->
-    ``<think>rationale</think>`` + target SID, starting from the merged stage-1 model."""
+    ``<think>rationale</think>`` + target SID, starting from the merged stage-1 model.
+    ``time_budget_minutes`` counts training only, not rationale building."""
 
-    model: str = field(default="", metadata={"help": "The merged stage-1 model folder (align output_dir/final)."})
-    data_dir: str = field(default="", metadata={"help": "Prepared RecDataset folder."})
-    sids_dir: str = field(default="", metadata={"help": "Folder with sid_meta.json and item_embeddings.npy."})
     teacher: str = field(default="template", metadata={"help": "template | self | openai | smol"})
     teacher_kwargs: dict | str | None = field(default=None, metadata={
         "help": "Teacher options, e.g. {base_url: http://gpu:8000/v1, model: Qwen/Qwen3-32B} for openai; no api_key: "
@@ -26,26 +23,16 @@ class ReasonConfig(SFTConfig):
     max_teacher_failure_rate: float = field(default=0.05, metadata={
         "help": "Abort when more teacher requests than this share still fail (failed ones are never kept)."})
     prune_k: int = field(default=10, metadata={"help": "History items in the teacher's pruned context."})
-    max_history: int = field(default=20, metadata={"help": "History items in the training prompt (the latest)."})
-    num_examples: int | None = field(default=None, metadata={"help": "Training examples (seeded sample; default all)."})
     rejection_top_n: int | None = field(default=10, metadata={
         "help": "Keep a rationale only if the model conditioned on it ranks the target in the top N (0/None: skip)."})
     rejection_num_beams: int | None = field(default=None, metadata={"help": "Beams of the rank check (default N)."})
     rejection_batch_size: int = field(default=16, metadata={"help": "Prompts per rank-check batch."})
     rationale_loss_weight: float = field(default=1.0, metadata={"help": "Loss weight of rationale tokens."})
     item_loss_weight: float = field(default=1.0, metadata={"help": "Loss weight of SID (item) tokens."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (0: full fine-tuning, for the tiny preset)."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    time_budget_minutes: float | None = field(default=None, metadata={
-        "help": "Training stops (and checkpoints) when spent; rationale building is not counted."})
-    overwrite: bool = field(default=False, metadata={
-        "help": "Start over: delete the checkpoints and final model (a changed run otherwise stops)."})
 
     # SFTConfig defaults changed for this stage (rows come tokenised, with their own labels)
     gradient_checkpointing: bool = False
-    report_to: None | str | list[str] = "none"
     save_steps: float = 100
-    save_total_limit: int | None = 2
     logging_steps: float = 5
     max_length: int | None = 2048  # rows are fitted by dropping their oldest history items, never truncated
 
@@ -58,6 +45,4 @@ class ReasonConfig(SFTConfig):
             raise ValueError("max_teacher_failure_rate must be in [0, 1] and teacher_retries >= 0")
         if self.prune_k < 1:
             raise ValueError(f"prune_k must be >= 1, got {self.prune_k}")
-        if not torch.cuda.is_available():
-            self.use_cpu, self.bf16, self.fp16 = True, False, False
         super().__post_init__()

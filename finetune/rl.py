@@ -106,9 +106,7 @@ def rationale_rule_in_rollouts(model, mask: RationaleMask) -> None:
 
 def train_rl(config: RLConfig) -> Path:
     """GRPO from the stage-2 model, merge; returns ``output_dir/final``."""
-    for name in ("model", "data_dir", "sids_dir", "output_dir"):
-        if not getattr(config, name):
-            raise ValueError(f"RLConfig.{name} is required")
+    config.require()
     data = RecDataset.load(config.data_dir)
     codebook = SIDCodebook.load(config.sids_dir)
     fingerprint = {"config": config_fingerprint(config), "data": data_fingerprint(config.data_dir),

@@ -42,7 +42,7 @@ def aligned_run(synthetic_dataset, tmp_path_factory):
     sids/ and tiny-model/; ``model_dir`` the merged stage-1 model (SID tokens in its vocabulary).
     """
     from think_rec.finetune.align import train_align
-    from think_rec.finetune.config import AlignConfig
+    from think_rec.finetune.align_config import AlignConfig
     from think_rec.pipeline import RunDirs, ensure_sids, ensure_tiny
 
     dirs = RunDirs(tmp_path_factory.mktemp("aligned_run"))

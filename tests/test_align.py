@@ -17,8 +17,10 @@ from trl import SFTTrainer, TrlParser
 
 from think_rec.data.split import leave_one_out
 from think_rec.finetune import align
+from think_rec.finetune.align_config import AlignConfig
 from think_rec.finetune.align_data import PAPER_MIX, build_align_dataset, task_counts
-from think_rec.finetune.config import AlignConfig
+from think_rec.finetune.reason_config import ReasonConfig
+from think_rec.finetune.rl_config import RLConfig
 from think_rec.itemic.codebook import SIDCodebook
 
 CONFIGS = Path(__file__).resolve().parents[1] / "finetune" / "configs"
@@ -193,6 +195,9 @@ def test_bad_config_values_are_named():
         AlignConfig(output_dir="x", phase="all")
     with pytest.raises(ValueError, match="task_mix"):
         AlignConfig(output_dir="x", task_mix="{oops")
+    for cls in (AlignConfig, ReasonConfig, RLConfig):  # the stages' shared required fields, checked at train time
+        with pytest.raises(ValueError, match=f"{cls.__name__}.sids_dir is required"):
+            cls(output_dir="x", model="m", data_dir="d").require()
 
 
 CHILD = """
@@ -200,7 +205,7 @@ import json, sys, time, traceback
 from pathlib import Path
 import transformers.modeling_utils as modeling_utils
 from think_rec.finetune.align import train_align
-from think_rec.finetune.config import AlignConfig
+from think_rec.finetune.align_config import AlignConfig
 
 def stuck(*args, **kwargs):  # the merged model's weights: config.json is already written, the weights never are
     Path(sys.argv[1]).write_text("".join(traceback.format_stack()))

@@ -11,7 +11,7 @@ from think_rec.data.split import leave_one_out
 from think_rec.decoding import SIDTrie, recommend
 from think_rec.decoding.search import beam_search, score_items
 from think_rec.finetune import align, selection
-from think_rec.finetune.config import AlignConfig, load_align_config
+from think_rec.finetune.align_config import AlignConfig, load_align_config
 from think_rec.finetune.sequence_data import build_sequence_dataset, item_token_ids, sid_stream, windows
 from think_rec.model.loading import load_model
 from think_rec.prompts import render_recommend_prompt

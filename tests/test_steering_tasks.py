@@ -76,7 +76,7 @@ def test_model_only_steering_raises_the_requested_category_share(aligned_run, sy
     from think_rec.data.schema import column
     from think_rec.eval.steering import Ranker, evaluate
     from think_rec.finetune.align import train_align
-    from think_rec.finetune.config import AlignConfig
+    from think_rec.finetune.align_config import AlignConfig
 
     dirs, codebook, base = aligned_run
     config = AlignConfig(output_dir=str(tmp_path / "steer"), model=str(base), data_dir=str(dirs.data),

@@ -1,32 +1,20 @@
 """``AlignConfig``: TRL's ``SFTConfig`` plus what stage 1 (itemic alignment) needs, read from YAML."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import torch
-import yaml
 from trl import SFTConfig
+
+from .base_config import StageConfig, json_mapping, load_config
 
 PHASES = ("warmup", "sequence", "multitask")
 ALIASES = {"both": "warmup,multitask"}
-ConfigT = TypeVar("ConfigT")
-
-
-def json_mapping(value: dict | str | None, name: str) -> dict | None:
-    """A config field given as a mapping or as its JSON text (the command line); ``ValueError`` naming ``name``."""
-    if value is None or isinstance(value, dict):
-        return value
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{name}: expected a JSON mapping like '{{\"key\": 1.0}}', got {value!r}") from e
 
 
 @dataclass
-class AlignConfig(SFTConfig):
+class AlignConfig(StageConfig, SFTConfig):
     """Itemic alignment, as a list of phases run in order, each from the previous one's merged weights:
 
     - ``warmup``: only the new SID rows of embed_tokens/lm_head train (pretrained bases);
@@ -39,17 +27,12 @@ class AlignConfig(SFTConfig):
     same as the others). ``select_every_steps`` > 0 turns on model selection on valid NDCG@10.
     """
 
-    model: str = field(default="", metadata={"help": "Base model: folder, hub id or think_rec preset name."})
-    data_dir: str = field(default="", metadata={"help": "Prepared RecDataset folder."})
-    sids_dir: str = field(default="", metadata={"help": "Folder holding sid_meta.json."})
     phase: str = field(default="both", metadata={
         "help": "Comma-separated phases among warmup, sequence, multitask ('both' = warmup,multitask)."})
     phase_overrides: dict | str | None = field(default=None, metadata={
         "help": "Per-phase SFTConfig fields, e.g. {sequence: {learning_rate: 3.0e-3, num_train_epochs: 30}}."})
     phase_budget: dict | str | None = field(default=None, metadata={
         "help": "Share of time_budget_minutes per phase, e.g. {sequence: 0.8, multitask: 0.2} (default: equal)."})
-    overwrite: bool = field(default=False, metadata={
-        "help": "Start over: delete the phases' checkpoints and merged models (a changed run otherwise stops)."})
     sequence_max_items: int = field(default=50, metadata={"help": "Items per sequence pre-training window."})
     sequence_sid_softmax: bool = field(default=True, metadata={
         "help": "Sequence phase: softmax over the SID tokens only (every label is one; a much cheaper head)."})
@@ -64,20 +47,14 @@ class AlignConfig(SFTConfig):
     task_mix: dict | str | None = field(default=None, metadata={
         "help": "Task fractions, e.g. {persona: 0.24, sequential: 0.66, captioning: 0.05, general: 0.05}."})
     warmup_task_mix: dict | str | None = field(default=None, metadata={"help": "Warm-up mix (default: task_mix)."})
-    num_examples: int | None = field(default=None, metadata={"help": "Examples per phase (default: from data)."})
-    max_history: int = field(default=20, metadata={"help": "Items of history per prompt."})
     with_images: bool = field(default=True, metadata={"help": "Interleave item images into histories."})
     max_images: int = field(default=4, metadata={"help": "Images per prompt (the most recent items)."})
     warmup_max_steps: int = field(default=-1, metadata={"help": "Warm-up steps (-1: same as max_steps)."})
     warmup_num_train_epochs: float | None = field(default=None, metadata={"help": "Warm-up epochs."})
     warmup_learning_rate: float = field(default=1e-3, metadata={"help": "Warm-up lr (new rows only)."})
-    lora_r: int = field(default=16, metadata={
-        "help": "LoRA rank (multi-task phase); 0 = full fine-tuning (the from-scratch tiny preset)."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     model_dropout: float = field(default=0.0, metadata={
         "help": "Dropout on embeddings, attention and residual branches while training (models from scratch)."})
     quantization: str | None = field(default=None, metadata={"help": "None | 4bit | 8bit (QLoRA)."})
-    time_budget_minutes: float | None = field(default=None, metadata={"help": "Stop (and checkpoint) when spent."})
     lr_decay_share: float = field(default=0.0, metadata={
         "help": "With a time budget: the last share of each phase's time decays the learning rate linearly to 0 "
                 "(warmup-stable-decay: a step-based schedule cannot know where a time budget ends)."})
@@ -85,9 +62,7 @@ class AlignConfig(SFTConfig):
     # SFTConfig defaults changed for this stage
     assistant_only_loss: bool = True
     gradient_checkpointing: bool = False
-    report_to: None | str | list[str] = "none"
     save_steps: float = 100
-    save_total_limit: int | None = 2
     logging_steps: float = 5
     max_length: int | None = 2048
     include_num_input_tokens_seen: str = "non_padding"  # compute per phase, logged by model selection
@@ -113,8 +88,6 @@ class AlignConfig(SFTConfig):
             bad = set(overrides) - sft_fields
             if bad:
                 raise ValueError(f"phase_overrides.{name}: {sorted(bad)[0]!r} is not an SFTConfig field")
-        if not torch.cuda.is_available():
-            self.use_cpu, self.bf16, self.fp16 = True, False, False
         super().__post_init__()
 
     @property
@@ -145,15 +118,6 @@ class AlignConfig(SFTConfig):
                 kw["num_train_epochs"] = self.warmup_num_train_epochs
         kw.update(self.phase_overrides.get(phase, {}))
         return SFTConfig(**kw)
-
-
-def load_config(config_cls: type[ConfigT], path: str | Path, **overrides: Any) -> ConfigT:
-    """A stage's config dataclass from a YAML recipe (``finetune/configs/*.yaml``) with ``overrides`` on top."""
-    values = {**(yaml.safe_load(Path(path).read_text()) or {}), **overrides}
-    unknown = set(values) - {f.name for f in fields(config_cls) if f.init}
-    if unknown:
-        raise ValueError(f"{path}: unknown field {sorted(unknown)[0]!r}")
-    return config_cls(**values)
 
 
 def load_align_config(path: str | Path, **overrides: Any) -> AlignConfig:
