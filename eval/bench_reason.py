@@ -24,6 +24,7 @@ from think_rec.finetune.rationales import make_teacher
 from think_rec.finetune.reason_config import ReasonConfig
 from think_rec.finetune.reason_data import build_rationales, sample_examples
 from think_rec.finetune.run_state import MANIFEST
+from think_rec.model.artefacts import RecModel
 from think_rec.model.loading import load_model
 from think_rec.pipeline import RunDirs
 

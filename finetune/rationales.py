@@ -25,7 +25,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
-from .rationale_filters import attributes, citation_title, content_tokens, display_title, leakage, mentions
+from .rationale_filters import attributes, citation_title, content_tokens, display_title, leakage
 
 log = logging.getLogger(__name__)
 Item = dict[str, Any]

@@ -38,6 +38,8 @@ def engine_args(config: EngineConfig, width: int) -> AsyncEngineArgs:
         limit_mm_per_prompt={"image": 0, "video": 0}, disable_log_stats=True,
         tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size,
         dtype=config.dtype)
+
+
 class VLLMEngine:
     """See the module docstring; the interface is ``serve.engine.RecEngine``."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import statistics
-from pathlib import Path
 
 import httpx
 import pytest

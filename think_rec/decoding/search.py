@@ -20,6 +20,8 @@ from .trie import SIDTrie
 from .trie_beam import Beam, Children, expand, ranked_items, sid_logprobs
 
 Ranked = list[tuple[str, float]]
+
+
 def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)

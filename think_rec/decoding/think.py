@@ -101,8 +101,6 @@ def merge_scores(per_rationale: Sequence[Sequence[tuple[str, float]]], k: int) -
     return sorted(merged, key=lambda x: -x[1])[:k]
 
 
-
-
 class CitationStream:
     """Rationale deltas (as an engine streams them) with citations shown by ``render_citations``; a
     citation still open at the end of a delta is held back until it closes."""
