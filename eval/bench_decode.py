@@ -1,7 +1,9 @@
 """Constrained vs unconstrained beam search on the tiny preset: seconds per request, interleaved, same run.
 
-``think-rec bench decode`` builds the tiny preset over a generated shop (2,000 items, random distinct
-3 x 32 SIDs), renders real recommend prompts and writes ``eval/results/decode.{json,md,png}``.
+Constrained is the trie beam search (``think_rec.decoding.search.beam_search``); unconstrained is plain HF
+``generate`` beam search, its SIDs parsed afterwards (``unconstrained_beam``). ``think-rec bench decode``
+builds the tiny preset over a generated shop (2,000 items, random distinct 3 x 32 SIDs), renders real
+recommend prompts and writes ``eval/results/decode.{json,md,png}``.
 """
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from think_rec.decoding import SIDTrie, recommend
-from think_rec.itemic.codebook import SIDCodebook
+from think_rec.decoding import SIDTrie
+from think_rec.decoding.search import beam_search, encode, left_pad
+from think_rec.itemic.codebook import SID_END, SIDCodebook
 from think_rec.prompts import render_recommend_prompt
 
 from .report import write_report
+
 
 def synthetic_codebook(item_ids: list[str], levels: int = 3, codes: int = 32, seed: int = 0) -> SIDCodebook:
     """Distinct random SIDs for ``item_ids`` (timing only: no encoder needed)."""
@@ -43,6 +47,19 @@ def tiny_setup(work_dir: Path, n_items: int, seed: int = 0):
     return model.eval(), processor, codebook, data
 
 
+@torch.no_grad()
+def unconstrained_beam(model, processor, prompts: list[str], codebook: SIDCodebook, k: int) -> list[list[str]]:
+    """Plain HF beam search (``k`` beams, no trie): per prompt, the distinct catalog items its beams parse to."""
+    tok = getattr(processor, "tokenizer", processor)
+    ids, mask = left_pad(encode(tok, prompts), tok.pad_token_id)
+    out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), num_beams=k,
+                         num_return_sequences=k, do_sample=False, max_new_tokens=codebook.levels + 2,
+                         eos_token_id=tok.convert_tokens_to_ids(SID_END), pad_token_id=tok.pad_token_id)
+    parsed = [codebook.parse(text) for text in tok.batch_decode(out[:, ids.shape[1]:])]
+    return [list(dict.fromkeys(p[0] for p in parsed[i * k:(i + 1) * k] if p and p[0] is not None))
+            for i in range(len(prompts))]
+
+
 def run(out_dir: str | Path = "eval/results", n_items: int = 2000, requests: int = 32, batch_size: int = 8,
         k: int = 10, reps: int = 3, max_history: int = 10, seed: int = 0) -> dict:
     """Time both decoders on the same recommend prompts, alternating per batch; write the ``decode`` report."""
@@ -54,13 +71,16 @@ def run(out_dir: str | Path = "eval/results", n_items: int = 2000, requests: int
     prompts = [render_recommend_prompt(h, data.catalog, codebook, processor, with_images=False).text
                for h in histories]
     batches = [prompts[i:i + batch_size] for i in range(0, requests, batch_size)]
-    recommend(model, processor, batches[0], trie, k=k)  # warm-up
-    seconds = {"constrained": 0.0, "unconstrained": 0.0}
+    systems = {"constrained": lambda batch: beam_search(model, processor, batch, trie, num_beams=k, k=k),
+               "unconstrained": lambda batch: unconstrained_beam(model, processor, batch, codebook, k)}
+    for decode in systems.values():
+        decode(batches[0])  # warm-up
+    seconds = dict.fromkeys(systems, 0.0)
     for _ in tqdm(range(reps), desc="decode bench"):
         for batch in batches:
-            for system in seconds:
+            for system, decode in systems.items():
                 start = time.perf_counter()
-                recommend(model, processor, batch, trie, k=k, unconstrained=system == "unconstrained")
+                decode(batch)
                 seconds[system] += time.perf_counter() - start
     per_request = {s: t / (reps * requests) for s, t in seconds.items()}
     payload = {

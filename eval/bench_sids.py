@@ -1,12 +1,11 @@
 """SID benchmark: RQ-KMeans vs RQ-VAE on Amazon Scientific (real MiniLM text embeddings) and on
-100k synthetic hierarchical embeddings. Writes ``sids.json``, ``sids.md`` and ``sids.png``.
+100k synthetic hierarchical embeddings. Writes ``sids.json``, ``sids.md`` and ``sids.png`` (``eval/report.py``).
 
 ``python -m eval.bench_sids [--quick]``. Peak memory is the process RSS high-water mark above the
 RSS before the build (psutil, sampled every 10 ms) in a fresh process per build, so it includes
 torch's allocations and nothing left over from earlier builds."""
 from __future__ import annotations
 
-import json
 import multiprocessing
 import sys
 import tempfile
@@ -23,9 +22,14 @@ from think_rec.data.loaders import lcrec
 from think_rec.itemic.build import quantise
 from think_rec.itemic.encoders import encode_text
 
+from .report import write_report
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LEVELS, CODES, SEED = 3, 256, 0
 VAE_EPOCHS = {"scientific": 30, "synthetic-100k": 10}
+TABLE = ["dataset", "items", "build_seconds", "encode_seconds", "peak_mem_mb", "collision_rate_before",
+         "collision_rate_after", "utilisation", "first_code_similarity_ratio"]
+CHART = ["build_seconds", "collision_rate_before", "first_code_similarity_ratio"]
 
 
 def synthetic(n: int = 100_000, dim: int = 384, branching: tuple[int, ...] = (64, 16, 16),
@@ -126,44 +130,18 @@ def run(out_dir: str | Path = "eval/results", quick: bool = False) -> dict:
         rows = bench("scientific", emb, title_emb, encode_seconds, quick, Path(tmp))
         rows += bench("synthetic-100k", syn, syn, 0.0, quick, Path(tmp))
     result = {"benchmark": "sids", "dataset": "scientific+synthetic-100k", "rows": rows}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sids.json").write_text(json.dumps(result, indent=2))
-    (out / "sids.md").write_text(_markdown(rows))
-    _plot(rows, out / "sids.png")
+    report(result, out_dir)
     return result
 
 
-def _markdown(rows: list[dict]) -> str:
-    head = ["system", "dataset", "items", "build_seconds", "encode_seconds", "peak_mem_mb",
-            "collision_rate_before", "collision_rate_after", "utilisation", "first_code_similarity_ratio"]
-    lines = [f"# Semantic-ID build: {LEVELS} levels x {CODES} codes, seed {SEED}, "
-             f"torch threads {torch.get_num_threads()}", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
-    lines += ["", "build_seconds excludes encoding; peak_mem_mb = psutil RSS high-water mark above the "
-              "pre-build RSS (10 ms sampling, one fresh process per build). first_code_similarity_ratio = mean cosine of pairs sharing "
-              "the first code / mean cosine of all pairs (titles' MiniLM embeddings for scientific, the "
-              f"embeddings themselves for synthetic). RQ-VAE epochs: {VAE_EPOCHS}. Collision resolution: "
-              "extra level."]
-    return "\n".join(lines) + "\n"
-
-
-def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f"{r['system']}\n{r['dataset']}" for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for ax, key in zip(axes, ("build_seconds", "collision_rate_before", "first_code_similarity_ratio")):
-        ax.bar(labels, [r[key] for r in rows], color=["C0", "C1"] * (len(rows) // 2))
-        ax.set_title(key)
-        ax.tick_params(axis="x", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def report(result: dict, out_dir: str | Path = "eval/results", threads: int | None = None) -> Path:
+    """``sids.{json,md,png}`` of a ``run`` result (``threads``: torch's, default the current count)."""
+    notes = (f"{LEVELS} levels x {CODES} codes, seed {SEED}, torch threads {threads or torch.get_num_threads()}. "
+             "build_seconds excludes encoding; peak_mem_mb = psutil RSS high-water mark above the pre-build RSS "
+             "(10 ms sampling, one fresh process per build). first_code_similarity_ratio = mean cosine of pairs "
+             "sharing the first code / mean cosine of all pairs (titles' MiniLM embeddings for scientific, the "
+             f"embeddings themselves for synthetic). RQ-VAE epochs: {VAE_EPOCHS}. Collision resolution: extra level.")
+    return write_report("sids", result, out_dir, metric_keys=TABLE, chart_keys=CHART, notes=notes)
 
 
 if __name__ == "__main__":

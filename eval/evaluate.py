@@ -1,7 +1,7 @@
 """``evaluate_ranker``: one protocol for think_rec, SASRec and popularity.
 
 Full-catalog ranking, leave-one-out. Whether items already in a user's history may be recommended
-is an explicit ``exclude_history`` option of every ranker (``top_k_from_scores``, ``generative_ranker``,
+is an explicit ``exclude_history`` option of every ranker (``top_k_from_scores``, ``rec.think_rec_ranker``,
 ``popularity_ranker``, ``sasrec_ranker``/``train_sasrec``, ``markov_ranker``); pass the same value to all
 systems of one comparison. Choose it from the data: a dataset where nobody interacts with an item twice
 (Amazon reviews) should exclude, one with repeats should not (the target may legitimately be a repeat)::
@@ -70,17 +70,3 @@ def evaluate_ranker(rank_fn: RankFn, examples: datasets.Dataset, ks: Sequence[in
             raise ValueError(f"rank_fn returned {len(ranked)} rankings for {len(batch)} histories")
         rankings.extend(ranked)
     return {**aggregate(rankings, targets, ks), "users": len(targets)}
-
-
-def generative_ranker(model, tokenizer, trie, make_prompt: Callable[[list[str]], str], k: int = 10,
-                      num_beams: int | None = None, exclude_history: bool = False) -> RankFn:
-    """A ``rank_fn`` for think_rec: prompts from histories, constrained beam search over the trie;
-    ``exclude_history`` keeps each user's history items out of the beams."""
-    from think_rec.decoding import recommend
-
-    def rank(histories: list[list[str]]) -> list[list[str]]:
-        out = recommend(model, tokenizer, [make_prompt(h) for h in histories], trie, k=k, num_beams=num_beams,
-                        exclude=[set(h) for h in histories] if exclude_history else None)
-        return [[item for item, _ in row] for row in out]
-
-    return rank

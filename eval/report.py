@@ -7,8 +7,13 @@ from typing import Any, Sequence
 
 
 def write_report(name: str, payload: dict[str, Any], out_dir: str | Path = "eval/results",
-                 metric_keys: Sequence[str] | None = None) -> Path:
-    """Write ``NAME.json`` (the payload verbatim), ``NAME.md`` and ``NAME.png``; return the json path."""
+                 metric_keys: Sequence[str] | None = None, chart_keys: Sequence[str] | None = None,
+                 notes: str = "") -> Path:
+    """Write ``NAME.json`` (the payload verbatim), ``NAME.md`` and ``NAME.png``; return the json path.
+
+    The table shows ``metric_keys`` (default: the numeric ones) per row, then the payload's other keys and
+    ``notes``; the chart has one panel per ``chart_keys`` (default: the numeric metric keys). Rows are
+    labelled by ``system`` and their string-valued table columns."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,6 +23,7 @@ def write_report(name: str, payload: dict[str, Any], out_dir: str | Path = "eval
     if not rows or any("system" not in r for r in rows):
         raise ValueError(f"report {name!r}: payload needs rows=[{{'system': ..., metric: value}}, ...]")
     keys = list(metric_keys or [k for k in rows[0] if k != "system" and isinstance(rows[0][k], (int, float))])
+    charted = list(chart_keys or [k for k in keys if isinstance(rows[0].get(k), (int, float))])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
@@ -31,17 +37,20 @@ def write_report(name: str, payload: dict[str, Any], out_dir: str | Path = "eval
     lines += ["| " + " | ".join([str(r["system"])] + [fmt(r.get(k, "")) for k in keys]) + " |" for r in rows]
     extra = {k: v for k, v in payload.items() if k not in ("benchmark", "dataset", "rows")}
     lines += [""] + [f"- **{k}**: {json.dumps(v) if isinstance(v, (dict, list)) else fmt(v)}" for k, v in extra.items()]
+    lines += ["", notes] if notes else []
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
-    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(keys) * len(rows) / 2 + 2), 3.5))
-    width = 0.8 / len(rows)
-    for i, r in enumerate(rows):
-        ax.bar([j + i * width for j in range(len(keys))], [r.get(k, 0) or 0 for k in keys], width,
-               label=str(r["system"]))
-    ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(keys))], keys)
-    ax.set_title(f"{payload.get('benchmark', name)}" + (f" ({payload['dataset']})" if "dataset" in payload else ""),
+    labels = [" ".join([str(r["system"])] + [r[k] for k in keys if isinstance(r.get(k), str)]) for r in rows]
+    fig, axes = plt.subplots(1, len(charted), figsize=(max(4, (1 + 0.35 * len(rows)) * len(charted)), 3.5),
+                             squeeze=False)
+    for ax, key in zip(axes[0], charted):  # one panel per metric: each on its own scale
+        for i, (r, label) in enumerate(zip(rows, labels)):
+            ax.bar(i, r.get(key, 0) or 0, color=f"C{i % 10}", label=label)
+        ax.set_title(key, fontsize=9)
+        ax.set_xticks([])
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{payload.get('benchmark', name)}" + (f" ({payload['dataset']})" if "dataset" in payload else ""),
                  fontsize=9)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / f"{name}.png", dpi=120)
     plt.close(fig)

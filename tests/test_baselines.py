@@ -9,8 +9,8 @@ import torch
 
 from think_rec.data.schema import Interactions
 from think_rec.data.split import leave_one_out
-from think_rec.eval.evaluate import (evaluate_ranker, generative_ranker, has_repeats, split_sequences,
-                                     top_k_from_scores)
+from think_rec.eval import rec
+from think_rec.eval.evaluate import evaluate_ranker, has_repeats, split_sequences, top_k_from_scores
 from think_rec.eval.markov import MarkovConfig, MarkovModel, markov_ranker
 from think_rec.eval.popularity import popularity_ranker
 from think_rec.eval.sasrec import (SASRecConfig, load_sasrec, save_sasrec, score_all, sasrec_ranker,
@@ -138,7 +138,8 @@ def test_sasrec_config_loss_validated_and_saved(tmp_path):
         del blob["config"][field]
     torch.save(blob, tmp_path / "sasrec.pt")
     old = load_sasrec(tmp_path)
-    assert (old.config.loss, old.config.init_std) == ("bce", None) and torch.allclose(score_all(old, [["1", "2"]]), score_all(model, [["1", "2"]]))
+    assert (old.config.loss, old.config.init_std) == ("bce", None)
+    assert torch.allclose(score_all(old, [["1", "2"]]), score_all(model, [["1", "2"]]))
 
 
 def test_sasrec_ce_learns_a_cycle():
@@ -160,18 +161,19 @@ def test_exclusion_removes_history_from_every_ranker(monkeypatch):
                          exclude_history=True)
     calls = []
 
-    def fake_recommend(model, tokenizer, prompts, trie, k=10, num_beams=None, exclude=None):
+    def fake_beam_search(model, tokenizer, prompts, trie, *, num_beams, k, exclude=None, batch_size=64):
         calls.append(exclude)
         return [[(i, 0.0) for i in items if not exclude or i not in exclude[n]][:k] for n in range(len(prompts))]
 
-    import think_rec.decoding
-
-    monkeypatch.setattr(think_rec.decoding, "recommend", fake_recommend)
+    monkeypatch.setattr(rec, "beam_search", fake_beam_search)
     k = 10
+    scorer = rec.ThinkRecScorer.__new__(rec.ThinkRecScorer)  # no model: the beam search is faked
+    scorer.model = scorer.processor = scorer.trie = None
+    scorer.prompt, scorer.num_beams, scorer.batch_size = (lambda h: " ".join(h)), k, 64
     rankers = {"popularity": popularity_ranker(train, k, exclude_history=True),
                "markov": markov_ranker(MarkovModel(train), k, exclude_history=True),
                "sasrec": sasrec_ranker(model, k, exclude_history=True),
-               "generative": generative_ranker(None, None, None, lambda h: " ".join(h), k, exclude_history=True)}
+               "generative": scorer.ranker(k, exclude_history=True)}
     for name, rank in rankers.items():
         ranked = rank(histories)
         assert len(ranked) == len(histories), name

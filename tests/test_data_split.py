@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from think_rec.data.filters import dedupe_consecutive, kcore
+from think_rec.data.filters import kcore
 from think_rec.data.loaders import load_source
 from think_rec.data.schema import Catalog, Interactions, RecDataset
 from think_rec.data.split import leave_one_out
@@ -61,7 +61,6 @@ def test_kcore_iterates_to_a_fixed_point():
     counts = Counter(i for s in out.interactions.sequences for i in s)
     assert min(counts.values()) >= 2 and min(len(s) for s in out.interactions.sequences) >= 2
     assert len(out.catalog) == 6 and out.stats()["kcore"] == 2  # catalog kept
-    assert kcore(ds, 2, drop_unused_items=True).catalog.ids == ["0", "1"]
     assert len(ds.interactions) == 3  # input untouched
 
 
@@ -72,9 +71,3 @@ def test_kcore_on_real_data_is_a_fixed_point(shared_data):
     assert min(counts.values()) >= 6 and min(len(s) for s in seqs) >= 6
     assert out.stats()["kcore_rounds"] > 1 and 0 < sum(counts.values()) < 194687
     assert kcore(out, 6).interactions.table.to_dict()["item_ids"] == seqs
-
-
-def test_dedupe_consecutive():
-    out = dedupe_consecutive(toy({"u": ["1", "1", "2", "1", "1", "1"]}))
-    assert list(out.interactions.sequences) == [["1", "2", "1"]]
-    assert out.interactions.table["timestamps"][0] == [0, 2, 3]

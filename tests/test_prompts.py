@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from think_rec import prompts
 from think_rec.itemic.codebook import SIDCodebook
@@ -104,4 +105,4 @@ def test_recommend_prompt_matches_training_prompt(shop, tiny_model):
     full = processor.apply_chat_template(train["messages"], tokenize=False)
     assert full.startswith(rec.text)
     assert rec.text.count("<|image_pad|>") == 3 and codebook.sid_string(history[0]) in rec.text
-    assert [im.size for im in rec.pil_images()] == [(64, 64)] * 3
+    assert [Image.open(p).size for p in rec.images] == [(64, 64)] * 3

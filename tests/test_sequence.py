@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from think_rec.data.split import leave_one_out
-from think_rec.decoding import SIDTrie, recommend
+from think_rec.decoding import SIDTrie
 from think_rec.decoding.search import beam_search, score_items
 from think_rec.finetune import align, selection
 from think_rec.finetune.align_config import AlignConfig, load_align_config
@@ -31,7 +31,7 @@ def test_windows_supervise_every_transition_once():
 
 
 def test_sequence_labels_cover_every_item_after_the_first_and_nothing_of_valid_or_test(synthetic_dataset,
-                                                                                      aligned_run):
+                                                                                       aligned_run):
     _, codebook, model_dir = aligned_run
     _, processor = load_model(model_dir)
     ids = item_token_ids(codebook, processor)
@@ -79,7 +79,7 @@ def test_packing_changes_no_loss(synthetic_dataset, aligned_run, tmp_path):
     torch.testing.assert_close(packed, total / count, rtol=1e-5, atol=1e-5)
 
 
-def test_cached_beam_search_matches_generate_and_its_own_scores(synthetic_dataset, aligned_run):
+def test_cached_beam_search_finds_the_best_items_and_its_own_scores(synthetic_dataset, aligned_run):
     _, codebook, model_dir = aligned_run
     model, processor = load_model(model_dir)
     model.eval()
@@ -87,12 +87,14 @@ def test_cached_beam_search_matches_generate_and_its_own_scores(synthetic_datase
     split = leave_one_out(synthetic_dataset.interactions, max_history=5)
     texts = [render_recommend_prompt(h, synthetic_dataset.catalog, codebook, processor, with_images=False).text
              for h in split.valid["history"][:6]]
-    prompts = [processor.tokenizer(t)["input_ids"] for t in texts]
+    prompts = [processor.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     fast = beam_search(model, processor, prompts, trie, num_beams=20, k=10, batch_size=4)
-    slow = recommend(model, processor, texts, trie, k=10, num_beams=20)
-    for a, b in zip(fast, slow):
-        assert a[0][0] == b[0][0]
-        assert len({i for i, _ in a} & {i for i, _ in b}) >= 8
+    assert beam_search(model, processor, texts, trie, num_beams=20, k=10, batch_size=4) == fast
+    items = list(codebook.codes)  # exhaustive: every catalog item scored after every prompt
+    for row, scores in zip(fast, score_items(model, processor, prompts, [items] * len(prompts), trie)):
+        best = [i for i, _ in sorted(zip(items, scores), key=lambda x: -x[1])[:10]]
+        assert row[0][0] == best[0]
+        assert len({i for i, _ in row} & set(best)) >= 8
     rescored = score_items(model, processor, prompts, [[i for i, _ in row] for row in fast], trie, batch_size=4)
     for row, scores in zip(fast, rescored):
         assert scores == pytest.approx([s for _, s in row], abs=1e-4)

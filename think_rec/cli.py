@@ -1,4 +1,5 @@
-"""``think-rec``: one CLI over the pipeline data -> itemic -> model -> finetune -> decoding -> serve/eval."""
+"""``think-rec``: one CLI over the pipeline data -> sids -> model -> train -> serve -> eval/bench (and all in one:
+quickstart); commands are defined and listed in that order."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,20 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_show_locals=False)
+PIPELINE = ["data", "sids", "model", "train", "serve", "think-ahead", "chat", "eval", "baseline", "bench", "quickstart"]
+
+
+class PipelineOrder(TyperGroup):
+    """``--help`` lists the commands in pipeline order (typer lists commands before groups)."""
+
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: PIPELINE.index(n) if n in PIPELINE else len(PIPELINE))
+
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_show_locals=False, cls=PipelineOrder)
 data_app = typer.Typer(help="Load, filter and store datasets.", no_args_is_help=True)
 sids_app = typer.Typer(help="Build and inspect semantic IDs (the itemic tokenizer).", no_args_is_help=True)
 model_app = typer.Typer(help="Build model presets with SID tokens.", no_args_is_help=True)
@@ -167,6 +180,88 @@ def train_rl_cmd(
     main(["--config", str(config), *ctx.args])
 
 
+@app.command("serve")
+def serve_cmd(
+    model: Path = typer.Option(..., help="A merged model folder (with SID tokens)."),
+    run: Optional[Path] = typer.Option(None, help="A run folder: uses its data/ and sids/."),
+    data: Optional[Path] = typer.Option(None, help="The prepared data folder (catalog, users)."),
+    sids: Optional[Path] = typer.Option(None, help="The SID folder (sids build)."),
+    backend: str = typer.Option("vllm", help="vllm | hf | think_ahead"),
+    think: bool = typer.Option(False, help="Write a rationale by default (stage-2/3 models)."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    think_ahead: Optional[Path] = typer.Option(None, help="Backend think_ahead: the store (think-rec think-ahead)."),
+    think_ahead_base: str = typer.Option("vllm", help="Backend think_ahead: the engine it wraps (vllm | hf)."),
+    api_key: Optional[str] = typer.Option(None, envvar="THINK_REC_API_KEY",
+                                          help="Bearer key for /v1/* (required when HOST is not loopback)."),
+    image_root: Optional[Path] = typer.Option(None, help="Item images are served only from under it (default: "
+                                              "the data folder)."),
+    session_db: Optional[Path] = typer.Option(None, help="SQLite file of the chat sessions (default: "
+                                              "MODEL/sessions.sqlite)."),
+    max_sessions: int = typer.Option(10_000, help="Sessions kept (least recently used dropped)."),
+    session_ttl_hours: float = typer.Option(168.0, help="Idle sessions expire after this."),
+    max_model_len: int = typer.Option(4096, help="Prompt + rationale + SID tokens; older dialogue is trimmed."),
+    tensor_parallel_size: int = typer.Option(1, help="vLLM: GPUs one model is split over."),
+    data_parallel_size: int = typer.Option(1, help="vLLM: model replicas behind this server."),
+    max_running: int = typer.Option(4, help="Engine runs at once."),
+    max_waiting: int = typer.Option(64, help="Requests queued beyond them (503 when full)."),
+    request_timeout: float = typer.Option(120.0, help="Seconds per request, queueing included (504)."),
+    max_body_kib: int = typer.Option(1024, help="Request body cap (413)."),
+) -> None:
+    """OpenAI-compatible chat recommender API + chat page (http://HOST:PORT/)."""
+    from think_rec.serve.api import ServeConfig, serve
+
+    data = data or (run / "data" if run else None)
+    sids = sids or (run / "sids" if run else None)
+    if data is None or sids is None:
+        fail(ValueError("give --run RUNDIR or both --data and --sids"))
+    try:
+        serve(ServeConfig(model=model, data=data, sids=sids, backend=backend, think=think, host=host, port=port,
+                          think_ahead=think_ahead, think_ahead_base=think_ahead_base, api_key=api_key,
+                          image_root=image_root, session_db=session_db, max_sessions=max_sessions,
+                          session_ttl_s=session_ttl_hours * 3600, max_model_len=max_model_len,
+                          tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
+                          max_running=max_running, max_waiting=max_waiting, request_timeout_s=request_timeout,
+                          max_body_bytes=max_body_kib * 1024))
+    except ValueError as e:
+        fail(e)
+
+
+@app.command("think-ahead")
+def think_ahead_cmd(
+    model: Path = typer.Option(..., help="A merged model folder (with SID tokens)."),
+    run: Path = typer.Option(..., help="Its run folder (data/ and sids/)."),
+    out: Path = typer.Option(..., help="The SQLite store to write (reruns skip stored users)."),
+    rationales: int = typer.Option(0, help="Rationales per user (0: no <think>, stage-1 models)."),
+    beam: int = typer.Option(10, help="SID prefixes (first L-1 levels) kept per rationale (as k)."),
+    max_think_tokens: int = typer.Option(64),
+    history: str = typer.Option("full", help="full (serving) | test (leave-one-out test history, for eval)."),
+    max_history: int = typer.Option(20, help="As the server's (the prompt's last items)."),
+) -> None:
+    """Think-Ahead offline job: per user, rationales + the beam of the first L-1 SID levels -> OUT."""
+    from think_rec.serve.think_ahead import build_store
+
+    try:
+        added = build_store(model, run / "data", run / "sids", out, rationales=rationales, beam=beam,
+                            max_think_tokens=max_think_tokens, history=history, max_history=max_history)
+    except (ValueError, FileNotFoundError) as e:
+        fail(e)
+    console.print(f"think-ahead: {added} users added to {out}")
+
+
+@app.command("chat")
+def chat_cmd(
+    url: str = typer.Option("http://127.0.0.1:8000", help="A running `think-rec serve`."),
+    user: Optional[str] = typer.Option(None, help="A dataset user id (their history seeds the chat)."),
+    k: int = typer.Option(5, help="Items per answer."),
+    api_key: Optional[str] = typer.Option(None, envvar="THINK_REC_API_KEY", help="The server's --api-key."),
+) -> None:
+    """Chat with a running server in the terminal (quit / Ctrl-D to leave)."""
+    from think_rec.serve.client import chat_loop
+
+    chat_loop(url, user=user, k=k, api_key=api_key)
+
+
 def _split_examples(data: Path, split: str, users: Optional[int], seed: int):
     from think_rec.data.schema import RecDataset
     from think_rec.data.split import leave_one_out
@@ -258,16 +353,48 @@ def baseline_sasrec(
             out)
 
 
-@app.command("quickstart")
-def quickstart(
-    work_dir: Path = typer.Option(Path("runs/quickstart"), help="Where every artefact goes."),
-    budget_minutes: float = typer.Option(3.0, help="Training budget for think_rec and for each SASRec."),
-    eval_users: int = typer.Option(0, help="Test users scored (0: all; the same for every system)."),
+@bench_app.command("sids")
+def bench_sids(
+    out_dir: Path = typer.Option(Path("eval/results")),
+    quick: bool = typer.Option(False, help="Small sizes (a smoke run)."),
 ) -> None:
-    """Offline end to end on MovieLens-100k: prepare -> SIDs -> tiny preset -> align -> eval vs Markov, SASRec."""
-    from think_rec.quickstart import run
+    """RQ-KMeans vs RQ-VAE on Scientific and a generated 100k catalog -> eval/results/sids.json."""
+    from think_rec.eval.bench_sids import run
 
-    run(work_dir, budget_minutes, eval_users or None)
+    run(out_dir, quick=quick)
+
+
+@bench_app.command("sids-quality")
+def bench_sids_quality(
+    dataset: str = typer.Option("scientific", help="scientific | industrial | ml-100k"),
+    budget_minutes: float = typer.Option(4.0, help="Stage-1 sequence-phase budget per codebook."),
+    shapes: str = typer.Option("3x256,3x64,4x32", help="Codebook shapes (LEVELSxCODES), comma-separated."),
+    encoders: str = typer.Option("text,text+behaviour", help="Item encoders, comma-separated."),
+    valid_users: int = typer.Option(2000, help="Valid users scored (0: all)."),
+    work_dir: Path = typer.Option(Path("runs/bench-rec")),
+    out_dir: Path = typer.Option(Path("eval/results")),
+) -> None:
+    """Codebook shape x encoder by the stage-1 model's valid NDCG@10 -> eval/results/sids_quality.json."""
+    from think_rec.eval.bench_sids_quality import run
+
+    payload = run(dataset, budget_minutes, tuple(shapes.split(",")), tuple(encoders.split(",")),
+                  valid_users or None, work_dir=work_dir, out_dir=out_dir)
+    print_dict("bench sids-quality", {r["system"]: {m: r[m] for m in ("valid_ndcg@10", "collision_rate_after")}
+                                      for r in payload["rows"]})
+
+
+@bench_app.command("decode")
+def bench_decode(
+    out_dir: Path = typer.Option(Path("eval/results")),
+    n_items: int = typer.Option(2000, help="Catalog size (generated shop)."),
+    requests: int = typer.Option(32, help="Recommend requests per repetition."),
+) -> None:
+    """Constrained vs unconstrained beam search time per request (tiny preset) -> eval/results/decode.json."""
+    from think_rec.eval.bench_decode import run
+
+    payload = run(out_dir=out_dir, n_items=n_items, requests=requests)
+    print_dict("bench decode", {r["system"]: r["seconds_per_request"] for r in payload["rows"]}
+               | {"overhead": payload["overhead"]})
 
 
 @bench_app.command("rec")
@@ -287,88 +414,6 @@ def bench_rec(
                   recipe=recipe or RECIPE)
     print_dict(f"bench rec {dataset}", {r["system"]: {m: r[m] for m in ("ndcg@10", "recall@10")}
                                          for r in payload["rows"]})
-
-
-@app.command("serve")
-def serve_cmd(
-    model: Path = typer.Option(..., help="A merged model folder (with SID tokens)."),
-    run: Optional[Path] = typer.Option(None, help="A run folder: uses its data/ and sids/."),
-    data: Optional[Path] = typer.Option(None, help="The prepared data folder (catalog, users)."),
-    sids: Optional[Path] = typer.Option(None, help="The SID folder (sids build)."),
-    backend: str = typer.Option("vllm", help="vllm | hf | think_ahead"),
-    think: bool = typer.Option(False, help="Write a rationale by default (stage-2/3 models)."),
-    host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(8000),
-    think_ahead: Optional[Path] = typer.Option(None, help="Backend think_ahead: the store (think-rec think-ahead)."),
-    think_ahead_base: str = typer.Option("vllm", help="Backend think_ahead: the engine it wraps (vllm | hf)."),
-    api_key: Optional[str] = typer.Option(None, envvar="THINK_REC_API_KEY",
-                                          help="Bearer key for /v1/* (required when HOST is not loopback)."),
-    image_root: Optional[Path] = typer.Option(None, help="Item images are served only from under it (default: "
-                                              "the data folder)."),
-    session_db: Optional[Path] = typer.Option(None, help="SQLite file of the chat sessions (default: "
-                                              "MODEL/sessions.sqlite)."),
-    max_sessions: int = typer.Option(10_000, help="Sessions kept (least recently used dropped)."),
-    session_ttl_hours: float = typer.Option(168.0, help="Idle sessions expire after this."),
-    max_model_len: int = typer.Option(4096, help="Prompt + rationale + SID tokens; older dialogue is trimmed."),
-    tensor_parallel_size: int = typer.Option(1, help="vLLM: GPUs one model is split over."),
-    data_parallel_size: int = typer.Option(1, help="vLLM: model replicas behind this server."),
-    max_running: int = typer.Option(4, help="Engine runs at once."),
-    max_waiting: int = typer.Option(64, help="Requests queued beyond them (503 when full)."),
-    request_timeout: float = typer.Option(120.0, help="Seconds per request, queueing included (504)."),
-    max_body_kib: int = typer.Option(1024, help="Request body cap (413)."),
-) -> None:
-    """OpenAI-compatible chat recommender API + chat page (http://HOST:PORT/)."""
-    from think_rec.serve.api import ServeConfig, serve
-
-    data = data or (run / "data" if run else None)
-    sids = sids or (run / "sids" if run else None)
-    if data is None or sids is None:
-        fail(ValueError("give --run RUNDIR or both --data and --sids"))
-    try:
-        serve(ServeConfig(model=model, data=data, sids=sids, backend=backend, think=think, host=host, port=port,
-                          think_ahead=think_ahead, think_ahead_base=think_ahead_base, api_key=api_key,
-                          image_root=image_root, session_db=session_db, max_sessions=max_sessions,
-                          session_ttl_s=session_ttl_hours * 3600, max_model_len=max_model_len,
-                          tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
-                          max_running=max_running, max_waiting=max_waiting, request_timeout_s=request_timeout,
-                          max_body_bytes=max_body_kib * 1024))
-    except ValueError as e:
-        fail(e)
-
-
-@app.command("think-ahead")
-def think_ahead_cmd(
-    model: Path = typer.Option(..., help="A merged model folder (with SID tokens)."),
-    run: Path = typer.Option(..., help="Its run folder (data/ and sids/)."),
-    out: Path = typer.Option(..., help="The SQLite store to write (reruns skip stored users)."),
-    rationales: int = typer.Option(0, help="Rationales per user (0: no <think>, stage-1 models)."),
-    beam: int = typer.Option(10, help="SID prefixes (first L-1 levels) kept per rationale (as k)."),
-    max_think_tokens: int = typer.Option(64),
-    history: str = typer.Option("full", help="full (serving) | test (leave-one-out test history, for eval)."),
-    max_history: int = typer.Option(20, help="As the server's (the prompt's last items)."),
-) -> None:
-    """Think-Ahead offline job: per user, rationales + the beam of the first L-1 SID levels -> OUT."""
-    from think_rec.serve.think_ahead import build_store
-
-    try:
-        added = build_store(model, run / "data", run / "sids", out, rationales=rationales, beam=beam,
-                            max_think_tokens=max_think_tokens, history=history, max_history=max_history)
-    except (ValueError, FileNotFoundError) as e:
-        fail(e)
-    console.print(f"think-ahead: {added} users added to {out}")
-
-
-@app.command("chat")
-def chat_cmd(
-    url: str = typer.Option("http://127.0.0.1:8000", help="A running `think-rec serve`."),
-    user: Optional[str] = typer.Option(None, help="A dataset user id (their history seeds the chat)."),
-    k: int = typer.Option(5, help="Items per answer."),
-    api_key: Optional[str] = typer.Option(None, envvar="THINK_REC_API_KEY", help="The server's --api-key."),
-) -> None:
-    """Chat with a running server in the terminal (quit / Ctrl-D to leave)."""
-    from think_rec.serve.client import chat_loop
-
-    chat_loop(url, user=user, k=k, api_key=api_key)
 
 
 @bench_app.command("reason")
@@ -466,48 +511,16 @@ def bench_steering(
                                   for r in payload["rows"]})
 
 
-@bench_app.command("sids")
-def bench_sids(
-    out_dir: Path = typer.Option(Path("eval/results")),
-    quick: bool = typer.Option(False, help="Small sizes (a smoke run)."),
+@app.command("quickstart")
+def quickstart(
+    work_dir: Path = typer.Option(Path("runs/quickstart"), help="Where every artefact goes."),
+    budget_minutes: float = typer.Option(3.0, help="Training budget for think_rec and for each SASRec."),
+    eval_users: int = typer.Option(0, help="Test users scored (0: all; the same for every system)."),
 ) -> None:
-    """RQ-KMeans vs RQ-VAE on Scientific and a generated 100k catalog -> eval/results/sids.json."""
-    from think_rec.eval.bench_sids import run
+    """Offline end to end on MovieLens-100k: prepare -> SIDs -> tiny preset -> align -> eval vs Markov, SASRec."""
+    from think_rec.quickstart import run
 
-    run(out_dir, quick=quick)
-
-
-@bench_app.command("sids-quality")
-def bench_sids_quality(
-    dataset: str = typer.Option("scientific", help="scientific | industrial | ml-100k"),
-    budget_minutes: float = typer.Option(4.0, help="Stage-1 sequence-phase budget per codebook."),
-    shapes: str = typer.Option("3x256,3x64,4x32", help="Codebook shapes (LEVELSxCODES), comma-separated."),
-    encoders: str = typer.Option("text,text+behaviour", help="Item encoders, comma-separated."),
-    valid_users: int = typer.Option(2000, help="Valid users scored (0: all)."),
-    work_dir: Path = typer.Option(Path("runs/bench-rec")),
-    out_dir: Path = typer.Option(Path("eval/results")),
-) -> None:
-    """Codebook shape x encoder by the stage-1 model's valid NDCG@10 -> eval/results/sids_quality.json."""
-    from think_rec.eval.bench_sids_quality import run
-
-    payload = run(dataset, budget_minutes, tuple(shapes.split(",")), tuple(encoders.split(",")),
-                  valid_users or None, work_dir=work_dir, out_dir=out_dir)
-    print_dict("bench sids-quality", {r["system"]: {m: r[m] for m in ("valid_ndcg@10", "collision_rate_after")}
-                                      for r in payload["rows"]})
-
-
-@bench_app.command("decode")
-def bench_decode(
-    out_dir: Path = typer.Option(Path("eval/results")),
-    n_items: int = typer.Option(2000, help="Catalog size (generated shop)."),
-    requests: int = typer.Option(32, help="Recommend requests per repetition."),
-) -> None:
-    """Constrained vs unconstrained beam search time per request (tiny preset) -> eval/results/decode.json."""
-    from think_rec.eval.bench_decode import run
-
-    payload = run(out_dir=out_dir, n_items=n_items, requests=requests)
-    print_dict("bench decode", {r["system"]: r["seconds_per_request"] for r in payload["rows"]}
-               | {"overhead": payload["overhead"]})
+    run(work_dir, budget_minutes, eval_users or None)
 
 
 if __name__ == "__main__":

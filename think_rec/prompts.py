@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
-from PIL import Image
 
 from .data.errors import DataError
 from .data.images import IMAGE_SUFFIXES, resolve_image
 from .data.schema import Catalog
+from .itemic.codebook import SIDCodebook
 
 Items = Catalog | Mapping[str, dict[str, Any]]  # anything with catalog[item_id] -> row
-from .itemic.codebook import SIDCodebook
 
 PROMPTS_DIR = Path(str(resources.files("think_rec.prompt_templates")))
 TASKS = ("persona", "sequential", "captioning", "general", "steering")
@@ -212,9 +211,6 @@ class RecommendPrompt:
     messages: list[dict[str, Any]]
     text: str
     images: list[str]
-
-    def pil_images(self) -> list[Image.Image]:
-        return [Image.open(p).convert("RGB") for p in self.images]
 
 
 def render_recommend_prompt(history_item_ids: Sequence[str], catalog: Items, codebook: SIDCodebook,

@@ -127,9 +127,6 @@ class Interactions:
     def users(self) -> list[str]:
         return column(self.table, "user_id")
 
-    def num_interactions(self) -> int:
-        return sum(len(s) for s in self.sequences)
-
 
 BASE_STATS = ("name", "users", "items", "items_interacted", "interactions", "min_seq_len", "max_seq_len",
               "mean_seq_len", "density", "items_with_image", "items_with_price")

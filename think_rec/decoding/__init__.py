@@ -1,7 +1,6 @@
-"""Constrained decoding over semantic IDs: the trie, its logits processor and beam search."""
-from .beam import recommend
-from .constraints import SIDConstrainedLogitsProcessor
+"""Constrained decoding over semantic IDs: the trie, the trie beam search and think-then-recommend."""
+from .search import beam_search
 from .think import ThinkResult, think_then_recommend
 from .trie import SIDTrie
 
-__all__ = ["SIDConstrainedLogitsProcessor", "SIDTrie", "ThinkResult", "recommend", "think_then_recommend"]
+__all__ = ["SIDTrie", "ThinkResult", "beam_search", "think_then_recommend"]

@@ -4,10 +4,10 @@
 the beams, one SID level per step: a prompt of P tokens costs P + (levels - 1) * beams token
 forwards instead of HF ``generate``'s beams * P. ``prefix_search`` stops after the first ``depth``
 levels; ``child_logprobs`` scores the trie children of given prefixes after one prompt; ``score_items``
-gives the log-probability of any candidate items' SIDs under the same cache. All take prompts as token-id
-lists (text only) and score as every engine does (``trie_beam``): the sum of the code tokens'
-log-probabilities, each a softmax over the SID tokens (inside a SID nothing else may follow; a model
-pre-trained with a SID-only head has no calibrated mass elsewhere). The constant ``<|sid_begin|>`` and
+gives the log-probability of any candidate items' SIDs under the same cache. All take text-only prompts as
+token-id lists (``beam_search`` and ``prefix_search`` also as strings) and score as every engine does
+(``trie_beam``): the sum of the code tokens' log-probabilities, each a softmax over the SID tokens (inside a
+SID nothing else may follow; a model pre-trained with a SID-only head has no calibrated mass elsewhere). The constant ``<|sid_begin|>`` and
 the forced ``<|sid_end|>`` are left out, so rankings equal those of the full sequence score.
 """
 from __future__ import annotations
@@ -22,14 +22,21 @@ from .trie_beam import Beam, Children, expand, ranked_items, sid_logprobs
 Ranked = list[tuple[str, float]]
 
 
-def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-        mask[row, width - len(p):] = 1
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``input_ids`` and ``attention_mask`` of token-id rows."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, width - len(r):] = 1
     return ids, mask
+
+
+def encode(tokenizer, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
+    """Token ids of each prompt: strings are tokenised as they are (no special tokens added), ids kept."""
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    return [tok(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p) for p in prompts]
 
 
 class _Decoder:
@@ -37,7 +44,7 @@ class _Decoder:
 
     def __init__(self, model, prompts: Sequence[Sequence[int]], begin_id: int, pad_id: int, sid_ids: torch.Tensor):
         self.model, self.sid_ids = model, sid_ids
-        ids, self.mask = _left_pad([list(p) + [begin_id] for p in prompts], pad_id)
+        ids, self.mask = left_pad([list(p) + [begin_id] for p in prompts], pad_id)
         device = model.device
         positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids.to(device), attention_mask=self.mask.to(device), position_ids=positions.to(device),
@@ -71,8 +78,9 @@ def _token_ids(tokenizer, trie: SIDTrie) -> tuple[int, int]:
     return trie.first_token, pad
 
 
-def _beams(model, tokenizer, prompts: Sequence[Sequence[int]], trie: SIDTrie, num_beams: int, depth: int,
+def _beams(model, tokenizer, prompts: Sequence[str | Sequence[int]], trie: SIDTrie, num_beams: int, depth: int,
            exclude: Sequence[set[str]] | None, batch_size: int) -> list[list[Beam]]:
+    prompts = encode(tokenizer, prompts)
     if exclude is not None and len(exclude) != len(prompts):
         raise ValueError(f"exclude has {len(exclude)} sets for {len(prompts)} prompts")
     begin, pad = _token_ids(tokenizer, trie)
@@ -86,9 +94,10 @@ def _beams(model, tokenizer, prompts: Sequence[Sequence[int]], trie: SIDTrie, nu
 
 
 @torch.no_grad()
-def beam_search(model, tokenizer, prompts: Sequence[Sequence[int]], trie: SIDTrie, *, num_beams: int = 20,
+def beam_search(model, tokenizer, prompts: Sequence[str | Sequence[int]], trie: SIDTrie, *, num_beams: int = 20,
                 k: int = 10, exclude: Sequence[set[str]] | None = None, batch_size: int = 64) -> list[Ranked]:
-    """Up to ``k`` ``(item_id, log-prob)`` per prompt (token ids), best first, every item in the trie."""
+    """Up to ``k`` distinct ``(item_id, log-prob)`` per prompt (token ids or text), best first: every item in the
+    trie and none of ``exclude[i]`` for prompt ``i``."""
     if num_beams < k:
         raise ValueError(f"num_beams={num_beams} must be >= k={k}")
     beams = _beams(model, tokenizer, prompts, trie, num_beams, trie.levels, exclude, batch_size)
@@ -96,7 +105,7 @@ def beam_search(model, tokenizer, prompts: Sequence[Sequence[int]], trie: SIDTri
 
 
 @torch.no_grad()
-def prefix_search(model, tokenizer, prompts: Sequence[Sequence[int]], trie: SIDTrie, depth: int, *,
+def prefix_search(model, tokenizer, prompts: Sequence[str | Sequence[int]], trie: SIDTrie, depth: int, *,
                   num_beams: int = 10, batch_size: int = 64) -> list[list[Beam]]:
     """Per prompt, the best ``num_beams`` trie prefixes ``<|sid_begin|> c1..c_depth`` with their log-probs."""
     return _beams(model, tokenizer, prompts, trie, num_beams, depth, None, batch_size)
@@ -105,6 +114,8 @@ def prefix_search(model, tokenizer, prompts: Sequence[Sequence[int]], trie: SIDT
 def _search(decoder: _Decoder, trie: SIDTrie, banned: list, num_beams: int, depth: int, begin: int) -> list[list[Beam]]:
     n = len(banned)
     beams: list[list[Beam]] = [[((begin,), 0.0)] for _ in range(n)]
+    parents: list[int] = []
+    tokens: list[int] = []
     logprobs, width = decoder.first_logprobs.unsqueeze(1), 1  # (rows, 1, vocab); row r serves user r // width
     for level in range(depth):
         if level:

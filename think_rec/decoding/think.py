@@ -9,13 +9,13 @@ Two phases, one code path for eval and serving:
    the item's title). It stops at ``</think>``; ``max_think_tokens`` is a ceiling, not a cut: the rationale
    is closed at its last sentence end (``close_at_sentence``), never mid-word, and is empty when no
    sentence ended (``max_think_tokens=0`` gives an empty think);
-2. constrained beam search over the SID trie continues ``prompt <think>rationale</think>``, so the
+2. the trie beam search (``search.beam_search``) continues ``prompt <think>rationale</think>``, so the
    answer is always a catalog item.
 
 Several rationales per user are merged by **mean probability** (marginalising over rationales): an
 item's merged score is ``log(mean_r exp(score_r))`` where ``score_r`` is its beam score under
-rationale ``r`` (length-normalised log-probability; all SIDs have the same length) and an item
-missing from rationale ``r``'s beam counts as probability 0 there.
+rationale ``r`` (the log-probability of its SID codes, ``trie_beam``) and an item missing from
+rationale ``r``'s beam counts as probability 0 there.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from .beam import _encode, recommend
+from .search import beam_search, encode, left_pad
 from .trie import SIDTrie
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -53,22 +53,6 @@ def _token_id(tok, token: str) -> int:
         raise ValueError(f"the tokenizer has no {token!r} token; build the model with think tokens "
                          "(think_rec.model.tokenizer.THINK_TOKENS)")
     return tid
-
-
-def _unpadded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
-    return [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask)]
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-padded ``input_ids``/``attention_mask`` for token-id rows (the layout ``recommend`` takes)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = 1
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 def think_ids(tokenizer_or_processor, prompt: str, rationale: str) -> list[int]:
@@ -204,13 +188,13 @@ def _sample(model, tok, bases: list[list[int]], mask: RationaleMask, cites: list
     """Per prompt, ``num_rationales`` (rationale ids closed at a sentence end, closed by the model)."""
     close_id = _token_id(tok, THINK_CLOSE)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else close_id
-    inputs = {key: v.to(model.device) for key, v in left_pad(bases, pad_id).items()}
-    width = inputs["input_ids"].shape[1]
+    ids, attention = left_pad(bases, pad_id)
+    width = ids.shape[1]
     rows_cite = [c for c in cites for _ in range(num_rationales)]  # generate repeats each prompt in place
     rule = RationaleLogitsProcessor(mask, rows_cite, width)
-    out = model.generate(**inputs, max_new_tokens=max_think_tokens, num_return_sequences=num_rationales,
-                         eos_token_id=close_id, pad_token_id=pad_id, logits_processor=LogitsProcessorList([rule]),
-                         num_beams=1, **sampling)
+    out = model.generate(input_ids=ids.to(model.device), attention_mask=attention.to(model.device),
+                         max_new_tokens=max_think_tokens, num_return_sequences=num_rationales, eos_token_id=close_id,
+                         pad_token_id=pad_id, logits_processor=LogitsProcessorList([rule]), num_beams=1, **sampling)
     result = []
     for i in range(len(bases)):
         rows = []
@@ -241,8 +225,7 @@ def _rationales(model, tokenizer_or_processor, prompts: Sequence[str], trie: SID
     _check(num_rationales, do_sample, max_think_tokens)
     if citable is not None and len(citable) != len(prompts):
         raise ValueError(f"citable has {len(citable)} entries for {len(prompts)} prompts")
-    enc = _encode(tokenizer_or_processor, list(prompts))
-    bases = [ids + [_token_id(tok, THINK_OPEN)] for ids in _unpadded(enc["input_ids"], enc["attention_mask"])]
+    bases = [ids + [_token_id(tok, THINK_OPEN)] for ids in encode(tok, prompts)]
     if max_think_tokens == 0:
         return bases, [[([], False)] * num_rationales for _ in bases]
     mask = RationaleMask(tok, trie)
@@ -282,10 +265,8 @@ def think_then_recommend(model, tokenizer_or_processor, prompts: Sequence[str], 
                               temperature, top_p, max_think_tokens)
     close_id = _token_id(tok, THINK_CLOSE)
     flat = [base + think + [close_id] for base, r in zip(bases, rows) for think, _ in r]
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else close_id
     flat_exclude = None if exclude is None else [exclude[i] for i, r in enumerate(rows) for _ in r]
-    ranked = recommend(model, tokenizer_or_processor, left_pad(flat, pad_id), trie, k=k, num_beams=num_beams,
-                       exclude=flat_exclude)
+    ranked = beam_search(model, tok, flat, trie, num_beams=num_beams or k, k=k, exclude=flat_exclude)
     results, pos = [], 0
     for n, r in enumerate(rows):
         titles = {} if citations is None else {tok.decode(list(trie.tokens_of[i])): (i, t)
