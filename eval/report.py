@@ -36,7 +36,8 @@ def write_report(name: str, payload: dict[str, Any], out_dir: str | Path = "eval
              "", "| system | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     lines += ["| " + " | ".join([str(r["system"])] + [fmt(r.get(k, "")) for k in keys]) + " |" for r in rows]
     extra = {k: v for k, v in payload.items() if k not in ("benchmark", "dataset", "rows")}
-    lines += [""] + [f"- **{k}**: {json.dumps(v) if isinstance(v, (dict, list)) else fmt(v)}" for k, v in extra.items()]
+    lines += [""] * bool(extra) + [f"- **{k}**: {json.dumps(v) if isinstance(v, (dict, list)) else fmt(v)}"
+                                   for k, v in extra.items()]
     lines += ["", notes] if notes else []
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
@@ -48,10 +49,11 @@ def write_report(name: str, payload: dict[str, Any], out_dir: str | Path = "eval
             ax.bar(i, r.get(key, 0) or 0, color=f"C{i % 10}", label=label)
         ax.set_title(key, fontsize=9)
         ax.set_xticks([])
-    axes[0][0].legend(fontsize=7)
+    ncol = min(4, len(rows))
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=ncol, fontsize=7, frameon=False)
     fig.suptitle(f"{payload.get('benchmark', name)}" + (f" ({payload['dataset']})" if "dataset" in payload else ""),
                  fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 + 0.05 * -(-len(rows) // ncol), 1, 1))
     fig.savefig(out / f"{name}.png", dpi=120)
     plt.close(fig)
     return path
