@@ -134,9 +134,9 @@ def run(out_dir: str | Path = "eval/results", quick: bool = False) -> dict:
     return result
 
 
-def report(result: dict, out_dir: str | Path = "eval/results", threads: int | None = None) -> Path:
-    """``sids.{json,md,png}`` of a ``run`` result (``threads``: torch's, default the current count)."""
-    notes = (f"{LEVELS} levels x {CODES} codes, seed {SEED}, torch threads {threads or torch.get_num_threads()}. "
+def report(result: dict, out_dir: str | Path = "eval/results") -> Path:
+    """``sids.{json,md,png}`` of a ``run`` result (through ``eval/report.py``)."""
+    notes = (f"{LEVELS} levels x {CODES} codes, seed {SEED}, torch threads {torch.get_num_threads()}. "
              "build_seconds excludes encoding; peak_mem_mb = psutil RSS high-water mark above the pre-build RSS "
              "(10 ms sampling, one fresh process per build). first_code_similarity_ratio = mean cosine of pairs "
              "sharing the first code / mean cosine of all pairs (titles' MiniLM embeddings for scientific, the "

@@ -7,8 +7,9 @@ levels; ``child_logprobs`` scores the trie children of given prefixes after one 
 gives the log-probability of any candidate items' SIDs under the same cache. All take text-only prompts as
 token-id lists (``beam_search`` and ``prefix_search`` also as strings) and score as every engine does
 (``trie_beam``): the sum of the code tokens' log-probabilities, each a softmax over the SID tokens (inside a
-SID nothing else may follow; a model pre-trained with a SID-only head has no calibrated mass elsewhere). The constant ``<|sid_begin|>`` and
-the forced ``<|sid_end|>`` are left out, so rankings equal those of the full sequence score.
+SID nothing else may follow; a model pre-trained with a SID-only head has no calibrated mass elsewhere). The
+constant ``<|sid_begin|>`` and the forced ``<|sid_end|>`` are left out, so rankings equal those of the full
+sequence score.
 """
 from __future__ import annotations
 

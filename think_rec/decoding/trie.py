@@ -32,7 +32,8 @@ class SIDTrie:
             if seq in self.item_of:
                 raise ValueError(f"SIDTrie: items {self.item_of[seq]!r} and {item!r} share a token sequence")
             if self.item_of and len(seq) != len(next(iter(self.item_of))):
-                raise ValueError(f"SIDTrie: item {item!r} has {len(seq)} tokens, others {len(next(iter(self.item_of)))}")
+                others = len(next(iter(self.item_of)))
+                raise ValueError(f"SIDTrie: item {item!r} has {len(seq)} tokens, others {others}")
             self.item_of[seq] = item
             self.tokens_of[item] = seq
             path = [0]

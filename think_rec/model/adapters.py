@@ -52,27 +52,6 @@ def warmup_only(model, new_token_ids: list[int]) -> PeftModel:
     return model
 
 
-def save_adapter(model: PeftModel, processor, out_dir: str | Path) -> Path:
-    """Adapter weights + processor (its tokenizer holds the SID tokens)."""
-    out = Path(out_dir)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
-
-
-def load_adapter(base_dir: str | Path, adapter_dir: str | Path, *, is_trainable: bool = False, **load_kwargs):
-    """``(PeftModel, processor)``: the SID-extended base (saved after ``add_sid_tokens``) plus the adapter."""
-    from think_rec.model.loading import load_model, load_processor
-
-    model, _ = load_model(base_dir, **load_kwargs)
-    processor = load_processor(adapter_dir)
-    rows = model.get_input_embeddings().weight.shape[0]
-    if len(processor.tokenizer if hasattr(processor, "tokenizer") else processor) > rows:
-        raise ValueError(f"{base_dir}: {rows} embedding rows but the tokenizer in {adapter_dir} has more tokens; "
-                         "load the base saved after add_sid_tokens")
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable), processor
-
-
 def merge_and_save(model, processor, out_dir: str | Path) -> Path:
     """Merge LoRA/token rows into the base (in place; a plain model is saved as it is) and save a plain
     checkpoint + processor."""

@@ -34,4 +34,3 @@ def add_dropout(model: nn.Module, p: float) -> list[RemovableHandle]:
     if not layers:
         raise ValueError(f"{type(model).__name__}: no language-model attention layers found for dropout")
     return handles
-

@@ -88,4 +88,3 @@ def add_sid_tokens(model, processor_or_tokenizer, codebook: SIDCodebook, item_te
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / TOKEN_MAP).write_text(json.dumps(token_map, indent=0))
     return token_map
-
