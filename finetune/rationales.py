@@ -2,9 +2,10 @@
 
 Every teacher implements ``generate(requests) -> list[str | None]`` (None: that request failed);
 ``make_teacher(name, **kw)`` picks one: ``template`` (deterministic, from shared attributes), ``openai`` (any
-OpenAI-compatible endpoint), ``smol`` (SmolLM2-135M-Instruct offline) or ``self`` (the stage-1 model, or any
-callable). ``ask_teacher`` retries failed requests and aborts when too many still fail, so an outage never
-turns into empty rationales. Secrets come from the environment only, never from ``teacher_kwargs``.
+OpenAI-compatible endpoint; the ``openai`` client retries), ``smol`` (SmolLM2-135M-Instruct offline) or ``self``
+(the stage-1 model, or any callable); ``smol`` and ``self`` share one batched transformers loop (``HFTeacher``).
+``ask_teacher`` retries failed requests and aborts when too many still fail, so an outage never turns into
+empty rationales. Secrets come from the environment only, never from ``teacher_kwargs``.
 """
 from __future__ import annotations
 
@@ -348,32 +349,6 @@ class SmolTeacher(HFTeacher):
         super().__init__(model, tok, batch_size, seed, **_sampling(max_new_tokens, do_sample, temperature, top_p))
 
 
-# ---------------------------------------------------------------- any function
-
-class CallableTeacher:
-    """Wraps ``fn(requests) -> texts`` (``batched=True``) or ``fn(request) -> text``, e.g. the stage-1
-    model prompted with the pruned context (the "self" teacher). Unbatched, a request whose call raises (or
-    returns None) yields None."""
-
-    def __init__(self, fn: Callable, batched: bool = True):
-        self.fn, self.batched = fn, batched
-
-    def generate(self, requests: list[RationaleRequest]) -> list[str | None]:
-        out = list(self.fn(requests)) if self.batched else [self._one(r) for r in requests]
-        if len(out) != len(requests):
-            raise ValueError(f"teacher function returned {len(out)} rationales for {len(requests)} requests")
-        return [None if t is None else clean(t) for t in out]
-
-    def _one(self, request: RationaleRequest) -> str | None:
-        try:
-            return self.fn(request)
-        except Exception as e:  # noqa: BLE001 - one failed request; ask_teacher retries it
-            log.warning("teacher function failed for user %s: %r", request.user_id, e)
-            return None
-
-
-# ---------------------------------------------------------------- the model itself
-
 class SelfTeacher(HFTeacher):
     """The stage-1 model prompted with the pruned context and the target (``teacher_prompt``), as in the
     paper; ``model`` is a loaded model (with ``processor``) or a checkpoint folder. SID codes and chat
@@ -403,6 +378,30 @@ class SelfTeacher(HFTeacher):
     def chat(self, prompt: str) -> str:
         return self.processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": prompt}]}],
                                                   tokenize=False, add_generation_prompt=True)
+
+
+# ---------------------------------------------------------------- any function
+
+class CallableTeacher:
+    """Wraps ``fn(requests) -> texts`` (``batched=True``) or ``fn(request) -> text``, e.g. the stage-1
+    model prompted with the pruned context (the "self" teacher). Unbatched, a request whose call raises (or
+    returns None) yields None."""
+
+    def __init__(self, fn: Callable, batched: bool = True):
+        self.fn, self.batched = fn, batched
+
+    def generate(self, requests: list[RationaleRequest]) -> list[str | None]:
+        out = list(self.fn(requests)) if self.batched else [self._one(r) for r in requests]
+        if len(out) != len(requests):
+            raise ValueError(f"teacher function returned {len(out)} rationales for {len(requests)} requests")
+        return [None if t is None else clean(t) for t in out]
+
+    def _one(self, request: RationaleRequest) -> str | None:
+        try:
+            return self.fn(request)
+        except Exception as e:  # noqa: BLE001 - one failed request; ask_teacher retries it
+            log.warning("teacher function failed for user %s: %r", request.user_id, e)
+            return None
 
 
 def _self_teacher(fn: Callable | None = None, batched: bool = True, **kw: Any) -> Teacher:
