@@ -94,7 +94,6 @@ def test_grpo_moves_the_policy_logs_and_resumes(reasoned, tmp_path):
     assert all(len(b) == 8 and set(b) <= set(codebook.codes) for b in beams)
 
 
-
 def test_grpo_learns_which_item_to_cite(aligned_run, tmp_path):
     """A learnable rule: stage 2 answers with the item its rationale cites, citing a random history item; every
     RL user repeats a cycle of 5 items, so the first of the last 5 is always next. Citing it is what earns reward."""
@@ -116,11 +115,9 @@ def test_grpo_learns_which_item_to_cite(aligned_run, tmp_path):
     cited_model = train_reason(stage2)
     cycles = [{"user_id": f"r{n}", "item_ids": (rng.sample(ids, 5) * 4)[:17]} for n in range(64)]
     RecDataset("cycle5", data.catalog, Interactions.from_rows(cycles)).save(tmp_path / "cycle5")
-    train_rl(RLConfig(output_dir=str(tmp_path / "rl"), model=str(cited_model), data_dir=str(tmp_path / "cycle5"),
-                      sids_dir=str(dirs.sids), max_history=5, num_examples=32, num_beams=8, num_generations=8,
-                      per_device_train_batch_size=32, max_completion_length=8, lora_r=0, learning_rate=3e-4,
-                      max_steps=120, save_steps=1000, logging_steps=1, disable_tqdm=True,
-                      rewards={"rollout_beam": 1.0, "rank": 1.0, "format": 1.0}))
+    train_rl(rl_config((dirs, None, cited_model), tmp_path / "rl", data_dir=str(tmp_path / "cycle5"), num_examples=32,
+                       num_generations=8, per_device_train_batch_size=32, max_completion_length=8,
+                       learning_rate=3e-4, max_steps=120, save_steps=1000))
     rank = [r["rank"] for r in json.loads((tmp_path / "rl" / "rl_log.json").read_text())]
     first, last = sum(rank[:30]) / 30, sum(rank[-30:]) / 30
     assert last > 1.3 * first, (first, last)  # measured: 0.17 -> 0.35
