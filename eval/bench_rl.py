@@ -4,7 +4,9 @@ Reuses the ``bench reason`` run under ``work_dir/DATASET`` (data, SIDs, stage-1 
 stage 3 (``finetune/configs/rl_tiny.yaml`` pointed at it) within ``budget_minutes`` and scores, on the same
 seeded test users, the stage-2 model with reasoning (``before_grpo``) and the GRPO model with and without its
 rationale (``after_grpo``, ``after_grpo_no_reasoning``: the same model decoded with an empty think).
-``mean_reward`` / ``zero_variance_group_share`` are the training log's first and last ``window`` steps.
+``mean_reward`` / ``zero_variance_group_share`` are the training log's first and last ``window`` steps (different
+prompts); ``heldout_mean_reward`` is the reward on the recipe's held-out valid-split prompts (``eval_examples``, the
+same prompts each time) at the start and at the end of GRPO, the measurement of whether the policy improved.
 """
 from __future__ import annotations
 
@@ -67,18 +69,25 @@ def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: i
     final = train_rl(config)
     train_seconds = time.perf_counter() - start
     log = json.loads((Path(config.output_dir) / "rl_log.json").read_text())
+    heldout = json.loads((Path(config.output_dir) / "rl_heldout_log.json").read_text())
     first, last = window_means(log, window)
+    if heldout:  # the same held-out prompts at the start and at the end
+        first["heldout_mean_reward"] = heldout[0]["mean_reward"]
+        last["heldout_mean_reward"] = heldout[-1]["mean_reward"]
     after = metrics(final, True, "after_grpo")
     plain = metrics(final, False, "after_grpo_no_reasoning")
     rows = [{"system": name, "recall@10": m["recall@10"], "ndcg@10": m["ndcg@10"], **w,
              "grounding": m["grounding"], "mean_length": m["mean_length"], "eval_seconds": m["eval_seconds"]}
             for name, m, w in (("before_grpo", before, first), ("after_grpo", after, last),
                                ("after_grpo_no_reasoning", plain, last))]
+    gain = (after["ndcg@10"] - before["ndcg@10"]) / before["ndcg@10"] if before["ndcg@10"] else None
     payload = {"benchmark": "rl", "dataset": dataset, "budget_minutes": budget_minutes, "eval_users": len(test),
                "train_seconds": round(train_seconds, 1), "steps": log[-1]["step"] if log else 0,
-               "reward_window_steps": window, "rewards": config.rewards, "num_generations": config.num_generations,
+               "reward_window_steps": window, "heldout_prompts": config.eval_examples,
+               "heldout_reward_curve": [{"step": r["step"], "mean_reward": r["mean_reward"]} for r in heldout],
+               "rewards": config.rewards, "num_generations": config.num_generations,
                "num_beams": config.num_beams, "beta": config.beta, "max_think_tokens": max_think_tokens,
-               "ndcg@10_gain": (after["ndcg@10"] - before["ndcg@10"]) / before["ndcg@10"] if before["ndcg@10"] else None,
+               "ndcg@10_gain": gain,
                "reasoning_vs_none": after["ndcg@10"] / plain["ndcg@10"] if plain["ndcg@10"] else None,
                "reward_curve": f"{dataset}_rl_reward_curve.png", "rows": rows}
     write_report(f"{dataset}_rl", payload, out_dir, metric_keys=METRICS)

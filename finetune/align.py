@@ -42,9 +42,9 @@ from .sequence_data import build_sequence_dataset, item_token_ids, sid_stream
 
 
 class TimeBudget(TrainerCallback):
-    """Stops training (saving a checkpoint first) once ``time.monotonic()`` passes ``deadline``; over the last
-    ``decay_share`` of the time from the start of training to ``deadline`` the learning rate the scheduler sets
-    is scaled down linearly to 0 (warmup-stable-decay on the clock)."""
+    """Stops training (saving a checkpoint and evaluating, if the run evaluates, first) once ``time.monotonic()``
+    passes ``deadline``; over the last ``decay_share`` of the time from the start of training to ``deadline`` the
+    learning rate the scheduler sets is scaled down linearly to 0 (warmup-stable-decay on the clock)."""
 
     def __init__(self, deadline: float | None, decay_share: float = 0.0):
         self.deadline, self.decay_share, self.start = deadline, decay_share, None
@@ -72,6 +72,7 @@ class TimeBudget(TrainerCallback):
         if self.deadline is not None and time.monotonic() >= self.deadline:
             control.should_training_stop = True
             control.should_save = True
+            control.should_evaluate = args.eval_strategy != "no"  # the last step is measured too
         return control
 
 

@@ -4,10 +4,12 @@
     think-rec train rl --config finetune/configs/rl_tiny.yaml
 
 Each prompt is the recommend prompt followed by ``<think>``; each of the ``num_generations`` completions is a
-sampled rationale (under the decoding's rationale rule: free text and citations of the prompt's items) that ends at ``</think>``; the rewards of
-``finetune/rl_rewards.py`` run a trie beam search after it. Checkpoints go to ``output_dir/`` and resume from
-the last one; ``rl_log.json`` (mean reward, reward std, zero-variance group share, KL, rationale length per
-step) and ``reward_curve.png`` are written beside them; the merged model goes to ``output_dir/final``.
+sampled rationale (under the decoding's rationale rule: free text and citations of the prompt's items) that
+ends at ``</think>``; the rewards of ``finetune/rl_rewards.py`` run a trie beam search after it. Checkpoints go
+to ``output_dir/`` and resume from the last one; ``rl_log.json`` (mean reward, reward std, zero-variance group
+share, KL, rationale length per step), ``rl_heldout_log.json`` (the same on held-out prompts, with
+``eval_examples``) and ``reward_curve.png`` are written beside them; the merged model goes to
+``output_dir/final``.
 """
 from __future__ import annotations
 
@@ -21,9 +23,9 @@ from transformers import LogitsProcessorList
 from trl import GRPOTrainer, TrlParser
 
 from think_rec.data.schema import RecDataset, column
-from think_rec.data.split import leave_one_out
+from think_rec.data.split import leave_one_out, sample_users
 from think_rec.decoding.think import (THINK_CLOSE, THINK_OPEN, RationaleLogitsProcessor, RationaleMask,
-                                     prompt_items)
+                                      prompt_items)
 from think_rec.decoding.trie import SIDTrie
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.adapters import make_trainable
@@ -40,31 +42,40 @@ LOGGED = {"reward": "mean_reward", "reward_std": "reward_std", "frac_reward_zero
           "kl": "kl", "completions/mean_length": "rationale_length"}
 
 
-def rl_dataset(config: RLConfig, data: RecDataset, codebook: SIDCodebook, processor) -> datasets.Dataset:
-    """``prompt`` (the recommend prompt + ``<think>``) and ``target`` for a seeded sample of training examples."""
+def rl_dataset(config: RLConfig, data: RecDataset, codebook: SIDCodebook, processor,
+               heldout: bool = False) -> datasets.Dataset:
+    """``prompt`` (the recommend prompt + ``<think>``) and ``target``: a seeded sample of ``num_examples`` training
+    examples, or (``heldout``) of ``eval_examples`` valid-split examples, whose targets training never sees."""
     split = leave_one_out(data.interactions, max_history=config.max_history)
-    examples = sample_examples(split, codebook, config.num_examples, seed=config.seed)
-    items = data.catalog.by_id
-    prompts = recommend_prompts(column(examples, "history"), items, codebook, processor)
+    if heldout:
+        codes = codebook.codes
+        valid = split.valid.filter(lambda e: e["target"] in codes and all(i in codes for i in e["history"]))
+        examples = sample_users(valid, config.eval_examples, config.seed)
+    else:
+        examples = sample_examples(split, codebook, config.num_examples, seed=config.seed)
+    prompts = recommend_prompts(column(examples, "history"), data.catalog.by_id, codebook, processor)
     return datasets.Dataset.from_dict({"prompt": [p + THINK_OPEN for p in prompts],
                                        "target": column(examples, "target")})
 
 
-def step_log(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per training step: the GRPO figures of ``LOGGED`` (renamed) and each reward's mean."""
+def step_log(log_history: list[dict[str, Any]], prefix: str = "") -> list[dict[str, Any]]:
+    """Per logged step: the GRPO figures of ``LOGGED`` (renamed) and each reward's mean; ``prefix="eval_"`` reads
+    the held-out evaluations instead of the training steps."""
     rows = []
     for entry in log_history:
-        if "reward" not in entry:
+        if prefix + "reward" not in entry:
             continue
+        entry = {k[len(prefix):]: v for k, v in entry.items() if k.startswith(prefix)} | {"step": entry["step"]}
         row = {"step": entry["step"], **{new: entry[old] for old, new in LOGGED.items() if old in entry}}
         row.update({k.split("/")[1]: v for k, v in entry.items() if k.startswith("rewards/") and k.endswith("/mean")})
         rows.append(row)
     return rows
 
 
-def plot_reward_curve(rows: list[dict[str, Any]], path: Path, window: int = 20) -> None:
-    """Mean reward by step (each step is one prompt's group: faint) and its running mean over ``window`` steps,
-    with the running share of zero-variance groups."""
+def plot_reward_curve(rows: list[dict[str, Any]], path: Path, window: int = 20,
+                      heldout: list[dict[str, Any]] = ()) -> None:
+    """Mean reward by step (faint) and its running mean over ``window`` steps, with the running share of
+    zero-variance groups, and the held-out prompts' mean reward where it was measured."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -82,6 +93,9 @@ def plot_reward_curve(rows: list[dict[str, Any]], path: Path, window: int = 20) 
     tail = steps[len(steps) - len(running(reward)):]
     ax.plot(tail, running(reward), color="tab:blue", label=f"mean reward ({window}-step mean)")
     ax.plot(tail, running(zero), color="tab:orange", label=f"zero-variance groups ({window}-step mean)")
+    if heldout:
+        ax.plot([r["step"] for r in heldout], [r["mean_reward"] for r in heldout], "o-", color="tab:green",
+                label="held-out prompts: mean reward")
     ax.set_xlabel("GRPO step")
     ax.legend()
     fig.tight_layout()
@@ -128,15 +142,18 @@ def train_rl(config: RLConfig) -> Path:
     deadline = None if config.time_budget_minutes is None else time.monotonic() + 60 * config.time_budget_minutes
     trainer = GRPOTrainer(model=model, reward_funcs=rollout.reward_functions(codebook.codes, list(config.rewards)),
                           args=config, train_dataset=rl_dataset(config, data, codebook, processor),
+                          eval_dataset=rl_dataset(config, data, codebook, processor, heldout=True)
+                          if config.eval_examples else None,
                           processing_class=tok, callbacks=[TimeBudget(deadline)])
     rollout.model = trainer.model
     rationale_rule_in_rollouts(trainer.model, RationaleMask(tok, trie))
 
     def write_logs(step: int) -> None:
-        rows = step_log(trainer.state.log_history)
+        rows, heldout = step_log(trainer.state.log_history), step_log(trainer.state.log_history, "eval_")
         (out / "rl_log.json").write_text(json.dumps(rows, indent=1))
+        (out / "rl_heldout_log.json").write_text(json.dumps(heldout, indent=1))
         if rows:
-            plot_reward_curve(rows, out / "reward_curve.png")
+            plot_reward_curve(rows, out / "reward_curve.png", heldout=heldout)
 
     return train_and_merge(trainer, processor, last, final, fingerprint, write_logs)
 

@@ -18,6 +18,10 @@ class RLConfig(StageConfig, GRPOConfig):
     num_beams: int = field(default=32, metadata={"help": "Beam width of the reward's rollout (K)."})
     rewards: dict | str | None = field(default=None, metadata={
         "help": f"Reward weights by name, from {list(REWARDS)}; default {{rollout_beam: 1, format: 1}}."})
+    eval_examples: int = field(default=0, metadata={
+        "help": "Held-out prompts (a seeded sample of valid-split users, whose targets training never sees) whose "
+                "mean reward TRL measures every `eval_steps` (`eval_strategy: steps`; `eval_on_start` for step 0). "
+                "0: none."})
 
     # StageConfig and GRPOConfig defaults changed for this stage (OneRec-Think / MiniOneRec settings, CPU-sized
     # rationales)
@@ -43,3 +47,5 @@ class RLConfig(StageConfig, GRPOConfig):
         if self.num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
         super().__post_init__()
+        if self.eval_examples and self.eval_strategy == "no":
+            raise ValueError("eval_examples needs eval_strategy: steps (and eval_steps) to be measured")

@@ -46,7 +46,8 @@ def test_rl_yaml_parses():
     config = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "rl_tiny.yaml"
     (cfg,) = TrlParser((RLConfig,)).parse_args_and_config(["--config", str(config)])
     assert cfg.rewards == {"rollout_beam": 1.0, "rank": 1.0, "format": 1.0} and cfg.reward_weights == [1.0] * 3
-    assert (cfg.num_generations, cfg.num_beams, cfg.beta, cfg.epsilon) == (16, 32, 0.001, 0.2)
+    assert (cfg.num_generations, cfg.num_beams, cfg.beta, cfg.epsilon) == (8, 32, 0.001, 0.2)
+    assert (cfg.eval_examples, cfg.eval_strategy, cfg.eval_on_start) == (32, "steps", True)
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +73,19 @@ def rl_config(reasoned, out, **kw) -> RLConfig:
 
 def test_grpo_moves_the_policy_logs_and_resumes(reasoned, tmp_path):
     _, codebook, stage2 = reasoned
-    final = train_rl(rl_config(reasoned, tmp_path, max_steps=2))
+    heldout_eval = dict(eval_examples=4, eval_strategy="steps", eval_steps=2, eval_on_start=True)
+    final = train_rl(rl_config(reasoned, tmp_path, max_steps=2, **heldout_eval))
     log = json.loads((tmp_path / "rl_log.json").read_text())
     assert [r["step"] for r in log] == [1, 2] and (tmp_path / "reward_curve.png").stat().st_size > 0
+    heldout = json.loads((tmp_path / "rl_heldout_log.json").read_text())  # held-out prompts at steps 0 and 2
+    assert [r["step"] for r in heldout] == [0, 2] and all({"mean_reward", "rank"} <= set(r) for r in heldout), heldout
     assert {"mean_reward", "reward_std", "zero_variance_group_share", "kl", "rationale_length", "rollout_beam",
             "rank", "format"} <= set(log[0])
     before, _ = load_model(stage2)
     after, processor = load_model(final)
     assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters()))
 
-    train_rl(rl_config(reasoned, tmp_path, max_steps=3))  # resumes from checkpoint-2
+    train_rl(rl_config(reasoned, tmp_path, max_steps=3, **heldout_eval))  # resumes from checkpoint-2
     assert [r["step"] for r in json.loads((tmp_path / "rl_log.json").read_text())] == [1, 2, 3]
 
     # the reward's beams hold catalog items only, num_beams of them
