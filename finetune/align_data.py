@@ -1,12 +1,14 @@
-"""Conversational datasets for itemic alignment: a seeded mix of the four tasks.
+"""Conversational datasets for itemic alignment: a seeded mix of the tasks.
 
-Pools: ``persona``, ``sequential`` and ``steering`` (``steering_data.py``) from the training split's (history,
-next item) examples, ``captioning`` from every coded item in both directions, ``general`` from item Q&A. Each task
-takes ``round(fraction * num_examples)`` examples from its shuffled pool (cycling when short).
+Pools: ``persona``, ``sequential``, ``steering``, ``category_items`` and ``brand_items`` (``steering_data.py``) from
+the training split's (history, next item) examples, ``captioning`` from every coded item in both directions,
+``general`` from item Q&A. Each task takes ``round(fraction * num_examples)`` examples from its shuffled pool
+(cycling when short).
 """
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +20,7 @@ from think_rec.data.schema import RecDataset
 from think_rec.data.split import LeaveOneOut
 from think_rec.itemic.codebook import SIDCodebook
 
-from .steering_data import SteeringRequests, steering_example
+from .steering_data import SteeringRequests, items_example, steering_example
 
 PAPER_MIX = {"persona": 0.24, "sequential": 0.66, "captioning": 0.05, "general": 0.05}
 _PART = {"type": datasets.Value("string"), "text": datasets.Value("string")}
@@ -59,7 +61,8 @@ def build_align_dataset(data: RecDataset, codebook: SIDCodebook, split: LeaveOne
     seq_pool = [(h, t) for h, t in zip(train["history"], train["target"]) if t in codebook.codes
                 and all(i in codebook.codes for i in h)]
     items = [i for i in data.catalog.ids if i in codebook.codes]
-    requests = SteeringRequests([cat[i] for i in items], seed=seed) if mix.get("steering") else None
+    requests = SteeringRequests([cat[i] for i in items], seed=seed, popularity=Counter(t for _, t in seq_pool)) \
+        if {"steering", "category_items", "brand_items"} & set(mix) else None
     makers: dict[str, tuple[list[Any], Callable[[Any], dict[str, Any]]]] = {
         "sequential": (seq_pool, lambda ht: prompts.sequential_example(
             ht[0], ht[1], cat, codebook, with_images, max_images, image_root)),
@@ -68,6 +71,8 @@ def build_align_dataset(data: RecDataset, codebook: SIDCodebook, split: LeaveOne
         "captioning": ([(i, d) for i in items for d in ("sid2text", "text2sid")],
                        lambda idir: prompts.caption_example(idir[0], idir[1], cat, codebook)),
         "steering": (seq_pool, lambda ht: steering_example(ht[0], ht[1], cat, codebook, requests)),
+        "category_items": (seq_pool, lambda ht: items_example(ht[0], ht[1], "category", cat, codebook, requests)),
+        "brand_items": (seq_pool, lambda ht: items_example(ht[0], ht[1], "brand", cat, codebook, requests)),
         "general": ([(i, k) for i in items for k in range(len(prompts.load_templates()["tasks"]["general"]))],
                     lambda ik: prompts.general_example(ik[0], ik[1], cat)),
     }
