@@ -3,10 +3,11 @@
 Pools: ``persona``, ``sequential``, ``steering``, ``category_items`` and ``brand_items`` (``steering_data.py``) from
 the training split's (history, next item) examples, ``captioning`` from every coded item in both directions,
 ``general`` from item Q&A. Each task takes ``round(fraction * num_examples)`` examples from its shuffled pool
-(cycling when short).
+(cycling when short); an item-list task on a catalog without (informative) categories / brands is left out.
 """
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 from pathlib import Path
@@ -22,6 +23,7 @@ from think_rec.itemic.codebook import SIDCodebook
 
 from .steering_data import SteeringRequests, items_example, steering_example
 
+log = logging.getLogger(__name__)
 PAPER_MIX = {"persona": 0.24, "sequential": 0.66, "captioning": 0.05, "general": 0.05}
 _PART = {"type": datasets.Value("string"), "text": datasets.Value("string")}
 FEATURES = datasets.Features({
@@ -55,7 +57,6 @@ def build_align_dataset(data: RecDataset, codebook: SIDCodebook, split: LeaveOne
     """
     mix = {k: v for k, v in (task_mix or PAPER_MIX).items() if v > 0}
     task_counts(mix, 0)  # validates the mix
-    mix = {k: v / sum(mix.values()) for k, v in mix.items()}
     cat = data.catalog.by_id
     train = split.train_examples()
     seq_pool = [(h, t) for h, t in zip(train["history"], train["target"]) if t in codebook.codes
@@ -63,6 +64,13 @@ def build_align_dataset(data: RecDataset, codebook: SIDCodebook, split: LeaveOne
     items = [i for i in data.catalog.ids if i in codebook.codes]
     requests = SteeringRequests([cat[i] for i in items], seed=seed, popularity=Counter(t for _, t in seq_pool)) \
         if {"steering", "category_items", "brand_items"} & set(mix) else None
+    if requests is not None:  # item lists need (informative) categories / brands; their share goes to the others
+        lacking = {"category_items": not requests.categories, "brand_items": not requests.brands}
+        for task in [t for t in mix if lacking.get(t)]:
+            log.warning("task_mix: %s left out: the catalog has no %s to request", task, task.removesuffix("_items"))
+            del mix[task]
+        task_counts(mix, 0)
+    mix = {k: v / sum(mix.values()) for k, v in mix.items()}
     makers: dict[str, tuple[list[Any], Callable[[Any], dict[str, Any]]]] = {
         "sequential": (seq_pool, lambda ht: prompts.sequential_example(
             ht[0], ht[1], cat, codebook, with_images, max_images, image_root)),

@@ -161,3 +161,14 @@ def test_model_only_steering_raises_the_requested_category_share(aligned_run, sy
     assert steered["category.prompts"] >= 80
     assert steered["category.share_satisfying"] >= 1.5 * steered["category.share_satisfying_unsteered"], steered
     assert rows["enforced"]["category.success_rate"] == 1.0
+
+
+def test_an_item_list_the_catalog_cannot_support_is_left_out(shop):
+    from think_rec.data.schema import Catalog, RecDataset
+
+    _, data, codebook = shop
+    rows = [{**data.catalog.by_id[i], "brand": ""} for i in data.catalog.ids]
+    unbranded = RecDataset(data.name, Catalog.from_rows(rows), data.interactions)
+    ds = build_align_dataset(unbranded, codebook, leave_one_out(data.interactions, max_history=5),
+                             {"sequential": 0.5, "brand_items": 0.5}, 10, with_images=False)
+    assert ds["task"] == ["sequential"] * 10
