@@ -184,6 +184,7 @@ def items_example(history: Sequence[str], target: str, kind: str, catalog: Items
     cfg, rng = requests.cfg["items_answer"], requests.rng
     pool = [i for i in requests.members[kind, request.value]
             if i != target and i not in history and rules.allows(catalog[i])]
+    # weighted sampling without replacement (Efraimidis-Spirakis keys)
     others = sorted(pool, key=lambda i: rng.random() ** (1 / (1 + requests.popularity.get(i, 0))), reverse=True)
     answer = [target, *others[: cfg["max_items"] - 1]]
     rng.shuffle(answer)
