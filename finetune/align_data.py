@@ -1,12 +1,15 @@
-"""Conversational datasets for itemic alignment: a seeded mix of the four tasks.
+"""Conversational datasets for itemic alignment: a seeded mix of the tasks.
 
-Pools: ``persona``, ``sequential`` and ``steering`` (``steering_data.py``) from the training split's (history,
-next item) examples, ``captioning`` from every coded item in both directions, ``general`` from item Q&A. Each task
-takes ``round(fraction * num_examples)`` examples from its shuffled pool (cycling when short).
+Pools: ``persona``, ``sequential``, ``steering``, ``category_items`` and ``brand_items`` (``steering_data.py``) from
+the training split's (history, next item) examples, ``captioning`` from every coded item in both directions,
+``general`` from item Q&A. Each task takes ``round(fraction * num_examples)`` examples from its shuffled pool
+(cycling when short); an item-list task on a catalog without (informative) categories / brands is left out.
 """
 from __future__ import annotations
 
+import logging
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,8 +21,9 @@ from think_rec.data.schema import RecDataset
 from think_rec.data.split import LeaveOneOut
 from think_rec.itemic.codebook import SIDCodebook
 
-from .steering_data import SteeringRequests, steering_example
+from .steering_data import SteeringRequests, items_example, steering_example
 
+log = logging.getLogger(__name__)
 PAPER_MIX = {"persona": 0.24, "sequential": 0.66, "captioning": 0.05, "general": 0.05}
 _PART = {"type": datasets.Value("string"), "text": datasets.Value("string")}
 FEATURES = datasets.Features({
@@ -53,13 +57,20 @@ def build_align_dataset(data: RecDataset, codebook: SIDCodebook, split: LeaveOne
     """
     mix = {k: v for k, v in (task_mix or PAPER_MIX).items() if v > 0}
     task_counts(mix, 0)  # validates the mix
-    mix = {k: v / sum(mix.values()) for k, v in mix.items()}
     cat = data.catalog.by_id
     train = split.train_examples()
     seq_pool = [(h, t) for h, t in zip(train["history"], train["target"]) if t in codebook.codes
                 and all(i in codebook.codes for i in h)]
     items = [i for i in data.catalog.ids if i in codebook.codes]
-    requests = SteeringRequests([cat[i] for i in items], seed=seed) if mix.get("steering") else None
+    requests = SteeringRequests([cat[i] for i in items], seed=seed, popularity=Counter(t for _, t in seq_pool)) \
+        if {"steering", "category_items", "brand_items"} & set(mix) else None
+    if requests is not None:  # item lists need (informative) categories / brands; their share goes to the others
+        lacking = {"category_items": not requests.categories, "brand_items": not requests.brands}
+        for task in [t for t in mix if lacking.get(t)]:
+            log.warning("task_mix: %s left out: the catalog has no %s to request", task, task.removesuffix("_items"))
+            del mix[task]
+        task_counts(mix, 0)
+    mix = {k: v / sum(mix.values()) for k, v in mix.items()}
     makers: dict[str, tuple[list[Any], Callable[[Any], dict[str, Any]]]] = {
         "sequential": (seq_pool, lambda ht: prompts.sequential_example(
             ht[0], ht[1], cat, codebook, with_images, max_images, image_root)),
@@ -68,6 +79,8 @@ def build_align_dataset(data: RecDataset, codebook: SIDCodebook, split: LeaveOne
         "captioning": ([(i, d) for i in items for d in ("sid2text", "text2sid")],
                        lambda idir: prompts.caption_example(idir[0], idir[1], cat, codebook)),
         "steering": (seq_pool, lambda ht: steering_example(ht[0], ht[1], cat, codebook, requests)),
+        "category_items": (seq_pool, lambda ht: items_example(ht[0], ht[1], "category", cat, codebook, requests)),
+        "brand_items": (seq_pool, lambda ht: items_example(ht[0], ht[1], "brand", cat, codebook, requests)),
         "general": ([(i, k) for i in items for k in range(len(prompts.load_templates()["tasks"]["general"]))],
                     lambda ik: prompts.general_example(ik[0], ik[1], cat)),
     }

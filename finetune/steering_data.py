@@ -6,6 +6,10 @@ words of its title (never all of them), or an exclusion of a brand/category the 
 the history when it can). A quarter are two turns: a first request (neutral or category), then a refinement.
 The prompt carries the dialogue and the constraints line the serving parser (``think_rec.steering``) derives from
 it, exactly as served; an example whose parsed constraints would exclude the target is never built.
+
+``items_example`` (tasks ``category_items``, ``brand_items``) is the dense variant: one request for the target's
+category (or brand), answered by the SIDs of the target and other items of that category (brand), every one
+labelled, so each example teaches the word several of the items it means.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import functools
 import math
 import random
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -56,9 +60,11 @@ class Request:
 
 
 class SteeringRequests:
-    """Target-derived requests over one catalog, phrased by ``phrasings`` (training) or ``held_out`` (eval)."""
+    """Target-derived requests over one catalog, phrased by ``phrasings`` (training) or ``held_out`` (eval);
+    ``popularity`` (training interactions per item id) weights the other items of ``items_example``."""
 
-    def __init__(self, items: Sequence[Mapping[str, Any]], seed: int = 0, phrasings: str = "phrasings"):
+    def __init__(self, items: Sequence[Mapping[str, Any]], seed: int = 0, phrasings: str = "phrasings",
+                 popularity: Mapping[str, int] | None = None):
         self.cfg = steering_templates()
         self.phrasings = self.cfg[phrasings]
         self.vocab = Vocabulary(items)
@@ -67,6 +73,13 @@ class SteeringRequests:
         self.brands = sorted({it["brand"] for it in items if it["brand"]})
         self.categories = sorted(self.informative)
         self.stopwords = set(self.cfg["stopwords"])
+        self.members: dict[tuple[str, str], list[str]] = defaultdict(list)  # (kind, value) -> item ids
+        for it in items:
+            for c in set(it["categories"]) & self.informative:
+                self.members["category", c].append(it["item_id"])
+            if it["brand"]:
+                self.members["brand", it["brand"]].append(it["item_id"])
+        self.popularity = popularity or {}
         self.rng = random.Random(seed)
         self.turns = Counter()  # phrasing rotation per kind
 
@@ -153,3 +166,29 @@ def steering_example(history: Sequence[str], target: str, catalog: Items, codebo
         return None
     texts = [r.text for r in turns]
     return chat_example(history, texts, requests.constraints(texts).describe(), target, catalog, codebook)
+
+
+def items_example(history: Sequence[str], target: str, kind: str, catalog: Items, codebook: SIDCodebook,
+                  requests: SteeringRequests) -> dict[str, Any] | None:
+    """The chat prompt with a request for the target's ``kind`` ("category" or "brand") -> the SIDs of the target and
+    up to ``items_answer.max_items - 1`` other items satisfying it (none from the history; drawn with weight 1 +
+    popularity), in random order (None: target in history, or no such request)."""
+    if target in history:
+        return None
+    request = requests.request(kind, catalog[target])
+    if request is None:
+        return None
+    rules = requests.constraints([request.text])
+    if not rules.allows(catalog[target]):
+        return None
+    cfg, rng = requests.cfg["items_answer"], requests.rng
+    pool = [i for i in requests.members[kind, request.value]
+            if i != target and i not in history and rules.allows(catalog[i])]
+    # weighted sampling without replacement (Efraimidis-Spirakis keys)
+    others = sorted(pool, key=lambda i: rng.random() ** (1 / (1 + requests.popularity.get(i, 0))), reverse=True)
+    answer = [target, *others[: cfg["max_items"] - 1]]
+    rng.shuffle(answer)
+    ex = chat_example(history, [request.text], rules.describe(), None, catalog, codebook)
+    ex["messages"].append({"role": "assistant", "content": [
+        {"type": "text", "text": cfg["separator"].join(codebook.sid_string(i) for i in answer)}]})
+    return ex

@@ -25,7 +25,7 @@ from .itemic.codebook import SIDCodebook
 Items = Catalog | Mapping[str, dict[str, Any]]  # anything with catalog[item_id] -> row
 
 PROMPTS_DIR = Path(str(resources.files("think_rec.prompt_templates")))
-TASKS = ("persona", "sequential", "captioning", "general", "steering")
+TASKS = ("persona", "sequential", "captioning", "general", "steering", "category_items", "brand_items")
 _REQUIRED = {"system", "history_item", "tasks", "persona"}
 
 
