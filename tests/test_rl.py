@@ -46,7 +46,7 @@ def test_rl_yaml_parses():
     config = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "rl_tiny.yaml"
     (cfg,) = TrlParser((RLConfig,)).parse_args_and_config(["--config", str(config)])
     assert cfg.rewards == {"rollout_beam": 1.0, "rank": 1.0, "format": 1.0} and cfg.reward_weights == [1.0] * 3
-    assert (cfg.num_generations, cfg.num_beams, cfg.beta, cfg.epsilon) == (8, 32, 0.001, 0.2)
+    assert (cfg.num_generations, cfg.num_beams, cfg.beta, cfg.epsilon) == (16, 32, 0.001, 0.2)
     assert (cfg.eval_examples, cfg.eval_strategy, cfg.eval_on_start) == (32, "steps", True)
 
 
