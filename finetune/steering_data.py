@@ -49,8 +49,8 @@ class Request:
         """Whether a catalog row is what the request asks for."""
         if self.kind in ("category", "exclude_category"):
             return (self.value in item["categories"]) == (self.kind == "category")
-        if self.kind in ("brand", "exclude_brand"):
-            return (item["brand"] == self.value) == (self.kind == "brand")
+        if self.kind in ("brand", "exclude_brand"):  # any spelling case of the brand, as the parser matches it
+            return ((item["brand"] or "").casefold() == self.value.casefold()) == (self.kind == "brand")
         if self.kind == "price":
             return item["price"] is not None and self.value[0] <= item["price"] <= self.value[1]
         if self.kind == "keywords":

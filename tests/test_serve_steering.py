@@ -41,6 +41,13 @@ def test_constraints_accumulate_and_filter():
     assert c.describe() == ["not by Norex", "no Toys", "under $10.00"]
 
 
+def test_brands_match_whatever_their_case():
+    items = [*ITEMS, {"item_id": "e", "brand": "NOREX", "categories": ["Toys"], "price": 9.0}]
+    vocab = Vocabulary(items)  # keeps one spelling; the catalog has two
+    assert [it["item_id"] for it in items if parse("nothing from Norex", vocab).allows(it)] == ["a", "d"]
+    assert [it["item_id"] for it in items if parse("Norex please", vocab).allows(it)] == ["b", "c", "e"]
+
+
 FILMS = Vocabulary([{"item_id": "m", "brand": "", "categories": ["Comedy", "Sci-Fi"], "price": None}])
 PREFERENCE = "not a rule: passed to the model in the prompt"
 

@@ -40,11 +40,12 @@ class Constraints:
     max_price: float | None = None
 
     def allows(self, item: Mapping[str, Any]) -> bool:
-        """Whether a catalog row satisfies every constraint (an unknown price fails a ceiling)."""
-        cats = set(item["categories"])
-        if item["brand"] in self.exclude_brands or cats & self.exclude_categories:
+        """Whether a catalog row satisfies every constraint (an unknown price fails a ceiling). Brands match
+        whatever their case: catalogs spell one brand several ways ("Shark", "SHARK")."""
+        cats, brand = set(item["categories"]), (item["brand"] or "").casefold()
+        if brand in {b.casefold() for b in self.exclude_brands} or cats & self.exclude_categories:
             return False
-        if self.include_brands and item["brand"] not in self.include_brands:
+        if self.include_brands and brand not in {b.casefold() for b in self.include_brands}:
             return False
         if self.include_categories and not cats & self.include_categories:
             return False
