@@ -9,6 +9,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -155,12 +156,15 @@ def test_rerun_resumes_from_last_checkpoint(workdir, resumed):
     assert steps == sorted(set(steps)) and steps[-1] == 8
 
 
-def test_time_budget_stops_and_saves():
-    control = TrainerControl()
-    align.TimeBudget(time.monotonic() + 60).on_step_end(None, TrainerState(), control)
+def test_time_budget_stops_saves_and_evaluates_if_the_run_does():
+    control, plain = TrainerControl(), SimpleNamespace(eval_strategy="no")
+    align.TimeBudget(time.monotonic() + 60).on_step_end(plain, TrainerState(), control)
     assert not control.should_training_stop
-    align.TimeBudget(time.monotonic() - 1).on_step_end(None, TrainerState(), control)
-    assert control.should_training_stop and control.should_save
+    align.TimeBudget(time.monotonic() - 1).on_step_end(plain, TrainerState(), control)
+    assert control.should_training_stop and control.should_save and not control.should_evaluate
+    control = TrainerControl()
+    align.TimeBudget(time.monotonic() - 1).on_step_end(SimpleNamespace(eval_strategy="steps"), TrainerState(), control)
+    assert control.should_training_stop and control.should_evaluate
 
 
 def test_time_budget_anneals_the_lr_over_its_last_share():
