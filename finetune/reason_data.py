@@ -10,7 +10,6 @@ rationale tokens, ``</think>`` and the SID tokens only.
 from __future__ import annotations
 
 import json
-import random
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,7 +18,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from think_rec.data.schema import RecDataset, column
-from think_rec.data.split import LeaveOneOut
+from think_rec.data.split import LeaveOneOut, sample_users
 from think_rec.decoding import SIDTrie
 from think_rec.decoding.search import beam_search
 from think_rec.decoding.think import think_ids
@@ -34,17 +33,20 @@ SID_TEXT = re.compile(r"<\|sid_(?:begin|end)\|>|<s_[a-z]_\d+>")
 FIELDS = ("user_id", "history", "target", "pruned", "teacher_rationale", "rationale")
 
 
+def with_sids(examples: datasets.Dataset, codebook: SIDCodebook) -> datasets.Dataset:
+    """The (history, target) examples whose target and history items all have SIDs."""
+    codes = codebook.codes
+    pairs = zip(column(examples, "history"), column(examples, "target"))
+    return examples.select([i for i, (h, t) in enumerate(pairs) if t in codes and all(x in codes for x in h)])
+
+
 def sample_examples(split: LeaveOneOut, codebook: SIDCodebook, num_examples: int | None,
                     seed: int = 0) -> datasets.Dataset:
     """A seeded sample of training (history, target) examples whose items all have SIDs."""
-    train = split.train_examples()
-    hist, tgt = column(train, "history"), column(train, "target")
-    ok = [i for i, (h, t) in enumerate(zip(hist, tgt)) if t in codebook.codes and all(x in codebook.codes for x in h)]
-    if not ok:
+    coded = with_sids(split.train_examples(), codebook)
+    if not len(coded):
         raise ValueError("no training example has SIDs for its target and history")
-    if num_examples is not None and num_examples < len(ok):
-        ok = sorted(random.Random(seed).sample(ok, num_examples))
-    return train.select(ok)
+    return sample_users(coded, num_examples, seed)
 
 
 def recommend_prompts(histories: Sequence[Sequence[str]], items: dict[str, dict], codebook: SIDCodebook,

@@ -32,7 +32,7 @@ from think_rec.model.adapters import make_trainable
 from think_rec.model.loading import load_model
 
 from .align import TimeBudget
-from .reason_data import recommend_prompts, sample_examples
+from .reason_data import recommend_prompts, sample_examples, with_sids
 from .rl_config import RLConfig
 from .rl_rewards import BeamRollout
 from .run_state import (config_fingerprint, data_fingerprint, model_fingerprint, resume_point, sids_fingerprint,
@@ -48,9 +48,7 @@ def rl_dataset(config: RLConfig, data: RecDataset, codebook: SIDCodebook, proces
     examples, or (``heldout``) of ``eval_examples`` valid-split examples, whose targets training never sees."""
     split = leave_one_out(data.interactions, max_history=config.max_history)
     if heldout:
-        codes = codebook.codes
-        valid = split.valid.filter(lambda e: e["target"] in codes and all(i in codes for i in e["history"]))
-        examples = sample_users(valid, config.eval_examples, config.seed)
+        examples = sample_users(with_sids(split.valid, codebook), config.eval_examples, config.seed)
     else:
         examples = sample_examples(split, codebook, config.num_examples, seed=config.seed)
     prompts = recommend_prompts(column(examples, "history"), data.catalog.by_id, codebook, processor)
