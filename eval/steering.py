@@ -1,9 +1,10 @@
 """``think-rec bench steering``: does the model follow a user's words, with and without the trie enforcing them?
 
-Per test user (a seeded sample, leave-one-out), requests are derived from the target item (``SteeringRequests`` with
-the ``held_out`` phrasings, never trained on): its category, its brand, an exclusion of a brand that is in the
-unsteered top-10 but not the target's, and title keywords that the serving parser turns into no rule. Each is
-put in the served chat prompt (dialogue + the parser's constraints line) and ranked by the trie beam search:
+Per test user (a seeded sample, leave-one-out; ``split="valid"`` scores valid users instead, for recipe choices),
+requests are derived from the target item (``SteeringRequests`` with the ``held_out`` phrasings, never trained on):
+its category, its brand, an exclusion of a brand that is in the unsteered top-10 but not the target's, and title
+keywords that the serving parser turns into no rule. Each is put in the served chat prompt (dialogue + the parser's
+constraints line) and ranked by the trie beam search:
 
 - ``model_only``: no enforcement (only history items banned): share of the top-10 satisfying the request vs the
   unsteered top-10 (a neutral message) of the same user, and the target's Recall@10 with vs without the request;
@@ -150,30 +151,32 @@ def train_steering(run_dir: Path, budget_minutes: float, seed: int = 0, retrain:
 
 
 def run(dataset: str = "scientific", run_dir: str | Path = "runs/bench-rec/scientific", budget_minutes: float = 8.0,
-        users: int = 1000, k: int = 10, num_beams: int = 20, out_dir: str | Path = "eval/results", seed: int = 0,
-        retrain: bool = False) -> dict[str, Any]:
-    """Train (or reuse) the steering model of a stage-1 run, score ``users`` seeded test users ->
-    ``out_dir/steering.{json,md,png}``."""
+        users: int = 2000, k: int = 10, num_beams: int = 20, out_dir: str | Path = "eval/results", seed: int = 0,
+        retrain: bool = False, split: str = "test") -> dict[str, Any]:
+    """Train (or reuse) the steering model of a stage-1 run, score ``users`` seeded users of ``split`` ->
+    ``out_dir/steering.{json,md,png}`` (test) or ``steering_valid.*`` (valid: for recipe choices)."""
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be valid or test, got {split!r}")
     run_dir = Path(run_dir)
     model_dir, train_seconds = train_steering(run_dir, budget_minutes, seed, retrain)
     config = load_align_config(RECIPE)
     data, codebook = RecDataset.load(run_dir / "data"), SIDCodebook.load(run_dir / "sids")
-    split = leave_one_out(data.interactions, max_history=config.max_history)
-    exclude = not has_repeats(split_sequences(split))
-    test = sample_users(split.test, users, seed)
+    folds = leave_one_out(data.interactions, max_history=config.max_history)
+    exclude = not has_repeats(split_sequences(folds))
+    scored = sample_users(folds.valid if split == "valid" else folds.test, users, seed)
     start = time.perf_counter()
     ranker = Ranker(model_dir, codebook, k, num_beams)
-    rows = evaluate(ranker, data, codebook, column(test, "history"), column(test, "target"),
+    rows = evaluate(ranker, data, codebook, column(scored, "history"), column(scored, "target"),
                     exclude_history=exclude, seed=seed)
-    payload = {"benchmark": "steering", "dataset": dataset, "users": len(test), "k": k, "num_beams": num_beams,
-               "budget_minutes": budget_minutes,
+    payload = {"benchmark": "steering", "dataset": dataset, "split": split, "users": len(scored), "k": k,
+               "num_beams": num_beams, "budget_minutes": budget_minutes,
                "train_seconds": None if train_seconds is None else round(train_seconds),
                "eval_seconds": round(time.perf_counter() - start), "model": str(model_dir),
                "recipe": RECIPE.name, "max_history": config.max_history, "exclude_history": exclude, "seed": seed,
                "phrasings": steering_templates()["held_out"], "rows": rows}
-    write_report("steering", payload, out_dir, metric_keys=["share_satisfying", "share_satisfying_unsteered",
-                                                            "success_rate", "recall@10_with_request",
-                                                            "recall@10_without_request"])
+    name = "steering" if split == "test" else "steering_valid"
+    write_report(name, payload, out_dir, metric_keys=["share_satisfying", "share_satisfying_unsteered", "success_rate",
+                                                      "recall@10_with_request", "recall@10_without_request"])
     return payload

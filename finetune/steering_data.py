@@ -172,7 +172,8 @@ def items_example(history: Sequence[str], target: str, kind: str, catalog: Items
                   requests: SteeringRequests) -> dict[str, Any] | None:
     """The chat prompt with a request for the target's ``kind`` ("category" or "brand") -> the SIDs of the target and
     up to ``items_answer.max_items - 1`` other items satisfying it (none from the history; drawn with weight 1 +
-    popularity), in random order (None: target in history, or no such request)."""
+    popularity), the target first unless ``items_answer.order`` is ``shuffled`` (None: target in history, or no such
+    request)."""
     if target in history:
         return None
     request = requests.request(kind, catalog[target])
@@ -187,7 +188,10 @@ def items_example(history: Sequence[str], target: str, kind: str, catalog: Items
     # weighted sampling without replacement (Efraimidis-Spirakis keys)
     others = sorted(pool, key=lambda i: rng.random() ** (1 / (1 + requests.popularity.get(i, 0))), reverse=True)
     answer = [target, *others[: cfg["max_items"] - 1]]
-    rng.shuffle(answer)
+    if cfg["order"] == "shuffled":
+        rng.shuffle(answer)
+    elif cfg["order"] != "target_first":
+        raise ValueError(f"prompts/steering.yaml items_answer.order: target_first or shuffled, got {cfg['order']!r}")
     ex = chat_example(history, [request.text], rules.describe(), None, catalog, codebook)
     ex["messages"].append({"role": "assistant", "content": [
         {"type": "text", "text": cfg["separator"].join(codebook.sid_string(i) for i in answer)}]})

@@ -48,6 +48,15 @@ def test_brands_match_whatever_their_case():
     assert [it["item_id"] for it in items if parse("Norex please", vocab).allows(it)] == ["b", "c", "e"]
 
 
+@pytest.mark.parametrize("brand", ["Chenango Supply Co., Inc.", "Chenango Supply", "BAMtack!", "C. B. Gitty"])
+def test_names_with_punctuation_stay_whole(brand):
+    """Scientific's brands: clauses split at punctuation, never inside a name (nor match a shorter brand)."""
+    names = ["Chenango Supply Co., Inc.", "Chenango Supply", "BAMtack!", "C. B. Gitty"]
+    vocab = Vocabulary([*ITEMS, *({"item_id": n, "brand": n, "categories": ["Tools"], "price": 1.0} for n in names)])
+    got = parse(f"nothing from {brand}, and show me pens", vocab).as_dict()
+    assert got == {**Constraints().as_dict(), "exclude_brands": [brand], "include_categories": ["Pens"]}
+
+
 FILMS = Vocabulary([{"item_id": "m", "brand": "", "categories": ["Comedy", "Sci-Fi"], "price": None}])
 PREFERENCE = "not a rule: passed to the model in the prompt"
 

@@ -94,6 +94,17 @@ def test_item_lists_answer_the_request_with_several_items_and_never_leak(shop):
                 v == cat[i]["brand"] or v in cat[i]["categories"] for i in answer) for v in names)
             sizes.append(len(answer))
         assert sizes and sum(sizes) / len(sizes) > 2, (kind, sizes)
+    # the served answer is the first SID: "target_first" puts the target there, "shuffled" anywhere
+    first = {}
+    for order in ("target_first", "shuffled"):
+        requests.cfg = {**requests.cfg, "items_answer": {**cfg, "order": order}}
+        pairs = [(items_example(h, t, "category", cat, codebook, requests), t) for h, t in _pairs(data, 200)]
+        firsts = [codebook.parse(ex["messages"][2]["content"][0]["text"])[0] == t for ex, t in pairs if ex]
+        first[order] = sum(firsts) / len(firsts)
+    assert first["target_first"] == 1.0 and first["shuffled"] < 0.8, first
+    requests.cfg = {**requests.cfg, "items_answer": {**cfg, "order": "by price"}}
+    with pytest.raises(ValueError, match="items_answer.order"):
+        items_example(*_pairs(data, 1)[0], "category", cat, codebook, requests)
     # the served prompt of the single-item tasks is untouched: a steering example still answers one SID
     history, target = _pairs(data, 1)[0]
     ex = steering_example(history, target, cat, codebook, requests)

@@ -497,16 +497,19 @@ def bench_steering(
                                            "steering model is trained into RUN_DIR/steer from align/sequence/merged."),
     budget_minutes: float = typer.Option(8.0, help="Steering chat-phase training budget."),
     retrain: bool = typer.Option(False, help="Train again even if RUN_DIR/steer/final exists."),
-    users: int = typer.Option(1000, help="Test users (a seeded sample)."),
+    users: int = typer.Option(2000, help="Users scored (a seeded sample)."),
     k: int = typer.Option(10, help="Items per ranking."),
     num_beams: int = typer.Option(20, help="Beam width of the trie search."),
+    split: str = typer.Option("test", help="test -> steering.json | valid -> steering_valid.json (recipe choices)."),
     out_dir: Path = typer.Option(Path("eval/results")),
 ) -> None:
-    """Requests derived from test targets, with the trie enforcing them or not -> eval/results/steering.json."""
+    """Requests derived from held-out targets, with the trie enforcing them or not -> eval/results/steering.json."""
     from think_rec.eval.steering import run as run_steering
 
+    if split not in ("valid", "test"):
+        raise typer.BadParameter(f"--split must be valid or test, got {split!r}")
     payload = run_steering(dataset, run_dir or Path("runs/bench-rec") / dataset, budget_minutes, users, k, num_beams,
-                           out_dir, retrain=retrain)
+                           out_dir, retrain=retrain, split=split)
     print_dict("bench steering", {r["system"]: {m: v for m, v in r.items() if m != "system" and "." not in m}
                                   for r in payload["rows"]})
 

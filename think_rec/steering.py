@@ -121,7 +121,8 @@ class Vocabulary:
         for n in sorted(names, key=len, reverse=True):
             stem = re.escape(n[:-1] if plural and n.endswith("s") else n)
             alts.append(stem + (r"(?:s|es)?" if plural else ""))
-        return re.compile(r"\b(" + "|".join(alts) + r")\b", re.I)
+        # (?<!\w)/(?!\w) rather than \b: names may start or end with punctuation ("BAMtack!", "Co., Inc.")
+        return re.compile(r"(?<!\w)(" + "|".join(alts) + r")(?!\w)", re.I)
 
     def _find(self, pattern: re.Pattern | None, names: Mapping[str, str], text: str, plural: bool) -> set[str]:
         found = set()
@@ -132,6 +133,10 @@ class Vocabulary:
                     found.add(names[cand])
                     break
         return found
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Where ``text`` names a brand or category: clause splitting never cuts inside one ("C. B. Gitty")."""
+        return [m.span() for p in (self._brand_re, self._cat_re) if p for m in p.finditer(text)]
 
     def brands_in(self, text: str) -> set[str]:
         return self._find(self._brand_re, self.brands, text, plural=False)
@@ -160,7 +165,7 @@ def parse_clauses(text: str, vocab: Vocabulary,
     """The hard constraints one user message asks for, and what became of each of its clauses."""
     c, report = Constraints(), []
     explicit = bool(_CEILING.search(text))
-    for clause in (s.strip() for s in _CLAUSES.split(text)):
+    for clause in (s.strip() for s in _clauses(text, vocab)):
         if not clause:
             continue
         new, why = _clause(clause, vocab, last_items, explicit)
@@ -175,6 +180,16 @@ def parse_clauses(text: str, vocab: Vocabulary,
         elif not labels:
             report.append(Clause(clause, "preference", reason="not a rule: passed to the model in the prompt"))
     return c, report
+
+
+def _clauses(text: str, vocab: Vocabulary) -> list[str]:
+    """``text`` split at punctuation, "and" and "but", except inside a catalog name."""
+    names, out, start = vocab.spans(text), [], 0
+    for m in _CLAUSES.finditer(text):
+        if not any(a < m.end() and m.start() < b for a, b in names):
+            out.append(text[start:m.start()])
+            start = m.end()
+    return [*out, text[start:]]
 
 
 def _clause(clause: str, vocab: Vocabulary, last_items: Sequence[Mapping[str, Any]],
