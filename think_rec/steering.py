@@ -1,8 +1,9 @@
 """Steering: the user's words -> hard constraints (enforced in the trie) plus free-text preferences.
 
 Parsed against the catalog's own vocabulary (brands, category names, prices). Per clause (split on
-punctuation, "and", "but"): a brand or category mentioned under a negation ("not", "no", "without",
-"except", "avoid", ...) is excluded, otherwise it becomes an include filter ("puzzles from Aria");
+punctuation, "and", "but", never inside a catalog name such as "C. B. Gitty"): a brand or category mentioned
+under a negation ("not", "no", "without", "except", "avoid", ...) is excluded, otherwise it becomes an include
+filter ("puzzles from Aria");
 "that brand" means the brand of the last top recommendation; "under $20" sets a price ceiling and a
 bare "cheaper" means below the median price of the last recommendations.
 
