@@ -262,13 +262,18 @@ def chat_cmd(
     chat_loop(url, user=user, k=k, api_key=api_key)
 
 
+def _leave_one_out_split(split: str) -> str:
+    """The ``--split`` callback: a leave-one-out fold that scores users, valid or test."""
+    if split not in ("valid", "test"):
+        raise typer.BadParameter(f"must be valid or test, got {split!r}")
+    return split
+
+
 def _split_examples(data: Path, split: str, users: Optional[int], seed: int):
     from think_rec.data.schema import RecDataset
     from think_rec.data.split import leave_one_out
     from think_rec.data.split import sample_users
 
-    if split not in ("valid", "test"):
-        raise typer.BadParameter(f"--split must be valid or test, got {split!r}")
     dataset = RecDataset.load(data)
     loo = leave_one_out(dataset.interactions)
     return dataset, loo, sample_users(getattr(loo, split), users, seed)
@@ -295,7 +300,7 @@ def eval_rec(
     model: Path = typer.Option(..., help="A trained think_rec model folder (e.g. runs/x/align/final)."),
     data: Path = typer.Option(..., help="The prepared data folder it was trained on."),
     sids: Path = typer.Option(..., help="The SID folder it was trained with."),
-    split: str = typer.Option("test", help="valid | test (leave-one-out)."),
+    split: str = typer.Option("test", callback=_leave_one_out_split, help="valid | test (leave-one-out)."),
     users: Optional[int] = typer.Option(None, help="Score a seeded sample of this many users (default all)."),
     max_history: int = typer.Option(10, help="History items in the prompt."),
     num_beams: int = typer.Option(10, help="Beam width (>= 10: top-10 distinct items)."),
@@ -328,7 +333,8 @@ def baseline_sasrec(
     hidden: int = typer.Option(64),
     max_len: int = typer.Option(50),
     loss: str = typer.Option("ce", help="ce (full softmax) | bce (one sampled negative, the paper's)."),
-    split: str = typer.Option("test", help="valid | test: the split scored after training."),
+    split: str = typer.Option("test", callback=_leave_one_out_split,
+                              help="valid | test: the split scored after training."),
     users: Optional[int] = typer.Option(None, help="Score a seeded sample of this many users (default all)."),
     seed: int = typer.Option(0),
 ) -> None:
@@ -500,14 +506,13 @@ def bench_steering(
     users: int = typer.Option(2000, help="Users scored (a seeded sample)."),
     k: int = typer.Option(10, help="Items per ranking."),
     num_beams: int = typer.Option(20, help="Beam width of the trie search."),
-    split: str = typer.Option("test", help="test -> steering.json | valid -> steering_valid.json (recipe choices)."),
+    split: str = typer.Option("test", callback=_leave_one_out_split,
+                              help="test -> steering.json | valid -> steering_valid.json (recipe choices)."),
     out_dir: Path = typer.Option(Path("eval/results")),
 ) -> None:
     """Requests derived from held-out targets, with the trie enforcing them or not -> eval/results/steering.json."""
     from think_rec.eval.steering import run as run_steering
 
-    if split not in ("valid", "test"):
-        raise typer.BadParameter(f"--split must be valid or test, got {split!r}")
     payload = run_steering(dataset, run_dir or Path("runs/bench-rec") / dataset, budget_minutes, users, k, num_beams,
                            out_dir, retrain=retrain, split=split)
     print_dict("bench steering", {r["system"]: {m: v for m, v in r.items() if m != "system" and "." not in m}
