@@ -8,16 +8,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from dataclasses import asdict
+
 from think_rec.data.schema import RecDataset
-from think_rec.data.split import leave_one_out, sample_users
+from think_rec.data.split import history_exclusion, leave_one_out, sample_users
+from think_rec.decoding.prior import CollaborativePrior
 from think_rec.finetune.align import train_align
 from think_rec.finetune.align_config import AlignConfig, load_align_config
+from think_rec.finetune.run_state import model_fingerprint
 from think_rec.itemic.codebook import SIDCodebook
+from think_rec.model.artefacts import ServedConfig
 from think_rec.pipeline import RunDirs, ensure_data, ensure_sids, ensure_tiny
 
-from .evaluate import has_repeats, split_sequences
 from .markov import MarkovModel
-from .rec import METRICS, baseline_rows, think_rec_rows
+from .rec import METRICS, baseline_rows, served_rows, stream_rows
 from .report import write_report
 
 DATASETS = {
@@ -56,26 +60,32 @@ def prepare_run(dataset: str, work_dir: str | Path, codebook_size: int = 256, se
 def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: int | None = None,
         work_dir: str | Path = "runs/bench-rec", out_dir: str | Path = "eval/results", codebook_size: int = 256,
         seed: int = 0, valid_users: int | None = 2000, recipe: str | Path = RECIPE, **overrides) -> dict:
-    """Prepare, build SIDs, train think_rec and the SASRecs within ``budget_minutes`` each, score every system
-    on the same test users (all by default), write ``out_dir/DATASET.{json,md,png}``.
+    """Prepare, build SIDs, train think_rec (stage 1, which also writes the served artefact: the prior and its
+    weight chosen on ``valid_users``) and the SASRecs within ``budget_minutes`` each, score every system on the
+    same test users (all by default), write ``out_dir/DATASET.{json,md,png}``.
 
-    History exclusion is on when no user sequence repeats an item (stated in the result)."""
+    History exclusion is decided from train + valid (``history_exclusion``) and passed to every system."""
     dirs, data, codebook = prepare_run(dataset, work_dir, codebook_size, seed)
-    config = align_config(dirs, budget_minutes, seed, recipe, **overrides)
-    split = leave_one_out(data.interactions, max_history=config.sequence_max_items - 1)
-    exclude = not has_repeats(split_sequences(split))
+    split = leave_one_out(data.interactions, max_history=load_align_config(recipe).sequence_max_items - 1)
+    exclude = history_exclusion(split)
+    config = align_config(dirs, budget_minutes, seed, recipe, exclude_history=exclude,
+                          prior_valid_users=valid_users or len(split.valid), **overrides)
     start = time.perf_counter()
     model_dir = train_align(config)
     train_seconds = time.perf_counter() - start
+    prior = CollaborativePrior.load(model_dir)
     test = sample_users(split.test, eval_users, seed)
     scored = type(split)(split.train, split.valid, test, split.max_history)
-    markov = MarkovModel(split.train["item_ids"])
-    rows = think_rec_rows(model_dir, data, codebook, scored, markov, train_seconds=train_seconds,
-                          max_history=config.max_history, stream_history=config.sequence_max_items - 1,
-                          exclude_history=exclude, valid_users=valid_users, seed=seed)
-    rows += baseline_rows(data, scored, markov, budget_seconds=60 * budget_minutes, exclude_history=exclude)
+    rows = served_rows(model_dir, data, codebook, test, train_seconds=train_seconds)
+    rows += stream_rows(model_dir, data, codebook, scored, prior, train_seconds=train_seconds,
+                        stream_history=config.sequence_max_items - 1, exclude_history=exclude,
+                        valid_users=valid_users, seed=seed)
+    rows += baseline_rows(data, scored, MarkovModel(split.train["item_ids"]), budget_seconds=60 * budget_minutes,
+                          exclude_history=exclude, prior=prior, valid_users=valid_users, seed=seed)
     payload = {"benchmark": "rec", "dataset": dataset, "budget_minutes": budget_minutes, "eval_users": len(test),
-               "exclude_history": exclude, "num_beams": 30, "recipe": str(Path(recipe).name),
-               "max_history": config.max_history, "codebook": codebook.stats(), "rows": rows}
+               "exclude_history": exclude, "model_fingerprint": model_fingerprint(model_dir),
+               "served": asdict(ServedConfig.load(model_dir)), "prior_weight": prior.weight,
+               "prior_selection": prior.selection, "recipe": str(Path(recipe).name),
+               "codebook": codebook.stats(), "rows": rows}
     write_report(dataset, payload, out_dir, metric_keys=METRICS)
     return payload

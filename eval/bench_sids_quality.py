@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from think_rec.data.split import leave_one_out, sample_users
+from think_rec.data.split import history_exclusion, leave_one_out, sample_users
 from think_rec.finetune.align import train_align
 from think_rec.itemic.build import item_embeddings, quantise
 from think_rec.itemic.encoders import encode_text
 
 from .bench_rec import RECIPE, align_config, prepare_run
-from .evaluate import evaluate_ranker, has_repeats, split_sequences
+from .evaluate import evaluate_ranker
 from .rec import ThinkRecScorer
 from .report import write_report
 
@@ -45,7 +45,7 @@ def run(dataset: str = "scientific", budget_minutes: float = 4.0, shapes: tuple[
     recipe = align_config(dirs, budget_minutes)
     history, batch = recipe.sequence_max_items - 1, recipe.phase_args("sequence")
     split = leave_one_out(data.interactions, max_history=history)
-    exclude = not has_repeats(split_sequences(split))
+    exclude = history_exclusion(split)
     valid = sample_users(split.valid, valid_users, seed)
     rows = []
     for encoder in encoders:

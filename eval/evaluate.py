@@ -3,14 +3,13 @@
 Full-catalog ranking, leave-one-out. Whether items already in a user's history may be recommended
 is an explicit ``exclude_history`` option of every ranker (``top_k_from_scores``, ``rec.think_rec_ranker``,
 ``popularity_ranker``, ``sasrec_ranker``/``train_sasrec``, ``markov_ranker``); pass the same value to all
-systems of one comparison. Choose it from the data: a dataset where nobody interacts with an item twice
-(Amazon reviews) should exclude, one with repeats should not (the target may legitimately be a repeat)::
-
-    exclude_history = not has_repeats(split_sequences(split))
+systems of one comparison. It is chosen from train + valid only (``think_rec.data.split.history_exclusion``):
+a dataset where nobody interacts with an item twice (Amazon reviews) excludes, one with repeats does not (the
+target may legitimately be a repeat); a trained model records it in its ``served.json``.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import datasets
 import torch
@@ -21,24 +20,6 @@ from think_rec.data.schema import column
 from .metrics import aggregate
 
 RankFn = Callable[[list[list[str]]], list[list[str]]]
-
-
-def has_repeats(sequences: Iterable[Sequence[str]]) -> bool:
-    """True when some sequence holds an item twice (then history items must stay recommendable)."""
-    for seq in sequences:
-        seq = list(seq)
-        if len(set(seq)) < len(seq):
-            return True
-    return False
-
-
-def split_sequences(split) -> list[list[str]]:
-    """Each user's whole sequence from a ``LeaveOneOut`` split: the train items, then the valid and test
-    targets (matched by user id; train sequences of users without valid/test rows come back as they are)."""
-    valid = dict(zip(column(split.valid, "user_id"), column(split.valid, "target")))
-    test = dict(zip(column(split.test, "user_id"), column(split.test, "target")))
-    return [list(seq) + [t[u] for t in (valid, test) if u in t]
-            for u, seq in zip(column(split.train, "user_id"), column(split.train, "item_ids"))]
 
 
 def top_k_from_scores(scores: torch.Tensor, item_ids: Sequence[str], histories: Sequence[Sequence[str]],

@@ -1,40 +1,47 @@
 """Recommendation evaluation of think_rec beside Markov, SASRec (BCE and CE) and popularity on one split.
 
-think_rec ranks by trie-constrained beam search (prompt encoded once, ``think_rec.decoding.search``) over
-either prompt it was trained on: the bare SID stream or the served chat prompt. Its main row adds a
-collaborative prior: the candidates are the model's beams plus the item-transition model's top items,
-scored by the model's log-probability + ``prior_weight * log1p(transition score)``, the weight picked on
-the valid split (``prior_weight = 0`` is the model alone, re-ranking its own beams).
+Every think_rec row ranks through ``think_rec.decoding.ranking`` (the function the engines call): candidates are
+the trie beams plus the collaborative prior's top items, scored by the model's log-probability +
+``weight * log1p(transition score)``; weight 0 is the beam search alone. ``served`` is what ``think-rec serve``
+answers: the served prompt, history length, beam width and prior weight of the model's ``served.json`` /
+``prior.json`` (chosen on valid users when stage 1 ended); ``served_model`` the same without the prior. The stream
+rows score the sequence phase's model on the bare SID stream (``think_rec``: with the prior, its weight chosen
+on valid here; ``think_rec_stream``: alone). ``sasrec_ce_prior`` fuses SASRec-CE's log-softmax with the same prior
+by the same rule and valid grid, so the model's own share of the gain is visible.
 """
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from think_rec.data.schema import RecDataset, column
 from think_rec.data.split import LeaveOneOut, sample_users
-from think_rec.decoding.search import beam_search, score_items
+from think_rec.decoding.prior import CollaborativePrior
+from think_rec.decoding.ranking import Candidates, candidates, fuse, prior_extra
+from think_rec.decoding.search import beam_search
 from think_rec.finetune.align import phase_prompt
+from think_rec.finetune.served import choose_weight, served_candidates
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.artefacts import RecModel
 
-from .evaluate import RankFn, evaluate_ranker
+from .evaluate import RankFn
 from .markov import MarkovModel, markov_ranker
-from .metrics import aggregate
+from .metrics import aggregate, ndcg_at_k
 from .popularity import popularity_ranker
-from .sasrec import SASRecConfig, sasrec_ranker, train_sasrec
+from .sasrec import SASRec, SASRecConfig, score_all, sasrec_ranker, train_sasrec
 
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 PROMPTS = {"stream": "sequence", "chat": "multitask"}  # prompt kind -> the stage-1 phase that trains it
-PRIOR_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 class ThinkRecScorer:
-    """A trained think_rec model with its trie and prompt: beams and candidate scores for histories."""
+    """A trained think_rec model with its trie and prompt: beams and served-ranking candidates for histories."""
 
     def __init__(self, model_dir: str | Path, dataset: RecDataset, codebook: SIDCodebook, *, prompt: str = "chat",
                  max_history: int = 20, num_beams: int = 20, batch_size: int = 64):
@@ -50,9 +57,12 @@ class ThinkRecScorer:
                            num_beams=self.num_beams, k=k or self.num_beams, batch_size=self.batch_size,
                            exclude=[set(h) for h in histories] if exclude_history else None)
 
-    def score(self, histories: Sequence[list[str]], candidates: Sequence[list[str]]) -> list[list[float]]:
-        return score_items(self.model, self.processor, [self.prompt(h) for h in histories], candidates, self.trie,
-                           batch_size=self.batch_size)
+    def candidates(self, histories: Sequence[list[str]], prior: CollaborativePrior | None,
+                   exclude_history: bool) -> list[Candidates]:
+        """The served ranking's candidates of this model and prompt (``decoding.ranking.candidates``)."""
+        return candidates(self.model, self.processor, [self.prompt(h) for h in histories], histories, self.trie,
+                          prior, num_beams=self.num_beams, batch_size=self.batch_size,
+                          banned=[set(h) if exclude_history else set() for h in histories])
 
     def ranker(self, k: int = 10, exclude_history: bool = False) -> RankFn:
         """Beam search alone."""
@@ -69,73 +79,90 @@ def think_rec_ranker(model_dir: str | Path, dataset: RecDataset, codebook: SIDCo
     return scorer.ranker(k, exclude_history)
 
 
-def prior_fused_rankings(scorer: ThinkRecScorer, markov: MarkovModel, histories: Sequence[list[str]], *,
-                         weights: Sequence[float] = PRIOR_WEIGHTS, markov_top: int = 30, k: int = 10,
-                         exclude_history: bool = False) -> dict[float, list[list[str]]]:
-    """For each prior weight, the top-``k`` of beams + Markov's top items by log-prob + weight * log1p(markov)."""
-    beams = scorer.beams(histories, exclude_history)
-    extra, prior = [], []
-    for h, row in zip(histories, beams):
-        have = {item for item, _ in row}
-        extra.append([i for i in markov.rank(h, markov_top, set(h) if exclude_history else None) if i not in have])
-        prior.append(markov.scores(h))
-    extra_scores = scorer.score(histories, extra)
-    out: dict[float, list[list[str]]] = {w: [] for w in weights}
-    for row, more, more_scores, p in zip(beams, extra, extra_scores, prior):
-        cands = row + list(zip(more, more_scores))
-        for w in weights:
-            ranked = sorted(cands, key=lambda c: -(c[1] + w * math.log1p(p.get(c[0], 0.0))))
-            out[w].append([item for item, _ in ranked[:k]])
+def ranked_metrics(rankings: Sequence[Sequence[str]], targets: Sequence[str]) -> dict[str, float]:
+    """``METRICS`` and the standard error of NDCG@10 over users."""
+    per_user = [ndcg_at_k(r, t, 10) for r, t in zip(rankings, targets)]
+    metrics = aggregate(rankings, targets)
+    return {**{m: metrics[m] for m in METRICS}, "ndcg@10_se": statistics.stdev(per_user) / math.sqrt(len(per_user))}
+
+
+def fused_row(system: str, cands: Sequence[Candidates], weight: float, targets: Sequence[str], seconds: float,
+              train_seconds: float, **extra: Any) -> dict[str, Any]:
+    """One row: ``fuse(weight)`` of each user's candidates, scored against ``targets``."""
+    rankings = [[i for i, _ in fuse(c, weight, 10)] for c in cands]
+    return {"system": system, **ranked_metrics(rankings, targets), "train_seconds": round(train_seconds, 1),
+            "eval_seconds": round(seconds, 1), "prior_weight": weight, **extra}
+
+
+def served_rows(model_dir: str | Path, dataset: RecDataset, codebook: SIDCodebook, test, *,
+                train_seconds: float) -> list[dict[str, Any]]:
+    """``served`` (what ``think-rec serve`` answers: served prompt + prior at its recorded weight) and
+    ``served_model`` (the same, prior weight 0), from one pass of the served ranking."""
+    rec = RecModel.load(model_dir, codebook, dataset)
+    start = time.perf_counter()
+    cands = served_candidates(rec, column(test, "history"), rec.prior, rec.served)
+    seconds = time.perf_counter() - start
+    targets = column(test, "target")
+    weight = rec.prior.weight if rec.prior is not None else 0.0
+    return [fused_row("served", cands, weight, targets, seconds, train_seconds, prompt=rec.served.prompt,
+                      model=Path(model_dir).name),
+            fused_row("served_model", cands, 0.0, targets, seconds, train_seconds, prompt=rec.served.prompt,
+                      model=Path(model_dir).name)]
+
+
+def stream_rows(model_dir: str | Path, dataset: RecDataset, codebook: SIDCodebook, split: LeaveOneOut,
+                prior: CollaborativePrior, *, train_seconds: float, stream_history: int, num_beams: int = 30,
+                exclude_history: bool = False, valid_users: int | None = None,
+                seed: int = 0) -> list[dict[str, Any]]:
+    """``think_rec`` (the bare SID stream + the prior, its weight chosen on valid) and ``think_rec_stream`` (the
+    stream alone), scoring the sequence phase's model (``../sequence/merged`` beside ``model_dir``) when the run
+    has one, else ``model_dir``."""
+    stream_dir = Path(model_dir).parent / "sequence" / "merged"
+    stream_dir = stream_dir if (stream_dir / "config.json").exists() else Path(model_dir)
+    scorer = ThinkRecScorer(stream_dir, dataset, codebook, prompt="stream", max_history=stream_history,
+                            num_beams=num_beams)
+    valid = sample_users(split.valid, valid_users, seed)
+    weight, by_weight = choose_weight(scorer.candidates(column(valid, "history"), prior, exclude_history),
+                                      column(valid, "target"))
+    start = time.perf_counter()
+    cands = scorer.candidates(column(split.test, "history"), prior, exclude_history)
+    seconds, targets = time.perf_counter() - start, column(split.test, "target")
+    return [fused_row("think_rec", cands, weight, targets, seconds, train_seconds, prompt="stream",
+                      model=stream_dir.name, valid_ndcg10_by_prior_weight=by_weight),
+            fused_row("think_rec_stream", cands, 0.0, targets, seconds, train_seconds, prompt="stream",
+                      model=stream_dir.name)]
+
+
+def sasrec_candidates(model: SASRec, histories: Sequence[Sequence[str]], prior: CollaborativePrior,
+                      exclude_history: bool, top: int = 30) -> list[Candidates]:
+    """SASRec's top items and the prior's, each with SASRec's log-softmax score: ``fuse``'s input."""
+    logprobs = score_all(model, histories).float().log_softmax(-1)
+    index = {item: i for i, item in enumerate(model.item_ids)}
+    out = []
+    for row, h in zip(logprobs, histories):
+        banned = set(h) if exclude_history else set()
+        if banned:
+            row[[index[i] for i in banned if i in index]] = float("-inf")
+        values, cols = row.topk(min(top, len(row)))
+        beams = [(model.item_ids[c], v) for c, v in zip(cols.tolist(), values.tolist()) if v > float("-inf")]
+        extra = [i for i in prior_extra(prior, h, beams, banned) if i in index]
+        out.append(Candidates(beams, [(i, row[index[i]].item()) for i in extra], prior.markov.scores(h)))
     return out
-
-
-def select_prior_weight(scorer: ThinkRecScorer, markov: MarkovModel, valid, **kw) -> tuple[float, dict]:
-    """The prior weight with the best NDCG@10 on ``valid`` (ties: the smaller weight), and every weight's score."""
-    rankings = prior_fused_rankings(scorer, markov, column(valid, "history"), **kw)
-    targets = column(valid, "target")
-    scores = {w: aggregate(r, targets, (10,))["ndcg@10"] for w, r in rankings.items()}
-    return max(scores, key=lambda w: (scores[w], -w)), scores
 
 
 def _timed_row(system: str, rank: RankFn, examples, train_seconds: float, **extra: Any) -> dict[str, Any]:
     start = time.perf_counter()
-    metrics = evaluate_ranker(rank, examples, desc=system)
-    return {"system": system, **{m: metrics[m] for m in METRICS}, "train_seconds": round(train_seconds, 1),
-            "eval_seconds": round(time.perf_counter() - start, 1), **extra}
-
-
-def think_rec_rows(model_dir: str | Path, dataset: RecDataset, codebook: SIDCodebook, split: LeaveOneOut,
-                   markov: MarkovModel, *, train_seconds: float, max_history: int, stream_history: int,
-                   num_beams: int = 30, exclude_history: bool = False, valid_users: int | None = None,
-                   seed: int = 0) -> list[dict[str, Any]]:
-    """``think_rec`` (stream prompt + collaborative prior, weight chosen on valid), ``think_rec_stream`` (the
-    model alone on the bare SID stream) and ``think_rec_chat`` (the model alone on the served chat prompt).
-    The stream rows score the sequence phase's model (``../sequence/merged`` beside ``model_dir``) when the
-    run has one, the chat row the final model."""
-    stream_dir = Path(model_dir).parent / "sequence" / "merged"
-    stream_dir = stream_dir if (stream_dir / "config.json").exists() else Path(model_dir)
-    stream = ThinkRecScorer(stream_dir, dataset, codebook, prompt="stream", max_history=stream_history,
-                            num_beams=num_beams)
-    weight, by_weight = select_prior_weight(stream, markov, sample_users(split.valid, valid_users, seed),
-                                            exclude_history=exclude_history)
-    start = time.perf_counter()
-    test_histories = column(split.test, "history")
-    fused = prior_fused_rankings(stream, markov, test_histories, weights=(weight,), exclude_history=exclude_history)
-    metrics = aggregate(fused[weight], column(split.test, "target"))
-    rows = [{"system": "think_rec", **{m: metrics[m] for m in METRICS}, "train_seconds": round(train_seconds, 1),
-             "eval_seconds": round(time.perf_counter() - start, 1), "prompt": "stream", "model": stream_dir.name,
-             "prior_weight": weight, "valid_ndcg@10_by_prior_weight": by_weight}]
-    rows.append(_timed_row("think_rec_stream", stream.ranker(10, exclude_history), split.test, train_seconds,
-                           prompt="stream", model=stream_dir.name))
-    chat = ThinkRecScorer(model_dir, dataset, codebook, prompt="chat", max_history=max_history, num_beams=num_beams)
-    rows.append(_timed_row("think_rec_chat", chat.ranker(10, exclude_history), split.test, train_seconds,
-                           prompt="chat", model=Path(model_dir).name))
-    return rows
+    histories = column(examples, "history")
+    rankings = [r for s in tqdm(range(0, len(histories), 256), desc=system) for r in rank(histories[s:s + 256])]
+    return {"system": system, **ranked_metrics(rankings, column(examples, "target")),
+            "train_seconds": round(train_seconds, 1), "eval_seconds": round(time.perf_counter() - start, 1), **extra}
 
 
 def baseline_rows(dataset: RecDataset, split: LeaveOneOut, markov: MarkovModel, *, budget_seconds: float | None,
-                  exclude_history: bool = False) -> list[dict[str, Any]]:
-    """Markov, SASRec (BCE and CE, each trained within ``budget_seconds`` with valid early stopping), popularity."""
+                  exclude_history: bool = False, prior: CollaborativePrior | None = None,
+                  valid_users: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """Markov, SASRec (BCE and CE, each trained within ``budget_seconds`` with valid early stopping), popularity,
+    and with a ``prior`` ``sasrec_ce_prior`` (its weight chosen on ``valid_users``)."""
     rows = [_timed_row("markov", markov_ranker(markov, 10, exclude_history), split.test, 0.0)]
     for system, loss in (("sasrec", "bce"), ("sasrec_ce", "ce")):
         start = time.perf_counter()
@@ -145,6 +172,15 @@ def baseline_rows(dataset: RecDataset, split: LeaveOneOut, markov: MarkovModel, 
         with torch.no_grad():
             rows.append(_timed_row(system, sasrec_ranker(model, 10, exclude_history), split.test, train_seconds,
                                    best_valid_ndcg10=round(model.best_valid_ndcg10, 4)))
+            if loss == "ce" and prior is not None:
+                valid = sample_users(split.valid, valid_users, seed)
+                weight, by_weight = choose_weight(
+                    sasrec_candidates(model, column(valid, "history"), prior, exclude_history), column(valid, "target"))
+                start = time.perf_counter()
+                cands = sasrec_candidates(model, column(split.test, "history"), prior, exclude_history)
+                rows.append(fused_row("sasrec_ce_prior", cands, weight, column(split.test, "target"),
+                                      time.perf_counter() - start, train_seconds,
+                                      valid_ndcg10_by_prior_weight=by_weight))
     rows.append(_timed_row("popularity", popularity_ranker(column(split.train, "item_ids"), 10, exclude_history),
                            split.test, 0.0))
     return rows

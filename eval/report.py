@@ -2,14 +2,29 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any, Sequence
+
+
+def git_commit() -> str:
+    """The checkout's commit (``+dirty`` when tracked files differ from it), or "unknown" outside git."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def write_report(name: str, payload: dict[str, Any], out_dir: str | Path = "eval/results",
                  metric_keys: Sequence[str] | None = None, chart_keys: Sequence[str] | None = None,
                  notes: str = "") -> Path:
-    """Write ``NAME.json`` (the payload verbatim), ``NAME.md`` and ``NAME.png``; return the json path.
+    """Write ``NAME.json`` (the payload and the ``commit`` that wrote it), ``NAME.md`` and ``NAME.png``; return the
+    json path.
 
     The table shows ``metric_keys`` (default: the numeric ones) per row, then the payload's other keys and
     ``notes``; the chart has one panel per ``chart_keys`` (default: the numeric metric keys). Rows are
@@ -22,6 +37,7 @@ def write_report(name: str, payload: dict[str, Any], out_dir: str | Path = "eval
     rows = payload.get("rows")
     if not rows or any("system" not in r for r in rows):
         raise ValueError(f"report {name!r}: payload needs rows=[{{'system': ..., metric: value}}, ...]")
+    payload.setdefault("commit", git_commit())
     keys = list(metric_keys or [k for k in rows[0] if k != "system" and isinstance(rows[0][k], (int, float))])
     charted = list(chart_keys or [k for k in keys if isinstance(rows[0].get(k), (int, float))])
     out = Path(out_dir)

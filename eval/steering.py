@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from think_rec.data.schema import RecDataset, column
-from think_rec.data.split import leave_one_out, sample_users
+from think_rec.data.split import history_exclusion, leave_one_out, sample_users
 from think_rec.decoding.search import beam_search
 from think_rec.finetune.align import train_align
 from think_rec.finetune.align_config import load_align_config
@@ -32,7 +32,6 @@ from think_rec.model.artefacts import RecModel
 from think_rec.prompts import chat_example, render_recommend_prompt
 
 from .bench_rec import DATASETS
-from .evaluate import has_repeats, split_sequences
 from .report import write_report
 
 RECIPE = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "steer_tiny.yaml"
@@ -164,7 +163,7 @@ def run(dataset: str = "scientific", run_dir: str | Path = "runs/bench-rec/scien
     config = load_align_config(RECIPE)
     data, codebook = RecDataset.load(run_dir / "data"), SIDCodebook.load(run_dir / "sids")
     folds = leave_one_out(data.interactions, max_history=config.max_history)
-    exclude = not has_repeats(split_sequences(folds))
+    exclude = history_exclusion(folds)
     scored = sample_users(folds.valid if split == "valid" else folds.test, users, seed)
     start = time.perf_counter()
     ranker = Ranker(model_dir, codebook, k, num_beams)

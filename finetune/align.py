@@ -6,7 +6,9 @@
 
 Each phase writes ``output_dir/<phase>/`` (checkpoints, ``log_history.json``) and resumes from its last complete
 checkpoint when rerun with the same config, data, SIDs and base (``run_state.py``; ``--overwrite true`` starts
-over); ``<phase>/merged/`` feeds the next phase and the last one merges into ``output_dir/final``.
+over); ``<phase>/merged/`` feeds the next phase and the last one merges into ``output_dir/final``. When the last
+phase trained the chat prompt, ``final/`` also gets the served artefact (``served.py``: the collaborative prior,
+its weight chosen on valid users, and ``served.json``).
 With ``select_every_steps`` each phase keeps its best weights by valid NDCG@10 (``<phase>/selection.json``).
 """
 from __future__ import annotations
@@ -18,11 +20,12 @@ from typing import Callable
 
 import datasets
 import torch
+from accelerate import PartialState
 from transformers import Trainer, TrainerCallback
 from trl import SFTTrainer, TrlParser
 
 from think_rec.data.schema import RecDataset
-from think_rec.data.split import leave_one_out, sample_users
+from think_rec.data.split import history_exclusion, leave_one_out, sample_users
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.adapters import make_trainable, warmup_only
 from think_rec.model.dropout import add_dropout
@@ -38,6 +41,7 @@ from .cpu_patches import compact_fused_lm_head_on_cpu
 from .run_state import (config_fingerprint, data_fingerprint, model_fingerprint, resume_point, sids_fingerprint,
                         train_and_merge)
 from .selection import ValidSelection
+from .served import write_served
 from .sequence_data import build_sequence_dataset, item_token_ids, sid_stream
 
 
@@ -122,11 +126,12 @@ def _selection(config: AlignConfig, phase: str, split, data: RecDataset, codeboo
         return []
     valid = sample_users(split.valid, config.select_users, config.seed)
     history_len = config.sequence_max_items - 1 if phase == "sequence" else config.max_history
+    exclude = history_exclusion(split) if config.exclude_history is None else config.exclude_history
     out.mkdir(parents=True, exist_ok=True)
     return [ValidSelection(processor, SIDTrie.from_codebook(codebook, processor),
                            phase_prompt(phase, data, codebook, processor, history_len), valid["history"],
                            valid["target"], config.select_every_steps, num_beams=config.select_num_beams,
-                           exclude_history=config.exclude_history, patience=config.select_patience,
+                           exclude_history=exclude, patience=config.select_patience,
                            log_path=out / "selection.json")]
 
 
@@ -201,6 +206,13 @@ def train_align(config: AlignConfig) -> Path:
         merged = Path(config.output_dir) / ("final" if phase == phases[-1] else f"{phase}/merged")
         fingerprint = phase_fingerprint(config, phase, base, data_fp, sids_fp)
         base = run_phase(config, phase, base, merged, data, codebook, deadline, fingerprint)
+    if phases[-1] == "multitask" and config.prior_valid_users:  # the chat prompt is trained: the served artefact
+        state = PartialState()
+        if state.is_main_process:
+            write_served(base, config.data_dir, codebook, max_history=config.max_history,
+                         num_beams=config.served_num_beams, valid_users=config.prior_valid_users,
+                         exclude_history=config.exclude_history, seed=config.seed)
+        state.wait_for_everyone()
     return Path(base)
 
 

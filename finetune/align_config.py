@@ -42,8 +42,13 @@ class AlignConfig(StageConfig, SFTConfig):
     select_num_beams: int = field(default=20, metadata={"help": "Beam width of the model-selection search."})
     select_patience: int = field(default=0, metadata={
         "help": "Stop a phase after this many evaluations without a better valid score (0: never)."})
-    exclude_history: bool = field(default=True, metadata={
-        "help": "Model selection never recommends items already in the history."})
+    exclude_history: bool | None = field(default=None, metadata={
+        "help": "Never recommend history items, in model selection and when served (default: decided from "
+                "train + valid, think_rec.data.split.history_exclusion)."})
+    prior_valid_users: int = field(default=2000, metadata={
+        "help": "Valid users that choose the collaborative prior's weight when the chat phase ends (0: no prior)."})
+    served_num_beams: int = field(default=30, metadata={
+        "help": "Beam width of the served ranking (recorded in final/served.json)."})
     task_mix: dict | str | None = field(default=None, metadata={
         "help": "Task fractions, e.g. {persona: 0.24, sequential: 0.66, captioning: 0.05, general: 0.05}."})
     warmup_task_mix: dict | str | None = field(default=None, metadata={"help": "Warm-up mix (default: task_mix)."})

@@ -31,6 +31,7 @@ from .reason_config import ReasonConfig
 from .reason_data import build_rationales, load_rows, sample_examples, save_rows, tokenize_rows
 from .run_state import (config_fingerprint, data_fingerprint, digest, model_fingerprint, resume_point,
                         sids_fingerprint, train_and_merge)
+from .served import inherit_served
 
 RATIONALE_FIELDS = ("teacher", "teacher_kwargs", "prune_k", "num_examples", "seed", "max_history", "rejection_top_n",
                     "rejection_num_beams")
@@ -129,7 +130,7 @@ def train_reason(config: ReasonConfig) -> Path:
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         (out / "reason_stats.json").write_text(json.dumps({**stats, "steps": step}, indent=1))
 
-    return train_and_merge(trainer, processor, last, final, fingerprint, write_logs)
+    return inherit_served(config.model, train_and_merge(trainer, processor, last, final, fingerprint, write_logs))
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -37,6 +37,7 @@ from .rl_config import RLConfig
 from .rl_rewards import BeamRollout
 from .run_state import (config_fingerprint, data_fingerprint, model_fingerprint, resume_point, sids_fingerprint,
                         train_and_merge)
+from .served import inherit_served
 
 LOGGED = {"reward": "mean_reward", "reward_std": "reward_std", "frac_reward_zero_std": "zero_variance_group_share",
           "kl": "kl", "completions/mean_length": "rationale_length"}
@@ -153,7 +154,7 @@ def train_rl(config: RLConfig) -> Path:
         if rows:
             plot_reward_curve(rows, out / "reward_curve.png", heldout=heldout)
 
-    return train_and_merge(trainer, processor, last, final, fingerprint, write_logs)
+    return inherit_served(config.model, train_and_merge(trainer, processor, last, final, fingerprint, write_logs))
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -27,13 +27,16 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from think_rec.data.schema import RecDataset
+from think_rec.decoding.prior import CollaborativePrior
 from think_rec.decoding.think import CitationStream, render_citations
 from think_rec.finetune.rationale_filters import citation_title, title_mentioned
 from think_rec.itemic.codebook import SIDCodebook
+from think_rec.model.artefacts import ServedConfig
 from think_rec.steering import Clause
 
 from .conversation import Conversation, Session
-from .engine import EngineBusy, EngineConfig, RecEngine, Recommendation, build_engine
+from .engine import EngineBusy, EngineConfig, RecEngine, Recommendation
+from .engines import build_engine
 from .errors import Busy, RequestError, error_body, error_response
 from .images import served_image
 from .middleware import REQUEST_ID, Guard, configure_logging
@@ -58,7 +61,6 @@ class ServeConfig:
     think: bool = False  # default for requests that do not say (stage-2 models think)
     host: str = "127.0.0.1"
     port: int = 8000
-    max_history: int = 20
     think_ahead: Path | None = None  # the store of backend "think_ahead"
     think_ahead_base: str = "vllm"
     api_key: str | None = None  # Bearer key for /v1/* (required off loopback)
@@ -131,7 +133,11 @@ class RecService:
         self.dataset = RecDataset.load(config.data)
         self.codebook = SIDCodebook.load(config.sids)
         self.tokenizer = AutoTokenizer.from_pretrained(str(config.model))
-        self.conversation = Conversation(self.dataset, self.codebook, self.tokenizer, config.max_history)
+        self.served, prior = ServedConfig.load(config.model), CollaborativePrior.load(config.model)
+        self.settings = {**asdict(self.served), "prior_weight": prior.weight if prior else 0.0,
+                         "prior_selection": prior.selection if prior else None}
+        self.max_history = self.served.max_history
+        self.conversation = Conversation(self.dataset, self.codebook, self.tokenizer, self.max_history)
         self.sessions = SessionStore(config.session_db or Path(config.model) / "sessions.sqlite",
                                      config.max_sessions, config.session_ttl_s)
         self.image_root = Path(config.image_root or config.data)
@@ -140,7 +146,7 @@ class RecService:
         self.engine = engine or build_engine(config.backend, EngineConfig(
             Path(config.model), Path(config.sids), max_model_len=config.max_model_len,
             think_ahead=config.think_ahead, think_ahead_base=config.think_ahead_base,
-            max_history=config.max_history, max_queue=config.max_waiting,
+            max_history=self.max_history, max_queue=config.max_waiting,
             tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size))
 
     async def begin(self, req: ChatCompletionRequest) -> Turn:
@@ -174,7 +180,8 @@ class RecService:
         think = self.config.think if req.think is None else req.think
         reserve = self.codebook.levels + 2 + (req.max_think_tokens + 2 if think else 0)
         prompt, n = self.conversation.fit_prompt(session, self.config.max_model_len - reserve)
-        banned = self.conversation.banned(session, req.exclude_seen)
+        banned = self.conversation.banned(session, self.served.exclude_history if req.exclude_seen is None
+                                          else req.exclude_seen)
         k = min(req.k, len(self.codebook) - len(banned & set(self.codebook.codes)))
         return Turn(session, prompt, n, banned, k, think, req.max_think_tokens, clauses)
 
@@ -193,7 +200,7 @@ class RecService:
             else:
                 events = self.engine.stream(turn.prompt, k=turn.k, banned=turn.banned, think=turn.think,
                                             max_think_tokens=turn.max_think_tokens,
-                                            history=turn.session.history[-self.config.max_history:])
+                                            history=turn.session.history[-self.max_history:])
             catalog = self.conversation.catalog
             titles = {self.codebook.sid_string(i): (i, citation_title(catalog[i])) for i in turn.session.history}
             stream = CitationStream(titles)  # citations (SIDs) in the rationale are shown as titles
@@ -237,7 +244,7 @@ class RecService:
         what became of this turn's clauses, the history used (most recent first) and the items the rationale
         cites."""
         session = turn.session
-        used = list(dict.fromkeys(reversed(session.history[-self.config.max_history:])))
+        used = list(dict.fromkeys(reversed(session.history[-self.max_history:])))
         catalog = self.conversation.catalog
         cited = [i for i in used if rec.rationale and title_mentioned(rec.rationale, catalog[i]["title"])]
         items = [RecommendedItem(**self.card(i).model_dump(), score=s) for i, s in rec.items]
@@ -293,7 +300,7 @@ def create_app(service: RecService) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> ModelList:
-        return ModelList(data=[ModelCard(id=service.model_name)])
+        return ModelList(data=[ModelCard(id=service.model_name, think_rec=service.settings)])
 
     @app.get("/v1/items/{item_id}/image")
     async def item_image(item_id: str) -> FileResponse:
@@ -363,4 +370,8 @@ def serve(config: ServeConfig) -> None:
     if not config.api_key and not is_loopback(config.host):
         raise ValueError(f"binding {config.host} needs an API key (--api-key or THINK_REC_API_KEY)")
     configure_logging()
-    uvicorn.run(create_app(RecService(config)), host=config.host, port=config.port, log_level="warning")
+    service = RecService(config)
+    print(f"think-rec serve: {service.model_name} on {config.backend}, served with "
+          + ", ".join(f"{k}={v}" for k, v in service.settings.items() if k not in ("notes", "prior_selection")),
+          flush=True)
+    uvicorn.run(create_app(service), host=config.host, port=config.port, log_level="warning")

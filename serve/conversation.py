@@ -12,7 +12,7 @@ from typing import Sequence
 
 from think_rec.data.schema import RecDataset
 from think_rec.itemic.codebook import SIDCodebook
-from think_rec.prompts import chat_example, chat_templates
+from think_rec.prompts import chat_templates, served_prompt
 from think_rec.steering import Clause, Constraints, Vocabulary, parse_clauses
 
 from .errors import RequestError
@@ -65,9 +65,8 @@ class Conversation:
 
     def prompt(self, session: Session) -> str:
         """The chat prompt text, ending in the assistant's generation header."""
-        ex = chat_example(session.history[-self.max_history:], session.user_messages,
-                          session.constraints.describe(), None, self.catalog, self.codebook)
-        return self.tokenizer.apply_chat_template(ex["messages"], tokenize=False, add_generation_prompt=True)
+        return served_prompt(self.tokenizer, session.history, self.catalog, self.codebook, self.max_history,
+                             session.user_messages, session.constraints.describe())
 
     def fit_prompt(self, session: Session, max_tokens: int) -> tuple[str, int]:
         """The prompt and its length in tokens, the oldest user messages dropped from ``session`` until it

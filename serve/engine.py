@@ -2,7 +2,8 @@
 
 An engine turns a rendered chat prompt (text ending in the assistant's generation header) into an
 optional rationale (``<think>…</think>``, streamed as text deltas) and up to ``k`` distinct catalog
-items found by constrained beam search over the SID trie, never any of ``banned``.
+items ranked by the served ranking (``think_rec.decoding.ranking``: the trie beams fused with the model's
+collaborative prior), never any of ``banned``. The engines are built by ``serve.engines.build_engine``.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN
 from think_rec.decoding.trie_beam import Children
 
 __all__ = ["THINK_CLOSE", "THINK_OPEN", "EngineBusy", "EngineConfig", "RecEngine", "Recommendation", "StepEngine",
-           "build_engine", "run"]
+           "run"]
 
 
 class EngineBusy(RuntimeError):
@@ -39,11 +40,11 @@ class EngineConfig:
     kv_cache_gib: int = 1  # vLLM CPU KV-cache reserve (GiB)
     think_ahead: Path | None = None  # the store of the think_ahead backend (serve.think_ahead)
     think_ahead_base: str = "vllm"  # the engine it wraps for the last level and for fallbacks
-    max_history: int = 20  # the server's: a think_ahead store must have been built with the same
+    max_history: int | None = None  # the server's (None: served.json's); a think_ahead store must match it
     max_queue: int = 64  # hf: requests waiting for the model beyond the running one (EngineBusy beyond)
     tensor_parallel_size: int = 1  # vllm: GPUs each model replica is split over
     data_parallel_size: int = 1  # vllm: model replicas, requests balanced over them
-    dtype: str = "auto"  # vllm: "auto" serves a float32 checkpoint in bf16; "float32" scores as transformers
+    dtype: str | None = None  # vllm: None = the model's served.json ("auto" serves float32 weights in bf16)
 
 
 class RecEngine(Protocol):
@@ -83,20 +84,3 @@ async def run(engine: RecEngine, prompt: str, *, k: int, banned: set[str] = froz
         if isinstance(event, Recommendation):
             return event
     raise RuntimeError(f"{engine.name}: stream ended without a recommendation")
-
-
-def build_engine(backend: str, config: EngineConfig) -> RecEngine:
-    """``"vllm"``, ``"hf"`` (transformers) or ``"think_ahead"`` (``config.think_ahead`` store)."""
-    if backend == "vllm":
-        from .engine_vllm import VLLMEngine
-
-        return VLLMEngine(config)
-    if backend == "hf":
-        from .engine_hf import HFEngine
-
-        return HFEngine(config)
-    if backend == "think_ahead":
-        from .think_ahead import ThinkAheadEngine
-
-        return ThinkAheadEngine(config, build_engine)
-    raise ValueError(f"backend must be 'vllm', 'hf' or 'think_ahead', not {backend!r}")

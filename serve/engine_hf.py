@@ -1,7 +1,8 @@
 """``HFEngine``: the same interface as ``VLLMEngine`` on transformers (for machines without vLLM).
 
 Requests run one at a time in a worker thread: ``think_then_recommend`` when thinking, else
-``decoding.search.beam_search`` (the trie beam search, scored as on vLLM). The rationale arrives as one delta.
+``decoding.ranking.rank`` (the served ranking: trie beams fused with the model's prior, scored as on vLLM).
+The rationale arrives as one delta.
 At most ``max_queue`` requests wait for the model (``EngineBusy`` beyond); a cancelled request (timeout,
 client gone) keeps the model until its thread ends, so runs never overlap.
 """
@@ -12,7 +13,8 @@ from typing import AsyncIterator, Sequence
 
 import torch
 
-from think_rec.decoding.search import beam_search, child_logprobs
+from think_rec.decoding.ranking import rank
+from think_rec.decoding.search import child_logprobs
 from think_rec.decoding.think import think_then_recommend
 from think_rec.decoding.trie_beam import Children
 
@@ -26,7 +28,7 @@ class HFEngine:
 
     def __init__(self, config: EngineConfig):
         self.config = config
-        self.model = self.processor = self.trie = None
+        self.model = self.processor = self.trie = self.prior = self.served = None
         self.lock = asyncio.Lock()
         self.waiting = 0
 
@@ -35,6 +37,7 @@ class HFEngine:
 
         rec = await asyncio.to_thread(RecModel.load, self.config.model, self.config.sids)
         self.model, self.processor, self.trie = rec.model, rec.processor, rec.trie
+        self.prior, self.served = rec.prior, rec.served
 
     def healthy(self) -> bool:
         return self.model is not None
@@ -73,11 +76,11 @@ class HFEngine:
             tok = self.processor.tokenizer
             sids = {i: tok.decode(list(self.trie.tokens_of[i])) for i in history if i in self.trie.tokens_of}
             res = think_then_recommend(self.model, self.processor, [prompt], self.trie, k=k,
-                                       max_think_tokens=max_think_tokens, exclude=[banned], citations=[sids])[0]
+                                       num_beams=self.served.num_beams, max_think_tokens=max_think_tokens,
+                                       exclude=[banned], citations=[sids], histories=[history], prior=self.prior)[0]
             return Recommendation(res.rationales[0], res.items)
-        ids = self.processor.tokenizer.encode(prompt, add_special_tokens=False)
-        return Recommendation("", beam_search(self.model, self.processor, [ids], self.trie, num_beams=k, k=k,
-                                              exclude=[banned])[0])
+        return Recommendation("", rank(self.model, self.processor, [prompt], [history], self.trie, self.prior, k=k,
+                                       num_beams=self.served.num_beams, banned=[banned])[0])
 
     async def stream(self, prompt: str, *, k: int, banned: set[str], think: bool, max_think_tokens: int,
                      history: Sequence[str] = ()) -> AsyncIterator[str | Recommendation]:

@@ -4,7 +4,9 @@ The rationale is one streamed request under ``SIDTrieLogitsProcessor`` in ``thin
 stops at ``</think>``). Top-K items come from ``trie_beam_search`` over ``child_logprobs``, written as
 single-token requests: per SID level, one request per beam whose prompt is ``prompt [<think>…</think>]
 <|sid_begin|> codes-so-far``, constrained to the beam's trie children (``sid`` mode, banned items pruned),
-asking for the logprobs of every child. Prefix caching (block size 32) makes each step cost about one token
+asking for the logprobs of every child; the served ranking (``decoding.ranking.rank_steps``) fuses the beams
+with the model's collaborative prior, scoring the prior's items through the same requests. Prefix caching
+(block size 32) makes each step cost about one token
 per beam. Scores are those of ``think_rec.decoding.search``: the processor sets each child to its
 log-probability over the SID tokens and vLLM reports it (``logprobs_mode="processed_logits"``).
 """
@@ -18,7 +20,9 @@ from typing import TYPE_CHECKING, AsyncIterator, Sequence
 
 import torch
 
+from think_rec.decoding.ranking import rank_steps
 from think_rec.decoding.trie_beam import Children, ranked_items, trie_beam_search
+from think_rec.model.artefacts import ServedConfig, load_prior
 
 from .engine import THINK_CLOSE, THINK_OPEN, EngineConfig, Recommendation
 from .logits_vllm import KEY, SIDTrieLogitsProcessor, load_trie
@@ -37,7 +41,7 @@ def engine_args(config: EngineConfig, width: int) -> AsyncEngineArgs:
         logits_processors=[SIDTrieLogitsProcessor], additional_config={"think_rec_sids": str(config.sids)},
         limit_mm_per_prompt={"image": 0, "video": 0}, disable_log_stats=True,
         tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size,
-        dtype=config.dtype)
+        dtype=config.dtype or ServedConfig.load(config.model).dtype)
 
 
 class VLLMEngine:
@@ -50,6 +54,7 @@ class VLLMEngine:
         self.trie, self.tok = load_trie(str(config.sids), str(config.model))
         self.open_id, self.close_id = self.tok.convert_tokens_to_ids([THINK_OPEN, THINK_CLOSE])
         self.width = max(len(c) for c in self.trie.child_tokens)  # widest trie node
+        self.prior, self.served = load_prior(config.model), ServedConfig.load(config.model)
         self.llm = None
 
     async def start(self) -> None:
@@ -121,4 +126,6 @@ class VLLMEngine:
                     if delta.text:
                         yield delta.text
             ids = ids + [self.open_id] + think_ids + [self.close_id]
-        yield Recommendation(rationale.strip(), await self.beam_search(ids, k, banned))
+        items = await rank_steps(functools.partial(self.child_logprobs, ids, banned=banned), self.trie, history,
+                                 self.prior, k=k, num_beams=self.served.num_beams, banned=banned)
+        yield Recommendation(rationale.strip(), items)

@@ -40,7 +40,8 @@ class ChatCompletionRequest(BaseModel):
 
     ``user`` is a dataset user id whose interactions become the history; ``history`` gives item ids
     directly; ``session_id`` (as the server issued it) continues a conversation (only the new user message
-    need be sent). ``k`` is also the beam width of the SID search. ``remove_constraints`` drops active
+    need be sent). ``k`` items come from the served ranking (the model's ``served.json``: beam width, prior).
+    An empty user message asks for recommendations from the history alone. ``remove_constraints`` drops active
     constraints by label (``recommendation.active``); such a turn may have an empty user message. Other
     OpenAI fields (``temperature``, ``max_tokens``...) are ignored: items come from beam search.
     """
@@ -57,7 +58,8 @@ class ChatCompletionRequest(BaseModel):
     session_id: str | None = Field(None, max_length=MAX_ID_CHARS)
     think: bool | None = None
     max_think_tokens: int = Field(64, ge=0, le=MAX_THINK_TOKENS)
-    exclude_seen: bool = True
+    exclude_seen: bool | None = Field(None, description="never recommend history or already recommended items "
+                                                    "(default: the model's served setting)")
     remove_constraints: list[Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]] = Field(
         default_factory=list, max_length=MAX_MESSAGES,
         description="labels of active constraints to drop (as in recommendation.active)")
@@ -74,9 +76,11 @@ class ChatCompletionRequest(BaseModel):
 
     @model_validator(mode="after")
     def _check_words(self) -> "ChatCompletionRequest":
-        """A turn says something, or only removes constraints (then its user message may be empty)."""
-        if not self.messages[-1].text.strip() and not self.remove_constraints:
-            raise ValueError("the last message must be a non-empty user message (or send remove_constraints)")
+        """A turn says something, only removes constraints, or asks for items from a given history or user (then
+        its user message may be empty)."""
+        if not (self.messages[-1].text.strip() or self.remove_constraints or self.history or self.user):
+            raise ValueError("the last message must be a non-empty user message (or send remove_constraints, a "
+                             "history or a user to recommend from)")
         return self
 
 
@@ -174,6 +178,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "think-rec"
+    think_rec: dict[str, Any] | None = Field(None, description="how the model is served (its served.json and prior)")
 
 
 class ModelList(BaseModel):

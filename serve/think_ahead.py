@@ -10,8 +10,11 @@ Online (``ThinkAheadEngine``, ``think-rec serve --backend think_ahead --think-ah
 whose history has a stored state and whose ``think`` flag matches the store is answered by ONE beam step
 (``trie_beam.expand``) of the wrapped engine's ``child_logprobs``: the live prompt (dialogue and constraints
 included) + the stored rationale + each stored prefix, constrained to that prefix's children minus ``banned``
-items. Item score = prefix score + last-level log-probability, as full decoding scores it; several
-rationales are merged by mean probability (``merge_scores``). Anything else (unknown history, think
+items. Item score = prefix score + last-level log-probability, as full decoding scores it; the served ranking
+then fuses these beams with the model's collaborative prior (``decoding.ranking.fuse_steps``, the prior's items
+scored through the same ``child_logprobs``); several rationales are merged by mean probability
+(``merge_scores``). A store built with the served beam width (``served.json``) gives the live engine's items.
+Anything else (unknown history, think
 mismatch, fewer than ``k`` allowed items under the stored prefixes, any store error such as a malformed row)
 falls back to full online decoding by the wrapped ``vllm`` or ``hf`` engine. The server opens the store
 read-only and looks it up in a worker thread; its ``model`` and ``max_history`` must be the server's
@@ -20,14 +23,17 @@ read-only and looks it up in a worker thread; its ``model`` and ``max_history`` 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
 from typing import AsyncIterator, Callable, Sequence
 
+from think_rec.decoding.ranking import fuse_steps
 from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN, merge_scores
 from think_rec.decoding.trie import SIDTrie
 from think_rec.decoding.trie_beam import expand, ranked_items
 from think_rec.itemic.codebook import SIDCodebook
+from think_rec.model.artefacts import ServedConfig, load_prior
 
 from .engine import EngineBusy, EngineConfig, Recommendation, StepEngine
 from .think_ahead_build import build_store
@@ -39,7 +45,7 @@ log = logging.getLogger(__name__)
 
 class ThinkAheadEngine:
     """Last-level online decoding over stored prefixes, wrapping a ``vllm`` or ``hf`` engine (made by
-    ``build_base``, i.e. ``serve.engine.build_engine``) for the last level and for fallbacks.
+    ``build_base``, i.e. ``serve.engines.build_engine``) for the last level and for fallbacks.
 
     The interface is ``serve.engine.RecEngine``; ``stats`` counts requests served each way."""
 
@@ -56,7 +62,8 @@ class ThinkAheadEngine:
         self.store = ThinkAheadStore(config.think_ahead)
         if self.store.meta["sids_sha"] != codebook_fingerprint(config.sids):
             raise ValueError(f"{config.think_ahead}: built for another SID codebook than {config.sids} (sids_sha)")
-        for key, ours in (("model", str(Path(config.model).resolve())), ("max_history", config.max_history)):
+        max_history = config.max_history or ServedConfig.load(config.model).max_history
+        for key, ours in (("model", str(Path(config.model).resolve())), ("max_history", max_history)):
             if self.store.meta[key] != ours:
                 raise ValueError(f"{config.think_ahead}: built with {key}={self.store.meta[key]!r}, but the server "
                                  f"has {ours!r}")
@@ -69,6 +76,7 @@ class ThinkAheadEngine:
         if self.store.meta["levels"] != self.trie.levels:
             raise ValueError(f"{config.think_ahead}: levels={self.store.meta['levels']} does not match {config.sids}")
         self.open_id, self.close_id = self.tok.convert_tokens_to_ids([THINK_OPEN, THINK_CLOSE])
+        self.prior = load_prior(config.model)
         self.stats = {"think_ahead_hits": 0, "think_ahead_fallbacks": 0}
 
     async def start(self) -> None:
@@ -89,12 +97,15 @@ class ThinkAheadEngine:
     async def recommend(self, state: UserState, prompt: str, k: int, banned: set[str]) -> list[tuple[str, float]]:
         """Top ``k`` items from the stored prefixes of ``state`` continued by ``prompt`` (see the docstring)."""
         ids = self.tok.encode(prompt, add_special_tokens=False)
+        width = max(k, self.store.meta["beam"])
 
         async def ranked(thought: Thought) -> list[tuple[str, float]]:
             head = ids + [self.open_id] + thought.think_ids + [self.close_id] if self.store.think else ids
             beams = [(tuple(p), s) for p, s in thought.prefixes]
-            children = await self.base.child_logprobs(head, [p for p, _ in beams], banned)
-            return ranked_items(self.trie, [beam for _, beam in expand(beams, children, k)])
+            step = functools.partial(self.base.child_logprobs, head, banned=banned)
+            kept = expand(beams, await step([p for p, _ in beams]), width)
+            items = ranked_items(self.trie, [beam for _, beam in kept])
+            return await fuse_steps(step, self.trie, items, state.history, self.prior, k=k, banned=banned)
 
         return merge_scores(await asyncio.gather(*(ranked(t) for t in state.thoughts)), k)
 

@@ -14,12 +14,13 @@ from think_rec.itemic.codebook import SIDCodebook
 from .think_ahead_store import FORMAT_VERSION, ThinkAheadStore, Thought, UserState, codebook_fingerprint
 
 
-def build_store(model: Path, data: Path, sids: Path, out: Path, *, rationales: int = 0, beam: int = 10,
-                max_think_tokens: int = 64, history: str = "full", max_history: int = 20,
+def build_store(model: Path, data: Path, sids: Path, out: Path, *, rationales: int = 0, beam: int | None = None,
+                max_think_tokens: int = 64, history: str = "full", max_history: int | None = None,
                 users: Sequence[str] | None = None, seed: int = 0, progress: bool = True) -> int:
     """Precompute ``UserState``s into ``out`` (see ``serve.think_ahead``); returns how many were added.
 
-    ``beam``: prefixes kept per rationale (default 10, the API's default ``k``, as online beam search).
+    ``beam`` (prefixes kept per rationale) and ``max_history`` default to the model's ``served.json``, so the
+    last-level step gives the items of the live engine.
 
     ``history="full"``: each user's whole sequence (what ``user=`` requests are served with);
     ``"test"``: the leave-one-out test history (all but the last item), for evaluation."""
@@ -28,10 +29,14 @@ def build_store(model: Path, data: Path, sids: Path, out: Path, *, rationales: i
 
     from think_rec.data.schema import RecDataset
     from think_rec.decoding.think import generate_rationales
+    from think_rec.model.artefacts import ServedConfig
     from think_rec.model.loading import load_model
 
     from .conversation import Conversation, Session
 
+    served = ServedConfig.load(model)
+    beam = served.num_beams if beam is None else beam
+    max_history = served.max_history if max_history is None else max_history
     if rationales < 0 or beam < 1 or max_history < 1:
         raise ValueError(f"need rationales >= 0, beam >= 1, max_history >= 1 (got {rationales}, {beam}, "
                          f"{max_history})")

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from think_rec.data.schema import Interactions
-from think_rec.data.split import leave_one_out
+from think_rec.data.split import has_repeats, history_exclusion, leave_one_out
 from think_rec.eval import rec
-from think_rec.eval.evaluate import evaluate_ranker, has_repeats, split_sequences, top_k_from_scores
+from think_rec.eval.evaluate import evaluate_ranker, top_k_from_scores
 from think_rec.eval.markov import MarkovConfig, MarkovModel, markov_ranker
 from think_rec.eval.popularity import popularity_ranker
 from think_rec.eval.sasrec import (SASRecConfig, load_sasrec, save_sasrec, score_all, sasrec_ranker,
@@ -112,15 +112,17 @@ def test_markov_learns_transitions():
     assert markov["ndcg@10"] > pop["ndcg@10"] + 0.1, (markov, pop)
 
 
-def test_has_repeats_and_split_sequences():
+def test_history_exclusion_reads_train_and_valid_only():
     assert not has_repeats([["a", "b"], ["b", "a"], []])
     assert has_repeats([["a", "b"], ["c", "a", "c"]])
     assert not has_repeats([])
-    rows = [{"user_id": 0, "item_ids": ["a", "b", "c", "d"]}, {"user_id": 1, "item_ids": ["x", "y", "x"]}]
-    split = leave_one_out(Interactions.from_rows(rows))
-    assert split_sequences(split) == [["a", "b", "c", "d"], ["x", "y", "x"]]
-    assert has_repeats(split_sequences(split))
-    assert not has_repeats(split_sequences(cycle_split()[0]))
+
+    def split_of(*sequences):
+        return leave_one_out(Interactions.from_rows([{"user_id": n, "item_ids": s} for n, s in enumerate(sequences)]))
+
+    assert not history_exclusion(split_of(["a", "b", "c", "d"], ["x", "y", "x", "z"]))  # a valid target repeats
+    assert history_exclusion(split_of(["a", "b", "c", "d"], ["x", "y", "z", "x"]))  # only a test target does
+    assert history_exclusion(cycle_split()[0])
 
 
 def test_sasrec_config_loss_validated_and_saved(tmp_path):

@@ -24,11 +24,12 @@ def test_eval_rec_scores_a_trained_model(aligned_run, tmp_path):
     dirs, _, model_dir = aligned_run
     result = CliRunner().invoke(app, ["eval", "rec", "--model", str(model_dir), "--data", str(dirs.data),
                                       "--sids", str(dirs.sids), "--split", "valid", "--users", "12",
-                                      "--max-history", "3", "--out-dir", str(tmp_path)])
+                                      "--out-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    rows = json.loads((tmp_path / f"eval-{dirs.data.name}-valid.json").read_text())["rows"]
-    assert {r["system"] for r in rows} == {"think_rec", "popularity"}
-    assert all(r["users"] == 12 and 0 <= r["ndcg@10"] <= r["recall@10"] <= 1 for r in rows)
+    report = json.loads((tmp_path / f"eval-{dirs.data.name}-valid.json").read_text())
+    assert [r["system"] for r in report["rows"]] == ["served", "served_model", "popularity"]
+    assert report["users"] == 12 and report["commit"] and report["model_fingerprint"]
+    assert all(0 <= r["ndcg@10"] <= r["recall@10"] <= 1 for r in report["rows"])
 
 
 def test_eval_rec_rejects_unknown_split(aligned_run):

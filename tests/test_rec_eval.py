@@ -1,48 +1,122 @@
-"""think_rec's evaluation: the prompt kinds, the collaborative prior and its selection on valid."""
+"""The served ranking (``think_rec.decoding.ranking``), the collaborative prior as a model artefact and its
+weight chosen on valid users, and the evaluation rows built on them."""
 from __future__ import annotations
 
+import asyncio
+import functools
+import json
+import logging
 import math
+import shutil
 
 import pytest
 
 from think_rec.data.split import leave_one_out
-from think_rec.eval.markov import MarkovModel
-from think_rec.eval.rec import ThinkRecScorer, prior_fused_rankings, select_prior_weight
-from think_rec.model.artefacts import RecModel
+from think_rec.decoding.prior import PRIOR_FILE, CollaborativePrior, MarkovModel
+from think_rec.decoding.ranking import Candidates, candidates, fuse, rank, rank_steps
+from think_rec.decoding.search import child_logprobs, encode
+from think_rec.eval.rec import ThinkRecScorer
+from think_rec.finetune.served import choose_weight
+from think_rec.model.artefacts import SERVED_FILE, RecModel, ServedConfig
+from think_rec.prompts import served_prompt
 
 
 @pytest.fixture(scope="module")
-def scorer(synthetic_dataset, aligned_run):
-    _, codebook, model_dir = aligned_run
-    return ThinkRecScorer(model_dir, synthetic_dataset, codebook, prompt="chat", max_history=5, num_beams=10)
+def rec(aligned_run):
+    dirs, codebook, model_dir = aligned_run
+    return RecModel.load(model_dir, dirs.sids, dirs.data)
 
 
-def test_prior_weight_zero_is_the_model_and_a_large_weight_follows_the_transitions(synthetic_dataset, scorer):
+@pytest.fixture(scope="module")
+def valid(synthetic_dataset):
     split = leave_one_out(synthetic_dataset.interactions, max_history=5)
-    markov = MarkovModel(split.train["item_ids"])
-    histories = split.valid["history"][:20]
-    fused = prior_fused_rankings(scorer, markov, histories, weights=(0.0, 1e6), k=10, exclude_history=True)
-    beams = scorer.beams(histories, exclude_history=True)
-    for h, row, own, strong in zip(histories, beams, fused[0.0], fused[1e6]):
-        assert not set(own) & set(h) and not set(strong) & set(h)
-        # weight 0: the model's own log-probabilities decide (a Markov item may outrank a weaker beam)
-        candidates = {i: s for i, s in row}
-        extra = [i for i in markov.rank(h, 30, set(h)) if i not in candidates]
-        candidates.update(zip(extra, scorer.score([h], [extra])[0]))
-        ranked = [candidates[i] for i in own]
-        rest = [s for i, s in candidates.items() if i not in own]
-        assert all(a >= b - 1e-4 for a, b in zip(ranked, ranked[1:]))
-        assert not rest or ranked[-1] >= max(rest) - 1e-4
-        scores = markov.scores(h)
-        top = max((s for i, s in scores.items() if i not in h), default=0.0)
+    return split, MarkovModel(split.train["item_ids"])
+
+
+def _prompts(rec, histories):
+    tok = rec.processor.tokenizer
+    return [served_prompt(tok, h, rec.items, rec.codebook, rec.served.max_history) for h in histories]
+
+
+def test_fuse_weight_zero_is_the_beams_and_the_prior_reorders():
+    cands = Candidates(beams=[("a", -1.0), ("b", -2.0)], extra=[("c", -3.0)], prior={"b": 10.0, "c": 100.0})
+    assert fuse(cands, 0.0, 3) == [("a", -1.0), ("b", -2.0)]  # the model alone: no prior-only items
+    fused = fuse(cands, 1.0, 3)
+    assert [i for i, _ in fused] == ["c", "b", "a"]
+    assert math.isclose(dict(fused)["c"], -3.0 + math.log1p(100.0))
+
+
+def test_stage1_writes_the_served_artefact_chosen_on_valid(aligned_run, rec):
+    dirs, _, model_dir = aligned_run
+    served = json.loads((model_dir / SERVED_FILE).read_text())
+    assert served["max_history"] == 5 and served["num_beams"] == 30 and served["exclude_history"] is False
+    assert rec.served == ServedConfig.load(model_dir) and rec.prior is not None
+    by_weight = {float(w): s for w, s in rec.prior.selection["valid_ndcg@10_by_weight"].items()}
+    assert by_weight[rec.prior.weight] == max(by_weight.values()) and rec.prior.selection["valid_users"] == 200
+    split = leave_one_out(rec.dataset.interactions, max_history=5)
+    assert rec.prior.markov.transitions == MarkovModel(split.train["item_ids"]).transitions  # train split only
+    again = CollaborativePrior.load(model_dir)
+    assert again.markov.scores(["0", "1"]) == rec.prior.markov.scores(["0", "1"]) and again.weight == rec.prior.weight
+
+
+def test_a_model_without_prior_loads_at_weight_zero_and_says_so(aligned_run, tmp_path, caplog):
+    dirs, _, model_dir = aligned_run
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare)
+    (bare / PRIOR_FILE).unlink()
+    with caplog.at_level(logging.WARNING):
+        loaded = RecModel.load(bare, dirs.sids, dirs.data)
+    assert loaded.prior is None and "no collaborative prior" in caplog.text
+    (bare / PRIOR_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="prior.json: not a think_rec prior"):
+        CollaborativePrior.load(bare)
+
+
+def test_ranked_items_follow_the_rule_and_respect_bans(rec, valid):
+    split, markov = valid
+    histories = split.valid["history"][:12]
+    prior = CollaborativePrior(markov, weight=1e6)
+    banned = [set(h) for h in histories]
+    cands = candidates(rec.model, rec.processor, _prompts(rec, histories), histories, rec.trie, prior, num_beams=10,
+                       banned=banned)
+    for h, c, ban in zip(histories, cands, banned):
+        items = [i for i, _ in c.beams + c.extra]
+        assert len(items) == len(set(items)) and not set(items) & ban
+        assert [s for _, s in c.beams] == sorted((s for _, s in c.beams), reverse=True)
+        strong = fuse(c, 1e6, 10)
+        top = max((s for i, s in markov.scores(h).items() if i not in ban), default=0.0)
         if top > 0:
-            assert math.isclose(scores[strong[0]], top)  # the strongest transition leads
+            assert math.isclose(markov.scores(h)[strong[0][0]], top)  # the strongest transition leads
+    # candidate scores are the model's log-probabilities of the SIDs: the beams' items rescored agree
+    ids = encode(rec.processor, _prompts(rec, histories[:1]))
+    again = candidates(rec.model, rec.processor, ids, histories[:1], rec.trie, None, num_beams=10)[0]
+    assert [i for i, _ in again.beams] and not again.extra
 
 
-def test_prior_weight_is_chosen_on_valid(synthetic_dataset, scorer):
-    split = leave_one_out(synthetic_dataset.interactions, max_history=5)
-    weight, by_weight = select_prior_weight(scorer, MarkovModel(split.train["item_ids"]), split.valid,
-                                            weights=(0.0, 1.0, 4.0))
+def test_transformers_and_step_rankings_agree(rec, valid):
+    """``rank`` (batched transformers) and ``rank_steps`` (over ``child_logprobs``, as vLLM and Think-Ahead)."""
+    split, markov = valid
+    histories = split.valid["history"][:4]
+    prior = CollaborativePrior(markov, weight=2.0)
+    prompts = _prompts(rec, histories)
+    batch = rank(rec.model, rec.processor, prompts, histories, rec.trie, prior, k=10, num_beams=12,
+                 banned=[set(h) for h in histories])
+    for p, h, expected in zip(encode(rec.processor, prompts), histories, batch):
+        async def step(prefixes, banned=frozenset()):
+            return child_logprobs(rec.model, rec.processor, p, prefixes, rec.trie, banned)
+
+        got = asyncio.run(rank_steps(functools.partial(step, banned=set(h)), rec.trie, h, prior, k=10, num_beams=12,
+                                     banned=set(h)))
+        assert [i for i, _ in got] == [i for i, _ in expected]
+        assert all(math.isclose(a, b, abs_tol=1e-4) for (_, a), (_, b) in zip(got, expected))
+
+
+def test_prior_weight_is_chosen_on_valid(synthetic_dataset, aligned_run, valid):
+    split, markov = valid
+    _, codebook, model_dir = aligned_run
+    scorer = ThinkRecScorer(model_dir, synthetic_dataset, codebook, prompt="chat", max_history=5, num_beams=10)
+    cands = scorer.candidates(split.valid["history"], CollaborativePrior(markov), exclude_history=True)
+    weight, by_weight = choose_weight(cands, split.valid["target"], weights=(0.0, 1.0, 4.0))
     assert set(by_weight) == {0.0, 1.0, 4.0} and by_weight[weight] == max(by_weight.values())
 
 

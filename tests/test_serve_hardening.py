@@ -13,7 +13,8 @@ from PIL import Image
 
 from think_rec.data.schema import RecDataset
 from think_rec.serve.api import RecService, ServeConfig, create_app, serve
-from think_rec.serve.engine import EngineBusy, EngineConfig, build_engine
+from think_rec.serve.engine import EngineBusy, EngineConfig
+from think_rec.serve.engines import build_engine
 from think_rec.serve.images import served_image
 
 KEY = "s3cret-key"

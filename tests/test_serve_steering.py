@@ -95,7 +95,8 @@ def test_hf_backend_same_interface(aligned_run):
     from think_rec.data.schema import RecDataset
     from think_rec.finetune.rationale_filters import complete
     from think_rec.serve.conversation import Conversation, Session
-    from think_rec.serve.engine import EngineConfig, build_engine, run
+    from think_rec.serve.engine import EngineConfig, run
+    from think_rec.serve.engines import build_engine
 
     dirs, codebook, model_dir = aligned_run
     ds = RecDataset.load(dirs.data)

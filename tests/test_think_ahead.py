@@ -12,7 +12,8 @@ import pytest
 from think_rec.data.schema import RecDataset
 from think_rec.finetune.rationale_filters import complete
 from think_rec.serve.conversation import Conversation, Session
-from think_rec.serve.engine import EngineConfig, build_engine, run
+from think_rec.serve.engine import EngineConfig, run
+from think_rec.serve.engines import build_engine
 from think_rec.serve.think_ahead import Thought, ThinkAheadStore, UserState, build_store
 
 USERS = [f"u{i}" for i in range(6)]
@@ -70,7 +71,7 @@ def test_store_round_trips(store, aligned_run, tmp_path):
     assert s.meta["beam"] == BEAM and s.meta["levels"] == codebook.levels and s.meta["history"] == "full"
     for user in USERS:
         state = s.get(user)
-        assert state.history == histories[user][-20:] and s.find(state.history).history == state.history
+        assert state.history == histories[user][-5:] and s.find(state.history).history == state.history
         (thought,) = state.thoughts
         assert thought.text == "" and thought.think_ids == []
         prefixes = [p for p, _ in thought.prefixes]
@@ -109,6 +110,14 @@ def test_store_bad_input_is_named(store, aligned_run, tmp_path):
         build_engine("think_ahead", EngineConfig(model_dir, dirs.sids))
 
 
+def _from_store_or_prior(engine, user, items, banned=frozenset()):
+    """Each item lies under a stored prefix or is one of the prior's candidates (the served ranking's two sources)."""
+    levels, stored = engine.store.meta["levels"], _stored_prefixes(engine, user)
+    history = engine.store.get(user).history
+    prior = set(engine.prior.candidates(history, set(banned))) if engine.prior and engine.prior.weight else set()
+    return all(tuple(_tokens(engine, i)[:levels]) in stored or i in prior for i in items)
+
+
 def test_online_items_are_children_of_stored_prefixes(served):
     engine, _, _, ds = served
     levels = engine.store.meta["levels"]
@@ -121,9 +130,37 @@ def test_online_items_are_children_of_stored_prefixes(served):
         assert len(ids) == 5 == len(set(ids)) and all(i in ds.catalog for i in ids)
         scores = [s for _, s in rec.items]
         assert scores == sorted(scores, reverse=True)
-        for item, score in rec.items:
+        assert _from_store_or_prior(engine, user, ids)
+        for item, score in rec.items:  # beam items: prefix score + a log-probability (prior items score higher)
             prefix = tuple(_tokens(engine, item)[:levels])
-            assert prefix in stored and score <= stored[prefix] + 1e-6  # prefix score + a log-probability
+            assert prefix not in stored or score <= stored[prefix] + 1e-6 or item in engine.prior.markov.scores(
+                engine.store.get(user).history)
+
+
+def _prompt(served, user):
+    engine, _, conv, _ = served
+    return conv.prompt(Session("s", history=engine.store.get(user).history))
+
+
+def test_think_ahead_returns_the_live_engines_items(aligned_run, served, tmp_path):
+    """A store built at the served beam width answers a stored user's history-only prompt with the top-10 of the
+    live engine it wraps (the served ranking, prior included)."""
+    dirs, _, model_dir = aligned_run
+    path = tmp_path / "served.sqlite"
+    build_store(model_dir, dirs.data, dirs.sids, path, users=USERS[:3], progress=False)
+    engine = build_engine("think_ahead", EngineConfig(model_dir, dirs.sids, think_ahead=path, think_ahead_base="hf"))
+    engine.base = served[0].base  # the started hf engine
+    assert engine.store.meta["beam"] == 30 and engine.prior is not None and engine.prior.weight > 0
+    loop = served[1]
+    for user in USERS[:3]:
+        history = engine.store.get(user).history
+        prompt = _prompt(served, user)
+        ahead = loop.run_until_complete(run(engine, prompt, k=10, history=history))
+        live = loop.run_until_complete(run(engine.base, prompt, k=10, history=history))
+        assert [i for i, _ in ahead.items] == [i for i, _ in live.items]
+        assert all(math.isclose(a, b, abs_tol=1e-4) for (_, a), (_, b) in zip(ahead.items, live.items))
+    assert engine.stats == {"think_ahead_hits": 3, "think_ahead_fallbacks": 0}
+    engine.store.close()
 
 
 def _tokens(engine, item):
@@ -140,9 +177,7 @@ def test_banned_brand_is_honoured(served):
     rec = _ask(served, history, banned=banned, k=3)
     assert engine.stats["think_ahead_hits"] == hits + 1  # still served from the stored prefixes
     assert len(rec.items) == 3 and all(ds.catalog[i]["brand"] != brand for i, _ in rec.items)
-    stored = _stored_prefixes(engine, "u1")
-    levels = engine.store.meta["levels"]
-    assert all(tuple(_tokens(engine, i)[:levels]) in stored for i, _ in rec.items)
+    assert _from_store_or_prior(engine, "u1", [i for i, _ in rec.items], banned)
 
 
 def test_fallbacks_decode_online(served):
@@ -186,7 +221,7 @@ def test_rationales_are_stored_and_replayed(aligned_run, tmp_path):
         rec = _ask(served, state.history, k=4, think=True)
         assert engine.stats == {"think_ahead_hits": 1, "think_ahead_fallbacks": 0}
         assert rec.rationale == state.thoughts[0].text and len(rec.items) == 4
-        assert all(i in ds.catalog and s <= 0 and not math.isnan(s) for i, s in rec.items)
+        assert all(i in ds.catalog and not math.isnan(s) for i, s in rec.items)  # fused: not log-probs
         _ask(served, state.history, k=4, think=False)  # a thinking store cannot answer a non-thinking request
         assert engine.stats["think_ahead_fallbacks"] == 1
     finally:
@@ -225,9 +260,9 @@ def test_store_errors_fall_back(served, store, aligned_run, tmp_path):
 
 def test_store_settings_checked_at_startup(aligned_run, store, tmp_path):
     dirs, _, model_dir = aligned_run
-    with pytest.raises(ValueError, match="max_history=20, but the server has 5"):
+    with pytest.raises(ValueError, match="max_history=5, but the server has 3"):  # the store took served.json's
         build_engine("think_ahead", EngineConfig(model_dir, dirs.sids, think_ahead=store, think_ahead_base="hf",
-                                                 max_history=5))
+                                                 max_history=3))
     other = tmp_path / "other-model"
     shutil.copytree(model_dir, other)
     with pytest.raises(ValueError, match="built with model="):

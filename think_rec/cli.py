@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-PIPELINE = ["data", "sids", "model", "train", "serve", "think-ahead", "chat", "eval", "baseline", "bench", "quickstart"]
+PIPELINE = ["data", "sids", "model", "train", "prior", "serve", "think-ahead", "chat", "eval", "baseline", "bench",
+            "quickstart"]
 
 
 class PipelineOrder(TyperGroup):
@@ -233,10 +234,11 @@ def think_ahead_cmd(
     run: Path = typer.Option(..., help="Its run folder (data/ and sids/)."),
     out: Path = typer.Option(..., help="The SQLite store to write (reruns skip stored users)."),
     rationales: int = typer.Option(0, help="Rationales per user (0: no <think>, stage-1 models)."),
-    beam: int = typer.Option(10, help="SID prefixes (first L-1 levels) kept per rationale (as k)."),
+    beam: Optional[int] = typer.Option(None, help="SID prefixes (first L-1 levels) kept per rationale (default: "
+                                       "the model's served beam width)."),
     max_think_tokens: int = typer.Option(64),
     history: str = typer.Option("full", help="full (serving) | test (leave-one-out test history, for eval)."),
-    max_history: int = typer.Option(20, help="As the server's (the prompt's last items)."),
+    max_history: Optional[int] = typer.Option(None, help="As the server's (default: the model's served.json)."),
 ) -> None:
     """Think-Ahead offline job: per user, rationales + the beam of the first L-1 SID levels -> OUT."""
     from think_rec.serve.think_ahead import build_store
@@ -279,13 +281,6 @@ def _split_examples(data: Path, split: str, users: Optional[int], seed: int):
     return dataset, loo, sample_users(getattr(loo, split), users, seed)
 
 
-def _exclude_history(loo) -> bool:
-    """History exclusion is on when no user sequence repeats an item (as in ``bench rec``)."""
-    from think_rec.eval.evaluate import has_repeats, split_sequences
-
-    return not has_repeats(split_sequences(loo))
-
-
 def _report(name: str, payload: dict, out_dir: Optional[Path]) -> None:
     from think_rec.eval.rec import METRICS
     from think_rec.eval.report import write_report
@@ -302,26 +297,53 @@ def eval_rec(
     sids: Path = typer.Option(..., help="The SID folder it was trained with."),
     split: str = typer.Option("test", callback=_leave_one_out_split, help="valid | test (leave-one-out)."),
     users: Optional[int] = typer.Option(None, help="Score a seeded sample of this many users (default all)."),
-    max_history: int = typer.Option(10, help="History items in the prompt."),
-    num_beams: int = typer.Option(10, help="Beam width (>= 10: top-10 distinct items)."),
     out_dir: Optional[Path] = typer.Option(None, help="Write eval-NAME.json/.md/.png here."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Recall/NDCG@5/10 of a think_rec model beside popularity, full-catalog constrained beam search."""
+    """Recall/NDCG@5/10 of what `think-rec serve` answers (the model's served.json and prior: rows served and
+    served_model) beside popularity, full-catalog ranking."""
     from think_rec.eval.evaluate import evaluate_ranker
     from think_rec.eval.popularity import popularity_ranker
-    from think_rec.eval.rec import think_rec_ranker
+    from think_rec.eval.rec import served_rows
+    from think_rec.finetune.run_state import model_fingerprint
     from think_rec.itemic.codebook import SIDCodebook
+    from think_rec.model.artefacts import ServedConfig
 
     dataset, loo, examples = _split_examples(data, split, users, seed)
-    exclude = _exclude_history(loo)
-    rank = think_rec_ranker(model, dataset, SIDCodebook.load(sids), max_history=max_history, num_beams=num_beams,
-                            exclude_history=exclude)
-    rows = [{"system": "think_rec", **evaluate_ranker(rank, examples, batch_size=32, desc="think_rec")},
-            {"system": "popularity", **evaluate_ranker(popularity_ranker(loo.train["item_ids"], 10, exclude),
-                                                       examples, desc="popularity")}]
+    served = ServedConfig.load(model)
+    rows = served_rows(model, dataset, SIDCodebook.load(sids), examples, train_seconds=0.0)
+    pop = popularity_ranker(loo.train["item_ids"], 10, served.exclude_history)
+    rows.append({"system": "popularity", **evaluate_ranker(pop, examples, desc="popularity")})
     _report(f"eval-{data.name}-{split}", {"benchmark": "eval-rec", "dataset": str(data), "model": str(model),
-                                          "split": split, "exclude_history": exclude, "rows": rows}, out_dir)
+                                          "model_fingerprint": model_fingerprint(model), "split": split,
+                                          "users": len(examples), "exclude_history": served.exclude_history,
+                                          "rows": rows}, out_dir)
+
+
+@app.command("prior")
+def prior_cmd(
+    model: Path = typer.Option(..., help="A merged model folder trained on the chat prompt (stage 1, 2 or 3)."),
+    run: Path = typer.Option(..., help="Its run folder (data/ and sids/)."),
+    max_history: int = typer.Option(10, help="History items in the served prompt (what the model was trained on)."),
+    num_beams: int = typer.Option(30, help="Beam width of the served ranking."),
+    valid_users: int = typer.Option(2000, help="Seeded valid users that choose the prior's weight (0: all)."),
+    dtype: str = typer.Option("float32", help="What the model is served in (vLLM dtype)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Build a model's collaborative prior from the training split, choose its weight on valid users, and write
+    MODEL/prior.json + MODEL/served.json (what `serve`, `eval rec` and `bench rec` use)."""
+    from think_rec.finetune.served import write_served
+
+    try:
+        served = write_served(model, run / "data", run / "sids", max_history=max_history, num_beams=num_beams,
+                              valid_users=valid_users or None, seed=seed, dtype=dtype)
+    except (ValueError, FileNotFoundError) as e:
+        fail(e)
+    from think_rec.decoding.prior import CollaborativePrior
+
+    prior = CollaborativePrior.load(model)
+    print_dict("served", {**vars(served), "prior_weight": prior.weight,
+                          "valid_ndcg@10_by_weight": prior.selection["valid_ndcg@10_by_weight"]})
 
 
 @baseline_app.command("sasrec")
@@ -341,12 +363,13 @@ def baseline_sasrec(
     """Train SASRec (CE or BCE, valid early stopping), save it, score it beside popularity."""
     import torch
 
+    from think_rec.data.split import history_exclusion
     from think_rec.eval.evaluate import evaluate_ranker
     from think_rec.eval.popularity import popularity_ranker
     from think_rec.eval.sasrec import SASRecConfig, sasrec_ranker, save_sasrec, train_sasrec
 
     dataset, loo, examples = _split_examples(data, split, users, seed)
-    exclude = _exclude_history(loo)
+    exclude = history_exclusion(loo)
     config = SASRecConfig(hidden=hidden, max_len=max_len, epochs=epochs, seed=seed, loss=loss)
     model = train_sasrec(loo, dataset.catalog.ids, config, exclude_history=exclude,
                          time_budget_seconds=None if budget_minutes is None else 60 * budget_minutes)

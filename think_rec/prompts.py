@@ -204,6 +204,14 @@ def chat_example(history: Sequence[str], user_messages: Sequence[str], constrain
     return {"messages": _chat(user, answer, tpl), "images": []}
 
 
+def served_prompt(tokenizer, history: Sequence[str], catalog: Items, codebook: SIDCodebook, max_history: int,
+                  user_messages: Sequence[str] = (), constraints: Sequence[str] = ()) -> str:
+    """The text ``think-rec serve`` sends its engine (and ``bench rec`` scores): the chat prompt of the latest
+    ``max_history`` items, the dialogue and the constraints, ending in the assistant's generation header."""
+    ex = chat_example(list(history)[-max_history:], user_messages, constraints, None, catalog, codebook)
+    return tokenizer.apply_chat_template(ex["messages"], tokenize=False, add_generation_prompt=True)
+
+
 @dataclass
 class RecommendPrompt:
     """The rendered inference prompt: chat ``messages``, templated ``text`` and image paths in order."""

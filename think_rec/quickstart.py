@@ -19,7 +19,10 @@ from think_rec.data.schema import RecDataset
 from think_rec.data.split import leave_one_out
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.eval import bench_rec
-from think_rec.eval.rec import METRICS, think_rec_ranker
+from think_rec.decoding.ranking import fuse
+from think_rec.eval.rec import METRICS
+from think_rec.finetune.served import served_candidates
+from think_rec.model.artefacts import RecModel
 
 
 @contextlib.contextmanager
@@ -50,18 +53,22 @@ def reasoning_example(root: str | Path, example: dict, budget_minutes: float = 2
     model's rationale and its top items, as titles (what the quickstart prints)."""
     from think_rec.decoding import think_then_recommend
     from think_rec.eval.bench_reason import reason_config
+    from think_rec.finetune.rationale_filters import citation_title
     from think_rec.finetune.reason import train_reason
-    from think_rec.model.artefacts import RecModel
     from think_rec.pipeline import RunDirs
-    from think_rec.prompts import render_recommend_prompt
+    from think_rec.prompts import served_prompt
 
     dirs = RunDirs(Path(root))
     final = train_reason(reason_config(dirs, budget_minutes, max_history, num_examples, None, seed))
     rec = RecModel.load(final, dirs.sids, dirs.data)
     items = rec.items
     history = list(example["history"])[-max_history:]
-    prompt = render_recommend_prompt(history, items, rec.codebook, rec.processor, with_images=False).text
-    (result,) = think_then_recommend(rec.model, rec.processor, [prompt], rec.trie, k=5)
+    prompt = served_prompt(rec.processor.tokenizer, history, items, rec.codebook, max_history)
+    (result,) = think_then_recommend(rec.model, rec.processor, [prompt], rec.trie, k=5,
+                                     num_beams=rec.served.num_beams, citations=[{i: citation_title(items[i])
+                                                                                for i in history}],
+                                     exclude=[set(history)] if rec.served.exclude_history else None,
+                                     histories=[history], prior=rec.prior)
     return {"history": [items[i]["title"] for i in history], "target": items[example["target"]]["title"],
             "rationale": result.rationales[0], "items": [items[i]["title"] for i, _ in result.items]}
 
@@ -89,17 +96,18 @@ def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 3.0, e
         table.add_column(col)
     for row in payload["rows"]:
         table.add_row(row["system"], *(f"{row[m]:.4f}" for m in METRICS), f"{row['train_seconds']:.0f}")
-    console.print("think_rec = the stage-1 model on the bare SID stream with a collaborative prior (weight "
-                  f"{payload['rows'][0]['prior_weight']:g}, chosen on valid); think_rec_stream / think_rec_chat = "
-                  "the model alone on each prompt; history excluded: " + str(payload["exclude_history"]))
+    console.print("served = what `think-rec serve` answers: the chat prompt ranked with the model's collaborative "
+                  f"prior (weight {payload['prior_weight']:g}, chosen on valid); served_model = the model alone; "
+                  "think_rec / think_rec_stream = the sequence model on the bare SID stream with / without the "
+                  f"prior; history excluded: {payload['exclude_history']}")
     console.print(table)
 
     codebook = SIDCodebook.load(root / "sids")
     test = leave_one_out(data.interactions).test.select(range(show_users))
-    with stage(console, log, f"recommendations for {show_users} users"):
-        rank = think_rec_ranker(root / "align" / "final", data, codebook, max_history=payload["max_history"],
-                                exclude_history=payload["exclude_history"])
-        ranked_lists = rank(test["history"])
+    with stage(console, log, f"recommendations for {show_users} users (the served ranking)"):
+        rec = RecModel.load(root / "align" / "final", codebook, data)
+        ranked_lists = [[i for i, _ in fuse(c, rec.prior.weight, 10)]
+                        for c in served_candidates(rec, test["history"], rec.prior, rec.served)]
     for example, ranked in zip(test, ranked_lists):
         console.rule(f"user {example['user_id']}")
         console.print("recent history: " + "; ".join(data.catalog[i]["title"] for i in example["history"][-5:]))
@@ -109,7 +117,7 @@ def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 3.0, e
 
     with stage(console, log, f"stage 2 (reasoning, {min(2.0, budget_minutes):g} min)"):
         shown = reasoning_example(root, test[0], budget_minutes=min(2.0, budget_minutes),
-                                  max_history=payload["max_history"])
+                                  max_history=payload["served"]["max_history"])
     console.rule(f"stage 2 (reasoning), user {test[0]['user_id']}")
     console.print("history: " + "; ".join(shown["history"][-5:]))
     console.print(f"rationale: <think>{shown['rationale']}</think>")

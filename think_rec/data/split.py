@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Iterable, Sequence
 
 import datasets
 
@@ -64,3 +65,16 @@ def sample_users(examples: datasets.Dataset, n: int | None, seed: int = 0) -> da
     if n is None or n >= len(examples):
         return examples
     return examples.select(sorted(random.Random(seed).sample(range(len(examples)), n)))
+
+
+def has_repeats(sequences: Iterable[Sequence[str]]) -> bool:
+    """True when some sequence holds an item twice (then history items must stay recommendable)."""
+    return any(len(set(seq)) < len(seq) for seq in map(list, sequences))
+
+
+def history_exclusion(split: LeaveOneOut) -> bool:
+    """The project's one history-exclusion setting for a split: exclude history items when no user repeats an
+    item in train + valid (test targets are never read)."""
+    valid = dict(zip(column(split.valid, "user_id"), column(split.valid, "target")))
+    return not has_repeats(list(seq) + [valid[u]] if u in valid else seq
+                           for u, seq in zip(column(split.train, "user_id"), column(split.train, "item_ids")))

@@ -9,8 +9,8 @@ Two phases, one code path for eval and serving:
    the item's title). It stops at ``</think>``; ``max_think_tokens`` is a ceiling, not a cut: the rationale
    is closed at its last sentence end (``close_at_sentence``), never mid-word, and is empty when no
    sentence ended (``max_think_tokens=0`` gives an empty think);
-2. the trie beam search (``search.beam_search``) continues ``prompt <think>rationale</think>``, so the
-   answer is always a catalog item.
+2. the served ranking (``ranking.rank``: the trie beam search, fused with the collaborative ``prior`` when one
+   is given) continues ``prompt <think>rationale</think>``, so the answer is always a catalog item.
 
 Several rationales per user are merged by **mean probability** (marginalising over rationales): an
 item's merged score is ``log(mean_r exp(score_r))`` where ``score_r`` is its beam score under
@@ -27,7 +27,9 @@ from typing import Mapping, Sequence
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from .search import beam_search, encode, left_pad
+from .prior import CollaborativePrior
+from .ranking import rank
+from .search import encode, left_pad
 from .trie import SIDTrie
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -252,10 +254,13 @@ def think_then_recommend(model, tokenizer_or_processor, prompts: Sequence[str], 
                          num_beams: int | None = None, num_rationales: int = 1, do_sample: bool = False,
                          temperature: float = 0.8, top_p: float = 0.95, max_think_tokens: int = 96,
                          exclude: Sequence[set[str]] | None = None,
-                         citations: Sequence[Mapping[str, str]] | None = None) -> list[ThinkResult]:
+                         citations: Sequence[Mapping[str, str]] | None = None,
+                         histories: Sequence[Sequence[str]] | None = None,
+                         prior: CollaborativePrior | None = None) -> list[ThinkResult]:
     """Rationale(s) then up to ``k`` distinct catalog items per prompt (text prompts ending in the
-    assistant's generation header, e.g. ``render_recommend_prompt(...).text``). ``citations`` gives per
-    prompt the items its rationale may cite, as ``{item_id: title shown}`` (usually the history)."""
+    assistant's generation header, e.g. ``served_prompt(...)``). ``citations`` gives per prompt the items its
+    rationale may cite, as ``{item_id: title shown}`` (usually the history); ``prior`` (with the prompts'
+    ``histories``) re-scores the post-rationale beams as the served ranking does."""
     tok = getattr(tokenizer_or_processor, "tokenizer", tokenizer_or_processor)
     prompts = list(prompts)
     if exclude is not None and len(exclude) != len(prompts):
@@ -266,7 +271,10 @@ def think_then_recommend(model, tokenizer_or_processor, prompts: Sequence[str], 
     close_id = _token_id(tok, THINK_CLOSE)
     flat = [base + think + [close_id] for base, r in zip(bases, rows) for think, _ in r]
     flat_exclude = None if exclude is None else [exclude[i] for i, r in enumerate(rows) for _ in r]
-    ranked = beam_search(model, tok, flat, trie, num_beams=num_beams or k, k=k, exclude=flat_exclude)
+    flat_histories = [list(histories[i]) if histories is not None else [] for i, r in enumerate(rows) for _ in r]
+    if prior is not None and histories is None:
+        raise ValueError("a prior needs the prompts' histories")
+    ranked = rank(model, tok, flat, flat_histories, trie, prior, k=k, num_beams=num_beams or k, banned=flat_exclude)
     results, pos = [], 0
     for n, r in enumerate(rows):
         titles = {} if citations is None else {tok.decode(list(trie.tokens_of[i])): (i, t)

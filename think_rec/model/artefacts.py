@@ -1,26 +1,75 @@
-"""One handle on a trained model's artefacts: weights + processor, SID codebook, its trie, the catalog rows."""
+"""One handle on a trained model's artefacts: weights + processor, SID codebook, its trie, the catalog rows, the
+collaborative prior and the configuration it is served with (``served.json``, written when stage 1 ends)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from think_rec.data.schema import RecDataset
+from think_rec.decoding.prior import CollaborativePrior
 from think_rec.decoding.trie import SIDTrie
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.loading import load_model
+
+SERVED_FILE = "served.json"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedConfig:
+    """How a model is served and measured: what it was trained and selected with (``MODEL/served.json``)."""
+
+    prompt: str = "chat"  # prompts/chat.yaml (think_rec.prompts.served_prompt)
+    max_history: int = 20  # history items in the prompt (the latest)
+    num_beams: int = 30  # trie beam width; the prior's candidates join the beams
+    dtype: str = "float32"  # what the model was scored in (vLLM's "auto" would serve float32 weights in bf16)
+    exclude_history: bool = True  # never recommend a history item (decided from train + valid, never test)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, model_dir: str | Path) -> Path:
+        path = Path(model_dir) / SERVED_FILE
+        path.write_text(json.dumps(asdict(self), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> "ServedConfig":
+        """The model's ``served.json``; the defaults (with a warning) for a model that has none."""
+        path = Path(model_dir) / SERVED_FILE
+        if not path.is_file():
+            log.warning("%s has no %s: serving with the defaults %s", model_dir, SERVED_FILE, asdict(cls()))
+            return cls()
+        values = json.loads(path.read_text())
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown field {sorted(unknown)[0]!r}")
+        return cls(**values)
+
+
+def load_prior(model_dir: str | Path) -> CollaborativePrior | None:
+    """The model's collaborative prior; None (the model alone, weight 0) with a warning when it has none."""
+    prior = CollaborativePrior.load(model_dir)
+    if prior is None:
+        log.warning("%s has no collaborative prior: ranking by the model alone (prior weight 0; "
+                    "`think-rec prior` builds one)", model_dir)
+    return prior
 
 
 @dataclass
 class RecModel:
     """``model`` (in eval mode) with its ``processor``, the ``codebook`` and its ``trie`` on the processor's vocabulary,
-    and the ``dataset`` when one was given (``items``: its catalog's ``item_id -> row``)."""
+    the ``dataset`` when one was given (``items``: its catalog's ``item_id -> row``), the collaborative ``prior``
+    (None: weight 0) and the ``served`` configuration."""
 
     model: Any
     processor: Any
     codebook: SIDCodebook
     trie: SIDTrie
     dataset: RecDataset | None = None
+    prior: CollaborativePrior | None = None
+    served: ServedConfig = field(default_factory=ServedConfig)
 
     @classmethod
     def load(cls, model_dir: str | Path, sids: str | Path | SIDCodebook,
@@ -30,7 +79,8 @@ class RecModel:
         model.eval()
         codebook = sids if isinstance(sids, SIDCodebook) else SIDCodebook.load(sids)
         dataset = data if data is None or isinstance(data, RecDataset) else RecDataset.load(data)
-        return cls(model, processor, codebook, SIDTrie.from_codebook(codebook, processor), dataset)
+        return cls(model, processor, codebook, SIDTrie.from_codebook(codebook, processor), dataset,
+                   load_prior(model_dir), ServedConfig.load(model_dir))
 
     @property
     def items(self) -> dict[str, dict[str, Any]]:
