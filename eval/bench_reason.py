@@ -29,11 +29,12 @@ from think_rec.model.loading import load_model
 from think_rec.pipeline import RunDirs
 
 from .bench_rec import align_config, prepare_run
-from .reasoning import reasoning_ablation
+from .reasoning import FAITHFULNESS, reasoning_ablation
 from .report import write_report
 
 ROW_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "grounding", "complete", "citations", "leakage", "mean_length",
-            "readability", "closed_by_model", "consistency", "acceptance_rate")
+            "readability", "closed_by_model", "consistency", "acceptance_rate",
+            *FAITHFULNESS)
 RECIPE = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "reason_tiny.yaml"
 STATS = ("examples", "accepted", "acceptance_rate", "rejected_leakage", "rejected_incomplete", "rejected_ungrounded",
          "rejected_rank", "top_n", "mean_rationale_words")

@@ -24,7 +24,7 @@ from think_rec.finetune.run_state import MANIFEST
 from think_rec.model.artefacts import RecModel
 
 from .bench_rec import prepare_run
-from .reasoning import evaluate_reasoning
+from .reasoning import FAITHFULNESS, evaluate_reasoning
 from .report import write_report
 
 RECIPE = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "rl_tiny.yaml"
@@ -77,7 +77,8 @@ def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: i
     after = metrics(final, True, "after_grpo")
     plain = metrics(final, False, "after_grpo_no_reasoning")
     rows = [{"system": name, "recall@10": m["recall@10"], "ndcg@10": m["ndcg@10"], **w,
-             "grounding": m["grounding"], "mean_length": m["mean_length"], "eval_seconds": m["eval_seconds"]}
+             "grounding": m["grounding"], "mean_length": m["mean_length"], "eval_seconds": m["eval_seconds"],
+             **{k: m[k] for k in FAITHFULNESS}}
             for name, m, w in (("before_grpo", before, first), ("after_grpo", after, last),
                                ("after_grpo_no_reasoning", plain, last))]
     gain = (after["ndcg@10"] - before["ndcg@10"]) / before["ndcg@10"] if before["ndcg@10"] else None
@@ -90,6 +91,6 @@ def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: i
                "ndcg@10_gain": gain,
                "reasoning_vs_none": after["ndcg@10"] / plain["ndcg@10"] if plain["ndcg@10"] else None,
                "reward_curve": f"{dataset}_rl_reward_curve.png", "rows": rows}
-    write_report(f"{dataset}_rl", payload, out_dir, metric_keys=METRICS)
+    write_report(f"{dataset}_rl", payload, out_dir, metric_keys=(*METRICS, *FAITHFULNESS))
     shutil.copyfile(Path(config.output_dir) / "reward_curve.png", Path(out_dir) / payload["reward_curve"])
     return payload

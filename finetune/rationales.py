@@ -119,7 +119,7 @@ def _join(words: Sequence[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-def _prefix(a: Sequence[str], b: Sequence[str]) -> tuple[str, ...]:
+def common_prefix(a: Sequence[str], b: Sequence[str]) -> tuple[str, ...]:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
@@ -179,7 +179,7 @@ class TemplateTeacher:
             out.append(f"It is from the {decade}s{f', like {src}' if src else ''}.")
         elif len(cats) > 1:
             path = " > ".join(cats[1:3])  # below the catalog's root
-            src = like(lambda h: len(_prefix(h.get("categories") or [], cats)) >= 2)
+            src = like(lambda h: len(common_prefix(h.get("categories") or [], cats)) >= 2)
             out.append(f"{f'Like {src}, t' if src else 'T'}he next item is in {path}.")
         brand = target.get("brand") or ""
         if brand and any(h.get("brand") == brand for h in history):
@@ -192,13 +192,27 @@ class TemplateTeacher:
             shared = [w for w in words if w in content_tokens(sharing[-1]["title"])][:2]
             src = like(lambda h: h is sharing[-1])
             out.append(f"It is also about {_join(shared)}{f', like {src}' if src else ''}.")
-        prices = [h["price"] for h in history if h.get("price")]
-        if target.get("price") and prices:
-            ratio = target["price"] / statistics.median(prices)
-            out.append("It is priced like what they usually pay." if 0.67 <= ratio <= 1.5 else
-                       "It is cheaper than what they usually pay." if ratio < 0.67 else
-                       "It costs more than they usually pay.")
+        usual = usual_price(history)
+        if target.get("price") and usual:
+            out.append(PRICE_SENTENCES[price_band(target["price"], usual)])
         return out, cited
+
+
+PRICE_SENTENCES = {"like": "It is priced like what they usually pay.",
+                   "cheaper": "It is cheaper than what they usually pay.",
+                   "more": "It costs more than they usually pay."}
+
+
+def usual_price(history: Sequence[Item]) -> float | None:
+    """What the user usually pays: the median price of the history items with one (None: no prices)."""
+    prices = [h["price"] for h in history if h.get("price")]
+    return statistics.median(prices) if prices else None
+
+
+def price_band(price: float, usual: float) -> str:
+    """``like`` (0.67-1.5 times ``usual``), ``cheaper`` or ``more``: the bands of ``PRICE_SENTENCES``."""
+    ratio = price / usual
+    return "like" if 0.67 <= ratio <= 1.5 else "cheaper" if ratio < 0.67 else "more"
 
 
 def _quote(item: Item) -> str:

@@ -15,7 +15,7 @@ import torch
 
 from think_rec.decoding.ranking import rank
 from think_rec.decoding.search import child_logprobs
-from think_rec.decoding.think import think_then_recommend
+from think_rec.decoding.think import sid_citations, think_then_recommend
 from think_rec.decoding.trie_beam import Children
 
 from .engine import EngineBusy, EngineConfig, Recommendation
@@ -73,8 +73,7 @@ class HFEngine:
     def _run(self, prompt: str, k: int, banned: set[str], think: bool, max_think_tokens: int,
              history: Sequence[str]) -> Recommendation:
         if think:  # citations stay SID strings, as from vLLM: the API shows them as titles
-            tok = self.processor.tokenizer
-            sids = {i: tok.decode(list(self.trie.tokens_of[i])) for i in history if i in self.trie.tokens_of}
+            sids = sid_citations(self.processor, self.trie, history)
             res = think_then_recommend(self.model, self.processor, [prompt], self.trie, k=k,
                                        num_beams=self.served.num_beams, max_think_tokens=max_think_tokens,
                                        exclude=[banned], citations=[sids], histories=[history], prior=self.prior)[0]

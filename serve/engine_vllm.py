@@ -1,14 +1,18 @@
 """``VLLMEngine``: think-then-recommend on vLLM's ``AsyncLLM``.
 
 The rationale is one streamed request under ``SIDTrieLogitsProcessor`` in ``think`` mode (free text,
-stops at ``</think>``). Top-K items come from ``trie_beam_search`` over ``child_logprobs``, written as
-single-token requests: per SID level, one request per beam whose prompt is ``prompt [<think>…</think>]
-<|sid_begin|> codes-so-far``, constrained to the beam's trie children (``sid`` mode, banned items pruned),
-asking for the logprobs of every child; the served ranking (``decoding.ranking.rank_steps``) fuses the beams
-with the model's collaborative prior, scoring the prior's items through the same requests. Prefix caching
-(block size 32) makes each step cost about one token
-per beam. Scores are those of ``think_rec.decoding.search``: the processor sets each child to its
-log-probability over the SID tokens and vLLM reports it (``logprobs_mode="processed_logits"``).
+stops at ``</think>``), kept as on transformers (``finish_rationale``: closed at its last sentence end when the
+model did not close it) and shown as there (``show_rationale``, citations left as SIDs): ``SentenceStream`` lets
+the deltas out a sentence at a time, so they add up to the rationale the final ``Recommendation`` carries and the
+beam search continues.
+
+Top-K items come from ``trie_beam_search`` over ``child_logprobs``, written as single-token requests: per SID
+level, one request per beam whose prompt is ``prompt [<think>…</think>] <|sid_begin|> codes-so-far``, constrained
+to the beam's trie children (``sid`` mode, banned items pruned), asking for the logprobs of every child; the
+served ranking (``decoding.ranking.rank_steps``) fuses the beams with the model's collaborative prior, scoring the
+prior's items through the same requests. Prefix caching (block size 32) makes each step cost about one token per beam. Scores are those of
+``think_rec.decoding.search``: the processor sets each child to its log-probability over the SID tokens and vLLM
+reports it (``logprobs_mode="processed_logits"``).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Sequence
 import torch
 
 from think_rec.decoding.ranking import rank_steps
+from think_rec.decoding.think import SentenceStream, citation_titles, sid_citations
 from think_rec.decoding.trie_beam import Children, ranked_items, trie_beam_search
 from think_rec.model.artefacts import ServedConfig, load_prior
 
@@ -113,19 +118,20 @@ class VLLMEngine:
         ids = self.tok.encode(prompt, add_special_tokens=False)
         rationale = ""
         if think:
-            think_ids: list[int] = []
+            titles = citation_titles(self.tok, self.trie, sid_citations(self.tok, self.trie, history))
+            lines = SentenceStream(self.tok, self.trie.first_token, self.trie.end_token, titles)
             if max_think_tokens > 0:
                 params = SamplingParams(max_tokens=max_think_tokens, min_tokens=1, temperature=0.0,
-                                        stop_token_ids=[self.close_id],
+                                        stop_token_ids=[self.close_id], detokenize=False,
                                         output_kind=RequestOutputKind.DELTA,
                                         extra_args={KEY: {"mode": "think", "citable": list(history)}})
                 async for out in self._generate(ids + [self.open_id], params):
-                    delta = out.outputs[0]
-                    think_ids += [t for t in delta.token_ids if t != self.close_id]
-                    rationale += delta.text
-                    if delta.text:
-                        yield delta.text
-            ids = ids + [self.open_id] + think_ids + [self.close_id]
+                    if text := lines.feed(out.outputs[0].token_ids):
+                        yield text
+            kept, _, rest = lines.finish()
+            if rest:
+                yield rest
+            rationale, ids = lines.shown, ids + [self.open_id] + kept + [self.close_id]
         items = await rank_steps(functools.partial(self.child_logprobs, ids, banned=banned), self.trie, history,
                                  self.prior, k=k, num_beams=self.served.num_beams, banned=banned)
-        yield Recommendation(rationale.strip(), items)
+        yield Recommendation(rationale, items)

@@ -1,8 +1,9 @@
 """HF (``think_rec.decoding.search``) and vLLM (``serve.engine_vllm``) decoding of the same prompts on the
-stage-1 tiny model, no thinking, both in float32 (vLLM's "auto" would serve this float32 checkpoint in bf16).
+stage-1 tiny model, both in float32 (vLLM's "auto" would serve this float32 checkpoint in bf16).
 
 Same model, same logits, same scoring (``think_rec.decoding.trie_beam``): each code a log-softmax over the SID
-tokens, so both engines return the same top-K items with the same scores.
+tokens, so both engines return the same top-K items with the same scores; thinking greedily, the same rationale
+(one rule: ``finish_rationale``) and the same items after it.
 """
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import torch
 
 from think_rec.data.schema import RecDataset
 from think_rec.decoding.search import beam_search
+from think_rec.decoding.think import sid_citations, think_then_recommend
 from think_rec.decoding.trie import SIDTrie
 from think_rec.model.loading import load_model
 from think_rec.prompts import render_recommend_prompt
 
 pytestmark = pytest.mark.slow
 K = 5
+THINK_TOKENS = 48
 
 
 @torch.no_grad()
@@ -36,7 +39,7 @@ def sid_score(model, trie: SIDTrie, prompt: list[int], sid: list[int]) -> float:
 @pytest.fixture(scope="module")
 def decoded(aligned_run):
     """Three stage-1 prompts decoded (top ``K``, no thinking) by ``decoding.search`` and by the vLLM engine, each
-    twice: nothing banned, then its history items banned."""
+    twice: nothing banned, then its history items banned; then thinking (greedy) by both engines."""
     pytest.importorskip("vllm")
     from think_rec.serve.engine import EngineConfig
     from think_rec.serve.engine_vllm import VLLMEngine
@@ -47,26 +50,34 @@ def decoded(aligned_run):
     model.eval()
     trie = SIDTrie.from_codebook(codebook, processor)
     histories = [s[-5:-1] for s in data.interactions.sequences[:3]]
-    prompts = [processor.tokenizer.encode(render_recommend_prompt(h, data.catalog.by_id, codebook, processor,
-                                                                  with_images=False).text, add_special_tokens=False)
-               for h in histories] * 2
+    texts = [render_recommend_prompt(h, data.catalog.by_id, codebook, processor, with_images=False).text
+             for h in histories]
+    prompts = [processor.tokenizer.encode(t, add_special_tokens=False) for t in texts] * 2
     banned = [set() for _ in histories] + [set(h) for h in histories]
     hf = beam_search(model, processor, prompts, trie, num_beams=K, k=K, exclude=banned)
+    hf_think = [think_then_recommend(model, processor, [t], trie, k=K, max_think_tokens=THINK_TOKENS,
+                                     citations=[sid_citations(processor, trie, h)])[0]
+                for t, h in zip(texts, histories)]
     engine = VLLMEngine(EngineConfig(model_dir, dirs.sids, max_model_len=1024, dtype="float32"))
 
-    async def served() -> list[list[tuple[str, float]]]:
+    async def served() -> tuple[list[list[tuple[str, float]]], list[list]]:
         await engine.start()
         try:
-            return [await engine.beam_search(ids, K, b) for ids, b in zip(prompts, banned)]
+            ranked = [await engine.beam_search(ids, K, b) for ids, b in zip(prompts, banned)]
+            thought = []
+            for t, h in zip(texts, histories):
+                thought.append([e async for e in engine.stream(t, k=K, banned=set(), think=True,
+                                                               max_think_tokens=THINK_TOKENS, history=h)])
+            return ranked, thought
         finally:
             engine.shutdown()
 
     sid_ids = {i: processor.tokenizer.encode(codebook.sid_string(i), add_special_tokens=False) for i in codebook.codes}
-    return model, trie, prompts, banned, sid_ids, hf, asyncio.run(served())
+    return model, trie, prompts, banned, sid_ids, hf, *asyncio.run(served()), hf_think
 
 
 def test_vllm_scores_are_hf_sid_logprobs(decoded):
-    model, trie, prompts, banned, sid_ids, _, vllm = decoded
+    model, trie, prompts, banned, sid_ids, _, vllm, *_ = decoded
     for prompt, b, served in zip(prompts, banned, vllm):
         assert len({i for i, _ in served}) == K and not {i for i, _ in served} & b
         expected = [sid_score(model, trie, prompt, sid_ids[i]) for i, _ in served]
@@ -74,7 +85,19 @@ def test_vllm_scores_are_hf_sid_logprobs(decoded):
 
 
 def test_hf_and_vllm_return_the_same_top_k(decoded):
-    *_, hf, vllm = decoded
+    *_, hf, vllm, _, _ = decoded
     assert [[i for i, _ in h] for h in hf] == [[i for i, _ in v] for v in vllm]
     for h, v in zip(hf, vllm):
         assert [s for _, s in v] == pytest.approx([s for _, s in h], abs=1e-3)
+
+
+def test_hf_and_vllm_think_the_same_rationale(decoded):
+    """Greedy thinking: the same kept rationale (closed at its last sentence end when the model did not close
+    it), streamed as deltas that add up to it, and the same items after it. This stage-1 model ends no sentence,
+    so both close it empty and rank after the same ``<think></think>`` (the text rule is tested on token ids in
+    ``test_reason_think.py``)."""
+    *_, thought, hf_think = decoded
+    for events, hf in zip(thought, hf_think):
+        *deltas, final = events
+        assert final.rationale == hf.rationales[0] == "".join(deltas)
+        assert [i for i, _ in final.items] == [i for i, _ in hf.items]

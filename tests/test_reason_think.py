@@ -8,9 +8,11 @@ import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from think_rec.decoding import SIDTrie, think_then_recommend
-from think_rec.decoding.think import SENTENCE_END, close_at_sentence, generate_rationales, merge_scores
+from think_rec.decoding.think import (SENTENCE_END, SentenceStream, close_at_sentence, finish_rationale,
+                                      generate_rationales, merge_scores, show_rationale)
 from think_rec.finetune.rationale_filters import complete
 from think_rec.model.loading import load_model
+from think_rec.model.tokenizer import train_tokenizer
 from think_rec.prompts import render_recommend_prompt
 
 
@@ -177,3 +179,27 @@ def test_merge_scores_is_mean_probability():
     merged = merge_scores([[("a", math.log(0.6)), ("b", math.log(0.2))], [("b", math.log(0.5))]], k=2)
     assert [i for i, _ in merged] == ["b", "a"]
     assert math.isclose(math.exp(merged[0][1]), 0.35) and math.isclose(math.exp(merged[1][1]), 0.3)
+
+
+def test_sentence_stream_lets_out_only_sentences_that_stay():
+    """The rationale rule of both engines on token ids: ``finish_rationale`` closes at the last sentence end
+    (never at "3." of "3.5"), and ``SentenceStream``'s deltas add up to exactly that text, shown."""
+    tok = train_tokenizer(["It is big. It costs 3.5 now. And then it is new."] * 4, vocab_size=300)
+    tok.add_tokens(["<|sid_begin|>", "<s_a_1>", "<|sid_end|>"])
+    begin, end, close = tok.convert_tokens_to_ids(["<|sid_begin|>", "<|sid_end|>", "</think>"])
+    titles = {"<|sid_begin|><s_a_1><|sid_end|>": ("lamp", "Lamp")}
+    ids = tok.encode('Like "<|sid_begin|><s_a_1><|sid_end|>", it is  big. It costs 3.5 now. And then',
+                     add_special_tokens=False)
+    kept, closed = finish_rationale(tok, ids, begin, end)
+    assert tok.decode(kept) == 'Like "<|sid_begin|><s_a_1><|sid_end|>", it is  big. It costs 3.5 now.' and not closed
+    assert finish_rationale(tok, [*kept, close, tok.pad_token_id], begin, end) == (kept, True)
+    assert finish_rationale(tok, tok.encode("And then", add_special_tokens=False), begin, end) == ([], False)
+    assert show_rationale(tok, kept, titles) == ('Like "Lamp", it is big. It costs 3.5 now.', ["lamp"])
+    stream, shown = SentenceStream(tok, begin, end, titles), [""]
+    for t in ids:
+        shown.append(shown[-1] + stream.feed([t]))
+    assert stream.finish() == (kept, False, "") and stream.shown == shown[-1]
+    assert list(dict.fromkeys(shown)) == ["", 'Like "Lamp", it is big.', 'Like "Lamp", it is big. It costs 3.5 now.']
+    closing = SentenceStream(tok, begin, end, {})
+    deltas = [closing.feed([t]) for t in [*tok.encode("It is big. It is new.", add_special_tokens=False), close]]
+    assert "".join(deltas) == "It is big." and closing.finish()[1:] == (True, " It is new.")

@@ -7,8 +7,8 @@ Two phases, one code path for eval and serving:
    ``<think>``) and **citations**, ``<|sid_begin|>`` followed by the SID of one of the prompt's history
    items, token by token (the model names an item in its own item vocabulary; ``render_citations`` shows
    the item's title). It stops at ``</think>``; ``max_think_tokens`` is a ceiling, not a cut: the rationale
-   is closed at its last sentence end (``close_at_sentence``), never mid-word, and is empty when no
-   sentence ended (``max_think_tokens=0`` gives an empty think);
+   is closed at its last sentence end (``finish_rationale``, also the vLLM engine's rule), never mid-word, and
+   is empty when no sentence ended (``max_think_tokens=0`` gives an empty think);
 2. the served ranking (``ranking.rank``: the trie beam search, fused with the collaborative ``prior`` when one
    is given) continues ``prompt <think>rationale</think>``, so the answer is always a catalog item.
 
@@ -57,6 +57,12 @@ def _token_id(tok, token: str) -> int:
     return tid
 
 
+def _close_and_pad(tok) -> tuple[int, int]:
+    """``</think>``'s id and the pad id (``</think>`` when the tokenizer has no pad)."""
+    close_id = _token_id(tok, THINK_CLOSE)
+    return close_id, tok.pad_token_id if tok.pad_token_id is not None else close_id
+
+
 def think_ids(tokenizer_or_processor, prompt: str, rationale: str) -> list[int]:
     """Token ids of ``prompt <think>rationale</think>``: the layout of stage-2 training and of phase 2."""
     tok = getattr(tokenizer_or_processor, "tokenizer", tokenizer_or_processor)
@@ -69,8 +75,7 @@ def rationale_banned_ids(tokenizer, trie: SIDTrie) -> list[int]:
     """Tokens a rationale may not hold: SID codes, special (chat/vision) tokens, pads and a second ``<think>``;
     ``</think>`` stays allowed (it ends the rationale)."""
     tok = getattr(tokenizer, "tokenizer", tokenizer)
-    close_id = _token_id(tok, THINK_CLOSE)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else close_id
+    close_id, pad_id = _close_and_pad(tok)
     return sorted({*(i for seq in trie.item_of for i in seq), *tok.all_special_ids, _token_id(tok, THINK_OPEN),
                    pad_id} - {close_id})
 
@@ -169,6 +174,66 @@ def close_at_sentence(tokenizer, ids: Sequence[int], begin: int, end: int) -> li
     return ids[:best]
 
 
+def finish_rationale(tokenizer, generated: Sequence[int], begin: int, end: int) -> tuple[list[int], bool]:
+    """What every engine keeps of a generated think: the ids before ``</think>`` (pads dropped) closed at their
+    last sentence end (``close_at_sentence``), and whether the model itself closed it there."""
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    close_id, pad_id = _close_and_pad(tok)
+    generated = list(generated)
+    closed = close_id in generated
+    think = generated[:generated.index(close_id)] if closed else [t for t in generated if t != pad_id]
+    kept = close_at_sentence(tok, think, begin, end)
+    return kept, closed and kept == think and bool(think)
+
+
+class SentenceStream:
+    """A rationale's ids as an engine generates them -> text deltas that are never taken back: text goes out up
+    to a sentence end once the next token (a new word or a citation) confirms it, the rest at ``finish``; the
+    deltas add up to ``shown``, the ``show_rationale`` text of ``finish_rationale``'s ids."""
+
+    def __init__(self, tokenizer, begin: int, end: int, titles: Mapping[str, tuple[str, str]]):
+        self.tok = getattr(tokenizer, "tokenizer", tokenizer)
+        self.begin, self.end, self.titles = begin, end, titles
+        self.ids: list[int] = []
+        self.shown = ""
+
+    def feed(self, ids: Sequence[int]) -> str:
+        """Take newly generated ids; return the text now certain to stay (maybe "")."""
+        self.ids += ids
+        ready = close_at_sentence(self.tok, self.ids, self.begin, self.end)
+        return self._show(ready) if len(ready) < len(self.ids) else ""
+
+    def finish(self) -> tuple[list[int], bool, str]:
+        """``finish_rationale`` of everything fed, and the text delta still to show."""
+        kept, closed = finish_rationale(self.tok, self.ids, self.begin, self.end)
+        return kept, closed, self._show(kept)
+
+    def _show(self, ids: list[int]) -> str:
+        text = show_rationale(self.tok, ids, self.titles)[0]
+        delta, self.shown = text[len(self.shown):], text
+        return delta
+
+
+def show_rationale(tokenizer, ids: Sequence[int], titles: Mapping[str, tuple[str, str]]) -> tuple[str, list[str]]:
+    """Kept rationale ``ids`` as one line of text, citations rendered (``render_citations``), and the cited ids."""
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    text, cited = render_citations(tok.decode(list(ids), skip_special_tokens=False), titles)
+    return " ".join(text.split()), cited
+
+
+def citation_titles(tokenizer, trie: SIDTrie, citations: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """``{SID string: (item_id, title shown)}`` for the catalog items of ``citations`` (``{item_id: title}``)."""
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    return {tok.decode(list(trie.tokens_of[i])): (i, t) for i, t in citations.items() if i in trie.tokens_of}
+
+
+def sid_citations(tokenizer, trie: SIDTrie, item_ids: Sequence[str]) -> dict[str, str]:
+    """``{item_id: its SID string}`` for the catalog items among ``item_ids``: citations left as SIDs (the serving
+    engines leave titles to the API)."""
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    return {i: tok.decode(list(trie.tokens_of[i])) for i in item_ids if i in trie.tokens_of}
+
+
 def render_citations(text: str, titles: Mapping[str, tuple[str, str]]) -> tuple[str, list[str]]:
     """``text`` with each citation (a SID string) replaced by its item's title; ``titles`` maps SID strings
     to ``(item_id, title)``. Unknown or unfinished citations are dropped. Returns the text and the cited
@@ -188,8 +253,7 @@ def render_citations(text: str, titles: Mapping[str, tuple[str, str]]) -> tuple[
 def _sample(model, tok, bases: list[list[int]], mask: RationaleMask, cites: list[SIDTrie | None], num_rationales: int,
             sampling: dict, max_think_tokens: int) -> list[list[tuple[list[int], bool]]]:
     """Per prompt, ``num_rationales`` (rationale ids closed at a sentence end, closed by the model)."""
-    close_id = _token_id(tok, THINK_CLOSE)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else close_id
+    close_id, pad_id = _close_and_pad(tok)
     ids, attention = left_pad(bases, pad_id)
     width = ids.shape[1]
     rows_cite = [c for c in cites for _ in range(num_rationales)]  # generate repeats each prompt in place
@@ -197,16 +261,8 @@ def _sample(model, tok, bases: list[list[int]], mask: RationaleMask, cites: list
     out = model.generate(input_ids=ids.to(model.device), attention_mask=attention.to(model.device),
                          max_new_tokens=max_think_tokens, num_return_sequences=num_rationales, eos_token_id=close_id,
                          pad_token_id=pad_id, logits_processor=LogitsProcessorList([rule]), num_beams=1, **sampling)
-    result = []
-    for i in range(len(bases)):
-        rows = []
-        for row in out[i * num_rationales:(i + 1) * num_rationales, width:].tolist():
-            closed = close_id in row
-            think = row[:row.index(close_id)] if closed else [t for t in row if t != pad_id]
-            kept = close_at_sentence(tok, think, mask.trie.first_token, mask.trie.end_token)
-            rows.append((kept, closed and kept == think and bool(think)))
-        result.append(rows)
-    return result
+    rows = [finish_rationale(tok, row, mask.trie.first_token, mask.trie.end_token) for row in out[:, width:].tolist()]
+    return [rows[i * num_rationales:(i + 1) * num_rationales] for i in range(len(bases))]
 
 
 def _check(num_rationales: int, do_sample: bool, max_think_tokens: int) -> None:
@@ -277,11 +333,9 @@ def think_then_recommend(model, tokenizer_or_processor, prompts: Sequence[str], 
     ranked = rank(model, tok, flat, flat_histories, trie, prior, k=k, num_beams=num_beams or k, banned=flat_exclude)
     results, pos = [], 0
     for n, r in enumerate(rows):
-        titles = {} if citations is None else {tok.decode(list(trie.tokens_of[i])): (i, t)
-                                               for i, t in citations[n].items() if i in trie.tokens_of}
-        shown = [render_citations(tok.decode(think, skip_special_tokens=False), titles) for think, _ in r]
-        texts = [" ".join(text.split()) for text, _ in shown]
-        results.append(ThinkResult(texts, merge_scores(ranked[pos:pos + len(r)], k), [c for _, c in shown],
-                                   [closed for _, closed in r]))
+        titles = {} if citations is None else citation_titles(tok, trie, citations[n])
+        shown = [show_rationale(tok, think, titles) for think, _ in r]
+        results.append(ThinkResult([text for text, _ in shown], merge_scores(ranked[pos:pos + len(r)], k),
+                                   [c for _, c in shown], [closed for _, closed in r]))
         pos += len(r)
     return results

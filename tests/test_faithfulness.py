@@ -1,0 +1,87 @@
+"""Faithfulness of rationales: their claims about the next item checked against the recommended items."""
+from __future__ import annotations
+
+import pytest
+
+from think_rec.decoding import ThinkResult
+from think_rec.eval.reasoning import ClaimVocabulary, faithful, rationale_claims, rationale_quality
+from think_rec.finetune.rationales import TemplateTeacher
+
+
+def item(item_id: str, title: str, brand: str, categories: list[str], price: float | None = None) -> dict:
+    return {"item_id": item_id, "title": title, "brand": brand, "categories": categories, "price": price}
+
+
+ITEMS = {i["item_id"]: i for i in (
+    item("cal", "Mitutoyo Digital Caliper", "Mitutoyo", ["Tools", "Test", "Measure & Inspect"], 30.0),
+    item("thermo", "Arex Digital Thermometer", "Arex", ["Tools", "Test", "Thermometers"], 20.0),
+    item("gauge", "Arex Digital Depth Gauge", "Arex", ["Tools", "Test", "Measure & Inspect"], 25.0),
+    item("rule", "Steel Rule", "Mitutoyo", ["Tools", "Test", "Measure & Inspect"], 8.0),
+    item("hose", "Garden Hose", "Hoser", ["Garden", "Hoses"], 24.0),
+    item("pump", "Arex Garden Pump", "Arex", ["Garden", "Pumps"], 26.0),
+)}
+HISTORY = ["cal", "thermo"]
+
+
+def quality(text: str, ranked: list[str]) -> dict[str, float]:
+    result = ThinkResult([text], [(i, -float(n)) for n, i in enumerate(ranked)])
+    return rationale_quality([result], [HISTORY], ["gauge"], ITEMS)
+
+
+def claims(text: str):
+    return rationale_claims(text, ClaimVocabulary(ITEMS.values()), [ITEMS[i] for i in HISTORY])
+
+
+@pytest.mark.parametrize(("top", "expected"), [("gauge", 1.0), ("hose", 0.0)])
+def test_category_claim_holds_only_for_an_item_in_it(top, expected):
+    q = quality('Like "Mitutoyo Digital Caliper", the next item is in Measure & Inspect.', [top])
+    assert q["faithful@1"] == expected and q["claims"] == 1 and q["contradictions"] == 0
+
+
+def test_two_categories_no_item_carries_are_a_contradiction():
+    q = quality("The next item is in Measure & Inspect. The next item is in Hoses.", ["gauge"])
+    assert q["contradictions"] == 1.0 and q["faithful@1"] == 0.0
+    assert quality("The next item is in Test > Measure & Inspect.", ["gauge"])["contradictions"] == 0.0  # one path
+
+
+def test_brand_attributed_to_a_cited_item_lacking_it_is_a_contradiction():
+    bad = claims('It is made by Arex, like "Mitutoyo Digital Caliper".')
+    assert bad.brands == {"Arex"} and len(bad.contradictions) == 1
+    assert not claims('It is made by Arex, like "Arex Digital Thermometer".').contradictions
+    assert quality('It is made by Arex, like "Mitutoyo Digital Caliper".', ["gauge"])["contradictions"] == 1.0
+
+
+def test_two_brands_are_a_contradiction():
+    assert claims("It is made by Arex. It is made by Hoser.").contradictions
+
+
+def test_faithful_at_10_is_the_share_of_items_all_claims_hold_for():
+    text = "It is made by Arex. It is also about digital."  # gauge and thermo; pump lacks "digital"
+    q = quality(text, ["hose", "gauge", "pump", "rule", "thermo"])
+    assert q["faithful@10"] == pytest.approx(2 / 5) and q["faithful@1"] == 0.0  # gauge, thermo
+    assert q["claims"] == 2
+
+
+def test_price_band_against_what_the_user_usually_pays():
+    c = claims("It costs more than they usually pay.")  # median of 30 and 20 is 25: more is above 37.5
+    assert c.prices == {"more"} and c.usual_price == 25.0
+    assert not faithful(c, ITEMS["gauge"]) and faithful(c, {**ITEMS["gauge"], "price": 40.0})
+    assert not faithful(c, {**ITEMS["gauge"], "price": None})
+
+
+def test_bare_like_needs_a_shared_attribute():
+    c = claims('It is like "Arex Digital Thermometer".')
+    assert len(c) == 1 and faithful(c, ITEMS["pump"]) and not faithful(c, ITEMS["hose"])
+
+
+def test_no_claims_count_as_faithful_with_zero_claims():
+    q = quality('They recently bought "Mitutoyo Digital Caliper".', ["hose"])
+    assert q["faithful@1"] == q["faithful@10"] == 1.0 and q["claims"] == 0 and q["contradictions"] == 0
+
+
+def test_template_rationales_are_faithful_to_their_target():
+    history = [ITEMS[i] for i in HISTORY]
+    text = TemplateTeacher().rationale(history, ITEMS["gauge"])
+    c = rationale_claims(text, ClaimVocabulary(ITEMS.values()), history)
+    assert len(c) >= 4 and not c.contradictions  # category path, brand, title word, price band
+    assert faithful(c, ITEMS["gauge"]) and not faithful(c, ITEMS["cal"]) and not faithful(c, ITEMS["hose"])
