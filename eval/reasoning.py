@@ -36,7 +36,7 @@ from think_rec.finetune.rationale_filters import (citation_title, cited_items, c
                                                   grounding, leakage, mentions, readability)
 from think_rec.finetune.rationales import common_prefix, price_band, usual_price
 from think_rec.model.artefacts import RecModel
-from think_rec.prompts import render_recommend_prompt
+from think_rec.prompts import served_prompt
 from think_rec.steering import Vocabulary
 
 from .metrics import aggregate
@@ -187,26 +187,31 @@ def _faithfulness(claims: Claims, ranked: Sequence[Item]) -> dict[str, float]:
             "contradictions": float(bool(claims.contradictions)), "claims": float(len(claims))}
 
 
-def evaluate_reasoning(rec: RecModel, examples: datasets.Dataset, *, think: bool = True, max_history: int = 20,
-                       k: int = 10, num_beams: int | None = None, batch_size: int = 16, max_think_tokens: int = 96,
-                       num_rationales: int = 1, do_sample: bool = False, progress: bool = True,
-                       exclude_history: bool = False,
+def evaluate_reasoning(rec: RecModel, examples: datasets.Dataset, *, think: bool = True,
+                       max_history: int | None = None, k: int = 10, num_beams: int | None = None, batch_size: int = 16,
+                       max_think_tokens: int = 96, num_rationales: int = 1, do_sample: bool = False,
+                       progress: bool = True, exclude_history: bool | None = None,
                        desc: str = "reasoning") -> tuple[dict[str, Any], list[ThinkResult]]:
     """Ranking metrics + ``QUALITY`` of ``think_then_recommend`` with ``rec`` (loaded with its data) on ``examples``
-    (history, target); with ``think=False`` the think is empty. Returns ``(metrics, results)``."""
-    model, processor, items = rec.model, rec.processor, rec.items
+    (history, target), as served: the served prompt, beam width, history exclusion and prior of the model's
+    artefact (``max_history`` / ``num_beams`` / ``exclude_history`` None); with ``think=False`` the think is empty.
+    Returns ``(metrics, results)``."""
+    model, processor, items, served = rec.model, rec.processor, rec.items, rec.served
+    max_history = max_history or served.max_history
+    exclude = served.exclude_history if exclude_history is None else exclude_history
     histories = [h[-max_history:] for h in column(examples, "history")]
     targets = column(examples, "target")
     results: list[ThinkResult] = []
     start = time.perf_counter()
     for s in tqdm(range(0, len(histories), batch_size), desc=desc, disable=not progress):
         batch = histories[s:s + batch_size]
-        prompts = [render_recommend_prompt(h, items, rec.codebook, processor, with_images=False).text for h in batch]
+        prompts = [served_prompt(processor.tokenizer, h, items, rec.codebook, max_history) for h in batch]
         citations = [{i: citation_title(items[i]) for i in h} for h in batch]
-        results += think_then_recommend(model, processor, prompts, rec.trie, k=k, num_beams=num_beams,
-                                        citations=citations, num_rationales=num_rationales if think else 1, do_sample=do_sample and think,
-                                        max_think_tokens=max_think_tokens if think else 0,
-                                        exclude=[set(h) for h in batch] if exclude_history else None)
+        results += think_then_recommend(
+            model, processor, prompts, rec.trie, k=k, num_beams=num_beams or served.num_beams, citations=citations,
+            num_rationales=num_rationales if think else 1, do_sample=do_sample and think,
+            max_think_tokens=max_think_tokens if think else 0, exclude=[set(h) for h in batch] if exclude else None,
+            histories=batch, prior=rec.prior)
     rankings = [[i for i, _ in r.items] for r in results]
     metrics = {**aggregate(rankings, targets, (5, 10)), **rationale_quality(results, histories, targets, items),
                "users": len(targets), "eval_seconds": round(time.perf_counter() - start, 1)}

@@ -82,7 +82,9 @@ def test_cheaper_without_prices_is_answered_with_its_reason(aligned_run, reason_
     assert rec["items"] and all(category not in ds.catalog[it["id"]]["categories"] for it in rec["items"])
 
 
-def test_clauses_history_and_citations(server):
+def test_clauses_history_and_citations(server, reason_model):
+    from think_rec.model.artefacts import ServedConfig
+
     url, ds = server
     first = _chat(url, messages=_say("What next?"), user="u1", k=4)
     brand = first["recommendation"]["items"][0]["brand"]
@@ -94,7 +96,8 @@ def test_clauses_history_and_citations(server):
     assert 'Taken as a preference, not a rule: "something for a rainy day".' in text
     assert f'Applied "not from that brand": not by {brand}.' in text
     assert all(it["brand"] != brand for it in rec["items"]) and rec["active"] == [f"not by {brand}"]
-    history = dict(zip(ds.interactions.users, ds.interactions.sequences))["u1"][-20:]
+    max_history = ServedConfig.load(reason_model).max_history  # stage 2 inherits stage 1's served.json
+    history = dict(zip(ds.interactions.users, ds.interactions.sequences))["u1"][-max_history:]
     assert [h["id"] for h in rec["history"]] == list(dict.fromkeys(reversed(history)))  # most recent first
     assert all(h["title"] == ds.catalog[h["id"]]["title"] and h["image"] for h in rec["history"])
     assert rec["cited"] == [h["id"] for h in rec["history"] if title_mentioned(rec["rationale"], h["title"])]
