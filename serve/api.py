@@ -180,8 +180,9 @@ class RecService:
         think = self.config.think if req.think is None else req.think
         reserve = self.codebook.levels + 2 + (req.max_think_tokens + 2 if think else 0)
         prompt, n = self.conversation.fit_prompt(session, self.config.max_model_len - reserve)
-        banned = self.conversation.banned(session, self.served.exclude_history if req.exclude_seen is None
-                                          else req.exclude_seen)
+        seen = req.exclude_seen  # None: history as the model was measured, earlier answers never again
+        banned = self.conversation.banned(session, self.served.exclude_history if seen is None else seen,
+                                          seen is not False)
         k = min(req.k, len(self.codebook) - len(banned & set(self.codebook.codes)))
         return Turn(session, prompt, n, banned, k, think, req.max_think_tokens, clauses)
 

@@ -88,11 +88,14 @@ class Conversation:
     def count(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def banned(self, session: Session, exclude_seen: bool = True) -> set[str]:
-        """Items the trie must not produce: breaking a constraint, or (``exclude_seen``) seen/recommended."""
+    def banned(self, session: Session, exclude_history: bool = True, exclude_recommended: bool = True) -> set[str]:
+        """Items the trie must not produce: breaking a constraint, in the history (``exclude_history``), or
+        recommended earlier in the session (``exclude_recommended``)."""
         out = {it["item_id"] for it in self.items if not session.constraints.allows(it)}
-        if exclude_seen:
-            out |= set(session.history) | set(session.recommended)
+        if exclude_history:
+            out |= set(session.history)
+        if exclude_recommended:
+            out |= set(session.recommended)
         return out
 
     def answer(self, session: Session, rationale: str, item_ids: Sequence[str], clauses: Sequence[Clause] = ()) -> str:

@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from think_rec.data.schema import RecDataset
+from think_rec.decoding.ranking import rank
 from think_rec.decoding.search import beam_search
 from think_rec.decoding.think import sid_citations, think_then_recommend
 from think_rec.decoding.trie import SIDTrie
+from think_rec.model.artefacts import ServedConfig, load_prior
 from think_rec.model.loading import load_model
 from think_rec.prompts import render_recommend_prompt
 
@@ -41,7 +43,7 @@ def decoded(aligned_run):
     """Three stage-1 prompts decoded (top ``K``, no thinking) by ``decoding.search`` and by the vLLM engine, each
     twice: nothing banned, then its history items banned; then thinking (greedy) by both engines."""
     pytest.importorskip("vllm")
-    from think_rec.serve.engine import EngineConfig
+    from think_rec.serve.engine import EngineConfig, run
     from think_rec.serve.engine_vllm import VLLMEngine
 
     dirs, codebook, model_dir = aligned_run
@@ -55,25 +57,30 @@ def decoded(aligned_run):
     prompts = [processor.tokenizer.encode(t, add_special_tokens=False) for t in texts] * 2
     banned = [set() for _ in histories] + [set(h) for h in histories]
     hf = beam_search(model, processor, prompts, trie, num_beams=K, k=K, exclude=banned)
+    prior, served_config = load_prior(model_dir), ServedConfig.load(model_dir)
     hf_think = [think_then_recommend(model, processor, [t], trie, k=K, max_think_tokens=THINK_TOKENS,
-                                     citations=[sid_citations(processor, trie, h)])[0]
+                                     citations=[sid_citations(processor, trie, h)], num_beams=served_config.num_beams,
+                                     histories=[h], prior=prior)[0]
                 for t, h in zip(texts, histories)]
+    hf_served = rank(model, processor, texts, histories, trie, prior, k=K, num_beams=served_config.num_beams)
     engine = VLLMEngine(EngineConfig(model_dir, dirs.sids, max_model_len=1024, dtype="float32"))
 
     async def served() -> tuple[list[list[tuple[str, float]]], list[list]]:
         await engine.start()
         try:
             ranked = [await engine.beam_search(ids, K, b) for ids, b in zip(prompts, banned)]
-            thought = []
+            thought, plain = [], []
             for t, h in zip(texts, histories):
                 thought.append([e async for e in engine.stream(t, k=K, banned=set(), think=True,
                                                                max_think_tokens=THINK_TOKENS, history=h)])
-            return ranked, thought
+                plain.append(await run(engine, t, k=K, history=h))
+            return ranked, thought, plain
         finally:
             engine.shutdown()
 
     sid_ids = {i: processor.tokenizer.encode(codebook.sid_string(i), add_special_tokens=False) for i in codebook.codes}
-    return model, trie, prompts, banned, sid_ids, hf, *asyncio.run(served()), hf_think
+    ranked, thought, plain = asyncio.run(served())
+    return model, trie, prompts, banned, sid_ids, hf, ranked, thought, hf_think, plain, hf_served
 
 
 def test_vllm_scores_are_hf_sid_logprobs(decoded):
@@ -85,7 +92,7 @@ def test_vllm_scores_are_hf_sid_logprobs(decoded):
 
 
 def test_hf_and_vllm_return_the_same_top_k(decoded):
-    *_, hf, vllm, _, _ = decoded
+    *_, hf, vllm, _, _, _, _ = decoded
     assert [[i for i, _ in h] for h in hf] == [[i for i, _ in v] for v in vllm]
     for h, v in zip(hf, vllm):
         assert [s for _, s in v] == pytest.approx([s for _, s in h], abs=1e-3)
@@ -96,8 +103,17 @@ def test_hf_and_vllm_think_the_same_rationale(decoded):
     it), streamed as deltas that add up to it, and the same items after it. This stage-1 model ends no sentence,
     so both close it empty and rank after the same ``<think></think>`` (the text rule is tested on token ids in
     ``test_reason_think.py``)."""
-    *_, thought, hf_think = decoded
+    *_, thought, hf_think, _, _ = decoded
     for events, hf in zip(thought, hf_think):
         *deltas, final = events
         assert final.rationale == hf.rationales[0] == "".join(deltas)
         assert [i for i, _ in final.items] == [i for i, _ in hf.items]
+
+
+def test_vllm_serves_the_served_ranking(decoded):
+    """The served ranking (beams of the model's width fused with its prior) on vLLM in float32 equals
+    ``decoding.ranking.rank`` on transformers, the function ``bench rec`` scores."""
+    *_, plain, hf_served = decoded
+    for v, h in zip(plain, hf_served):
+        assert [i for i, _ in v.items] == [i for i, _ in h]
+        assert [s for _, s in v.items] == pytest.approx([s for _, s in h], abs=1e-3)

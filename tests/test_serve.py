@@ -46,7 +46,7 @@ def test_openai_client_gets_catalog_items(server, aligned_run):
     client = OpenAI(base_url=url + "/v1", api_key="unused")
     model = client.models.list().data[0].id
     resp = client.chat.completions.create(model=model, messages=_say("What should I get next?"),
-                                          extra_body={"user": "u0", "k": 5})
+                                          extra_body={"user": "u0", "k": 5, "exclude_seen": True})
     rec = resp.model_extra["recommendation"]
     items = rec["items"]
     assert len(items) == 5 and len({it["id"] for it in items}) == 5
