@@ -74,11 +74,15 @@ async def load(url: str, examples: Sequence[dict[str, Any]], concurrency: int,
 
 def run(model: Path, data: Path, sids: Path, out_dir: Path = Path("eval/results"),
         backends: Sequence[str] = ("vllm", "hf", "think_ahead"), concurrency: Sequence[int] = (1, 16),
-        chats: int = 32, max_history: int = 20, work_dir: Path = Path("runs/bench_serve"),
+        chats: int = 32, max_history: int | None = None, work_dir: Path = Path("runs/bench_serve"),
         think_ahead_store: Path | None = None) -> dict[str, Any]:
     """One row per (backend, concurrency) -> ``eval/results/serve.json`` + .md + .png.
 
-    ``think_ahead`` rows also count requests answered from the store vs fallbacks (from ``/health``)."""
+    ``think_ahead`` rows also count requests answered from the store vs fallbacks (from ``/health``);
+    ``max_history`` defaults to the model's ``served.json``, as the server's."""
+    from think_rec.model.artefacts import ServedConfig
+
+    max_history = max_history or ServedConfig.load(model).max_history
     ds = RecDataset.load(data)
     test = leave_one_out(ds.interactions, max_history=max_history).test
     examples = [{"history": test[i]["history"], "target": test[i]["target"]} for i in range(min(chats, len(test)))]

@@ -160,7 +160,7 @@ def test_oversized_requests_get_4xx_then_valid_works(make_client, case):
 
 def test_long_dialogue_is_trimmed_to_the_model(make_client):
     client, _, service = make_client(max_model_len=1024)
-    text = "green gadget " * (250 // service.conversation.count("green gadget "))  # about 250 tokens
+    text = "green gadget " * (350 // service.conversation.count("green gadget "))  # about 350 tokens
     sid = _chat(client, messages=_say(text), user="u0", k=2)["session_id"]
     for _ in range(4):  # each message fits alone, not all together: the oldest are dropped
         out = _chat(client, messages=_say(text), session_id=sid, k=2)
