@@ -20,7 +20,6 @@ from typing import Callable
 
 import datasets
 import torch
-from accelerate import PartialState
 from transformers import Trainer, TrainerCallback
 from trl import SFTTrainer, TrlParser
 
@@ -207,12 +206,13 @@ def train_align(config: AlignConfig) -> Path:
         fingerprint = phase_fingerprint(config, phase, base, data_fp, sids_fp)
         base = run_phase(config, phase, base, merged, data, codebook, deadline, fingerprint)
     if phases[-1] == "multitask" and config.prior_valid_users:  # the chat prompt is trained: the served artefact
-        state = PartialState()
-        if state.is_main_process:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not distributed or torch.distributed.get_rank() == 0:
             write_served(base, config.data_dir, codebook, max_history=config.max_history,
                          num_beams=config.served_num_beams, valid_users=config.prior_valid_users,
                          exclude_history=config.exclude_history, seed=config.seed)
-        state.wait_for_everyone()
+        if distributed:
+            torch.distributed.barrier()
     return Path(base)
 
 
