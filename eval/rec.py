@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 from think_rec.data.schema import RecDataset, column
 from think_rec.data.split import LeaveOneOut, sample_users
 from think_rec.decoding.prior import CollaborativePrior
-from think_rec.decoding.ranking import Candidates, candidates, fuse, prior_extra
+from think_rec.decoding.ranking import Candidates, candidates, fuse, extra_items
 from think_rec.decoding.search import beam_search
 from think_rec.finetune.align import phase_prompt
-from think_rec.finetune.served import choose_weight, served_candidates
+from think_rec.finetune.served import (choose_weight, choose_weights, model_alone, selection_record,
+                                       served_candidates)
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.artefacts import RecModel
 
@@ -87,27 +88,32 @@ def ranked_metrics(rankings: Sequence[Sequence[str]], targets: Sequence[str]) ->
 
 
 def fused_row(system: str, cands: Sequence[Candidates], weight: float, targets: Sequence[str], seconds: float,
-              train_seconds: float, **extra: Any) -> dict[str, Any]:
-    """One row: ``fuse(weight)`` of each user's candidates, scored against ``targets``."""
-    rankings = [[i for i, _ in fuse(c, weight, 10)] for c in cands]
+              train_seconds: float, item_weight: float = 0.0, **extra: Any) -> dict[str, Any]:
+    """One row: ``fuse(weight, item_weight)`` of each user's candidates, scored against ``targets``."""
+    rankings = [[i for i, _ in fuse(c, weight, 10, item_weight)] for c in cands]
     return {"system": system, **ranked_metrics(rankings, targets), "train_seconds": round(train_seconds, 1),
-            "eval_seconds": round(seconds, 1), "prior_weight": weight, **extra}
+            "eval_seconds": round(seconds, 1), "prior_weight": weight, "item_weight": item_weight, **extra}
 
 
 def served_rows(model_dir: str | Path, dataset: RecDataset, codebook: SIDCodebook, test, *,
                 train_seconds: float) -> list[dict[str, Any]]:
-    """``served`` (what ``think-rec serve`` answers: served prompt + prior at its recorded weight) and
-    ``served_model`` (the same, prior weight 0), from one pass of the served ranking."""
+    """``served`` (what ``think-rec serve`` answers: served prompt + prior and item head at their recorded
+    weights), ``served_model`` (the model alone: prior weight 0, the item weight valid chose for that) and, for a
+    model with item tokens, ``served_sid`` (the SID log-probabilities alone), from one pass of the served ranking."""
     rec = RecModel.load(model_dir, codebook, dataset)
     start = time.perf_counter()
     cands = served_candidates(rec, column(test, "history"), rec.prior, rec.served)
     seconds = time.perf_counter() - start
     targets = column(test, "target")
-    weight = rec.prior.weight if rec.prior is not None else 0.0
-    return [fused_row("served", cands, weight, targets, seconds, train_seconds, prompt=rec.served.prompt,
-                      model=Path(model_dir).name),
-            fused_row("served_model", cands, 0.0, targets, seconds, train_seconds, prompt=rec.served.prompt,
-                      model=Path(model_dir).name)]
+    prior = rec.prior
+    weight, item_weight = (prior.weight, prior.item_weight) if prior is not None else (0.0, 0.0)
+    alone = prior.selection.get("item_weight_alone", 0.0) if prior is not None else 0.0
+    common = dict(prompt=rec.served.prompt, model=Path(model_dir).name)
+    rows = [fused_row("served", cands, weight, targets, seconds, train_seconds, item_weight, **common),
+            fused_row("served_model", cands, 0.0, targets, seconds, train_seconds, alone, **common)]
+    if rec.trie.item_token_ids is not None:
+        rows.append(fused_row("served_sid", cands, 0.0, targets, seconds, train_seconds, **common))
+    return rows
 
 
 def stream_rows(model_dir: str | Path, dataset: RecDataset, codebook: SIDCodebook, split: LeaveOneOut,
@@ -122,15 +128,16 @@ def stream_rows(model_dir: str | Path, dataset: RecDataset, codebook: SIDCodeboo
     scorer = ThinkRecScorer(stream_dir, dataset, codebook, prompt="stream", max_history=stream_history,
                             num_beams=num_beams)
     valid = sample_users(split.valid, valid_users, seed)
-    weight, by_weight = choose_weight(scorer.candidates(column(valid, "history"), prior, exclude_history),
-                                      column(valid, "target"))
+    best, scores = choose_weights(scorer.candidates(column(valid, "history"), prior, exclude_history),
+                                  column(valid, "target"))
     start = time.perf_counter()
     cands = scorer.candidates(column(split.test, "history"), prior, exclude_history)
     seconds, targets = time.perf_counter() - start, column(split.test, "target")
-    return [fused_row("think_rec", cands, weight, targets, seconds, train_seconds, prompt="stream",
+    by_weight = selection_record(best, scores)["valid_ndcg@10_by_weight"]
+    return [fused_row("think_rec", cands, best[0], targets, seconds, train_seconds, best[1], prompt="stream",
                       model=stream_dir.name, valid_ndcg10_by_prior_weight=by_weight),
-            fused_row("think_rec_stream", cands, 0.0, targets, seconds, train_seconds, prompt="stream",
-                      model=stream_dir.name)]
+            fused_row("think_rec_stream", cands, 0.0, targets, seconds, train_seconds, model_alone(scores),
+                      prompt="stream", model=stream_dir.name)]
 
 
 def sasrec_candidates(model: SASRec, histories: Sequence[Sequence[str]], prior: CollaborativePrior,
@@ -145,7 +152,7 @@ def sasrec_candidates(model: SASRec, histories: Sequence[Sequence[str]], prior: 
             row[[index[i] for i in banned if i in index]] = float("-inf")
         values, cols = row.topk(min(top, len(row)))
         beams = [(model.item_ids[c], v) for c, v in zip(cols.tolist(), values.tolist()) if v > float("-inf")]
-        extra = [i for i in prior_extra(prior, h, beams, banned) if i in index]
+        extra = [i for i in extra_items(prior, h, beams, banned) if i in index]
         out.append(Candidates(beams, [(i, row[index[i]].item()) for i in extra], prior.markov.scores(h)))
     return out
 

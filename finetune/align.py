@@ -28,7 +28,7 @@ from think_rec.data.split import history_exclusion, leave_one_out, sample_users
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.adapters import make_trainable, warmup_only
 from think_rec.model.dropout import add_dropout
-from think_rec.model.itemic_tokens import add_sid_tokens
+from think_rec.model.itemic_tokens import add_item_tokens, add_sid_tokens
 from think_rec.model.loading import load_model
 
 from think_rec.decoding.trie import SIDTrie
@@ -37,6 +37,7 @@ from think_rec.prompts import render_recommend_prompt
 from .align_config import AlignConfig, PHASES
 from .align_data import PAPER_MIX, build_align_dataset
 from .cpu_patches import compact_fused_lm_head_on_cpu
+from .item_head import ItemHeadLoss
 from .run_state import (config_fingerprint, data_fingerprint, model_fingerprint, resume_point, sids_fingerprint,
                         train_and_merge)
 from .selection import ValidSelection
@@ -79,8 +80,28 @@ class TimeBudget(TrainerCallback):
         return control
 
 
-class SequenceTrainer(SFTTrainer):
-    """``SFTTrainer`` for packed SID streams. Nearly every position is labelled, so TRL's fused LM-head path
+class RecTrainer(SFTTrainer):
+    """``SFTTrainer`` whose loss adds the item-level head's (``item_head.py``) when the model has item tokens."""
+
+    def __init__(self, *args, item_head: float | None = None, trie: SIDTrie | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.item_head = None if item_head is None else ItemHeadLoss(self.model, trie, item_head)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.item_head is None:
+            return self.rec_loss(model, inputs, return_outputs, num_items_in_batch)
+        ids, labels = inputs["input_ids"], inputs["labels"]
+        out = self.rec_loss(model, inputs, return_outputs, num_items_in_batch)
+        tokens = num_items_in_batch if num_items_in_batch is not None else (labels[:, 1:] != -100).sum()
+        item_loss = self.item_head(ids, labels, tokens)
+        return (out[0] + item_loss, out[1]) if return_outputs else out + item_loss
+
+    def rec_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+class SequenceTrainer(RecTrainer):
+    """``RecTrainer`` for packed SID streams. Nearly every position is labelled, so TRL's fused LM-head path
     (built for sparse labels, plus per-token metrics) only adds work; the loss is the causal-LM cross-entropy,
     over the whole vocabulary or, with ``sid_token_ids``, a softmax over the SID tokens alone (every label is
     one: the output head then costs a fraction of the full one). The forward runs without a KV cache:
@@ -90,7 +111,7 @@ class SequenceTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
         self.sid_token_ids = torch.tensor(sorted(sid_token_ids)) if sid_token_ids else None
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def rec_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {**inputs, "use_cache": False}
         if self.sid_token_ids is None:
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
@@ -157,6 +178,10 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     if any(t not in known for t in vocab):
         add_sid_tokens(model, processor, codebook, dict(zip(data.catalog.ids, data.catalog.items["title"])))
     new_ids = tokenizer.convert_tokens_to_ids(vocab)
+    if config.item_head and codebook.item_tokens()[0] not in known:
+        add_item_tokens(model, processor, codebook)
+    if config.item_head:
+        new_ids += tokenizer.convert_tokens_to_ids(codebook.item_tokens())
     model = warmup_only(model, new_ids) if phase == "warmup" else make_trainable(
         model, new_ids, r=config.lora_r, alpha=config.lora_alpha)
     if config.model_dropout and phase != "warmup":
@@ -173,12 +198,15 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     compact_fused_lm_head_on_cpu()
     callbacks = [TimeBudget(deadline, config.lr_decay_share),
                  *_selection(config, phase, split, data, codebook, processor, out)]
+    head = dict(item_head=config.item_loss_weight, trie=SIDTrie.from_codebook(codebook, processor)) \
+        if config.item_head else {}
     if phase == "sequence":
+        sid_ids = tokenizer.convert_tokens_to_ids(vocab) if config.sequence_sid_softmax else None
         trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                                  callbacks=callbacks, sid_token_ids=new_ids if config.sequence_sid_softmax else None)
+                                  callbacks=callbacks, sid_token_ids=sid_ids, **head)
     else:
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                             callbacks=callbacks)
+        trainer = RecTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
+                             callbacks=callbacks, **head)
 
     def write_logs(step: int) -> None:
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))

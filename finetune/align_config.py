@@ -36,6 +36,11 @@ class AlignConfig(StageConfig, SFTConfig):
     sequence_max_items: int = field(default=50, metadata={"help": "Items per sequence pre-training window."})
     sequence_sid_softmax: bool = field(default=True, metadata={
         "help": "Sequence phase: softmax over the SID tokens only (every label is one; a much cheaper head)."})
+    item_head: bool = field(default=False, metadata={
+        "help": "Add one token per item whose lm_head row scores the next item over the whole catalog, trained "
+                "beside the SID loss (item-level memory, finetune/item_head.py) and fused into the served ranking."})
+    item_loss_weight: float = field(default=1.0, metadata={
+        "help": "Weight of the item head's mean cross-entropy per item beside the SID loss's mean per token."})
     select_every_steps: int = field(default=0, metadata={
         "help": "Valid NDCG@10 every N steps; the best weights of each phase are kept (0: off)."})
     select_users: int = field(default=500, metadata={"help": "Seeded sample of valid users for model selection."})

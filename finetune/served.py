@@ -2,7 +2,8 @@
 
 ``write_served`` counts the item transitions of the training split (``CollaborativePrior``), ranks a seeded
 sample of valid users once with the served prompt and the served ranking (``think_rec.decoding.ranking``),
-picks the prior weight with the best valid NDCG@10 (ties: the smaller weight), and saves ``prior.json`` and
+picks the prior weight (and, for a model with item tokens, the item head's weight) with the best valid NDCG@10
+(ties: the smaller weights), and saves ``prior.json`` and
 ``served.json`` beside the merged model. Stage 1 calls it when its last phase has trained the chat prompt;
 ``think-rec prior`` does it for an existing model. Test users are never read.
 """
@@ -14,8 +15,8 @@ from typing import Any, Sequence
 
 from think_rec.data.schema import RecDataset, column
 from think_rec.data.split import history_exclusion, leave_one_out, sample_users
-from think_rec.decoding.prior import PRIOR_FILE, PRIOR_WEIGHTS, CollaborativePrior, MarkovModel
-from think_rec.decoding.ranking import Candidates, candidates, fuse
+from think_rec.decoding.prior import ITEM_WEIGHTS, PRIOR_FILE, PRIOR_WEIGHTS, CollaborativePrior, MarkovModel
+from think_rec.decoding.ranking import Candidates, Ranked, candidates, fuse
 from think_rec.eval.metrics import aggregate
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.artefacts import SERVED_FILE, RecModel, ServedConfig
@@ -35,12 +36,45 @@ def served_candidates(rec: RecModel, histories: Sequence[Sequence[str]], prior: 
                       num_beams=served.num_beams, banned=banned, batch_size=batch_size)
 
 
+def served_ranking(rec: RecModel, histories: Sequence[Sequence[str]], k: int = 10,
+                   batch_size: int = 64) -> list[Ranked]:
+    """What ``think-rec serve`` answers for ``histories`` (no dialogue): the served ranking at the model's weights."""
+    weight, item_weight = (rec.prior.weight, rec.prior.item_weight) if rec.prior is not None else (0.0, 0.0)
+    cands = served_candidates(rec, histories, rec.prior, rec.served, batch_size)
+    return [fuse(c, weight, k, item_weight) for c in cands]
+
+
+def choose_weights(cands: Sequence[Candidates], targets: Sequence[str], weights: Sequence[float] = PRIOR_WEIGHTS,
+                   item_weights: Sequence[float] = ITEM_WEIGHTS) -> tuple[tuple[float, float], dict]:
+    """The ``(weight, item_weight)`` pair with the best NDCG@10 of ``fuse`` (ties: the smaller weights) and every
+    pair's NDCG@10; item weights only when the candidates carry item-head scores."""
+    grid = [(w, iw) for w in weights for iw in (item_weights if any(c.items for c in cands) else (0.0,))]
+    scores = {(w, iw): aggregate([[i for i, _ in fuse(c, w, 10, iw)] for c in cands], targets, (10,))["ndcg@10"]
+              for w, iw in grid}
+    return max(scores, key=lambda p: (scores[p], -p[0], -p[1])), scores
+
+
 def choose_weight(cands: Sequence[Candidates], targets: Sequence[str],
                   weights: Sequence[float] = PRIOR_WEIGHTS) -> tuple[float, dict[float, float]]:
-    """The weight with the best NDCG@10 of ``fuse`` (ties: the smaller weight) and every weight's NDCG@10."""
-    scores = {w: aggregate([[i for i, _ in fuse(c, w, 10)] for c in cands], targets, (10,))["ndcg@10"]
-              for w in weights}
-    return max(scores, key=lambda w: (scores[w], -w)), scores
+    """The prior weight alone (item head off): the best weight and every weight's NDCG@10."""
+    (weight, _), scores = choose_weights(cands, targets, weights, (0.0,))
+    return weight, {w: s for (w, _), s in scores.items()}
+
+
+def selection_record(best: tuple[float, float], scores: dict) -> dict[str, dict[float, float]]:
+    """Valid NDCG@10 along each weight through the chosen pair, and the item weight of the model alone."""
+    w, iw = best
+    out = {"valid_ndcg@10_by_weight": {a: s for (a, b), s in scores.items() if b == iw}}
+    if any(b for _, b in scores):
+        out["valid_ndcg@10_by_item_weight"] = {b: s for (a, b), s in scores.items() if a == w}
+        out["item_weight_alone"] = model_alone(scores)
+    return out
+
+
+def model_alone(scores: dict) -> float:
+    """The item weight with the best valid NDCG@10 without the prior (weight 0): the model's own ranking."""
+    alone = {b: s for (a, b), s in scores.items() if a == 0}
+    return max(alone, key=lambda b: (alone[b], -b))
 
 
 def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path | SIDCodebook, *, max_history: int,
@@ -58,8 +92,9 @@ def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path |
     valid = sample_users(split.valid, valid_users, seed)
     rec = RecModel.load(model_dir, sids, data)
     cands = served_candidates(rec, column(valid, "history"), prior, served)
-    prior.weight, by_weight = choose_weight(cands, column(valid, "target"))
-    prior.selection = {"valid_users": len(valid), "seed": seed, "valid_ndcg@10_by_weight": by_weight}
+    best, scores = choose_weights(cands, column(valid, "target"))
+    prior.weight, prior.item_weight = best
+    prior.selection = {"valid_users": len(valid), "seed": seed, **selection_record(best, scores)}
     prior.save(model_dir)
     served.save(model_dir)
     return served

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Protocol, Sequence
+from typing import TYPE_CHECKING, AsyncIterator, Protocol, Sequence
 
 from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN
 from think_rec.decoding.trie_beam import Children
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["THINK_CLOSE", "THINK_OPEN", "EngineBusy", "EngineConfig", "RecEngine", "Recommendation", "StepEngine",
            "run"]
@@ -74,6 +77,10 @@ class StepEngine(RecEngine, Protocol):
                              banned: set[str] = frozenset()) -> list[Children]:
         """Per prefix (``<|sid_begin|>`` codes...), its trie children (minus ``banned`` items) after
         ``ids + prefix`` with their log-probs (``think_rec.decoding.trie_beam``)."""
+
+    async def item_logprobs(self, ids: list[int]) -> torch.Tensor:
+        """The item head's log-probs of every catalog item (``trie.items`` order) at the ``<|sid_begin|>`` after
+        ``ids`` (models with item tokens)."""
 
 
 async def run(engine: RecEngine, prompt: str, *, k: int, banned: set[str] = frozenset(), think: bool = False,

@@ -14,7 +14,7 @@ from typing import AsyncIterator, Sequence
 import torch
 
 from think_rec.decoding.ranking import rank
-from think_rec.decoding.search import child_logprobs
+from think_rec.decoding.search import child_logprobs, item_logprobs
 from think_rec.decoding.think import sid_citations, think_then_recommend
 from think_rec.decoding.trie_beam import Children
 
@@ -68,6 +68,10 @@ class HFEngine:
         """Per prefix (``<|sid_begin|>`` codes..., all of one length), its trie children (minus ``banned`` items)
         after ``ids + prefix`` with their log-probs (``trie_beam``): one batched step, alone on the model."""
         return await self.exclusive(child_logprobs, self.model, self.processor, ids, prefixes, self.trie, banned)
+
+    async def item_logprobs(self, ids: list[int]) -> torch.Tensor:
+        """The item head's log-probs after ``ids`` (``decoding.search.item_logprobs``), alone on the model."""
+        return (await self.exclusive(item_logprobs, self.model, self.processor, [ids], self.trie))[0]
 
     @torch.no_grad()
     def _run(self, prompt: str, k: int, banned: set[str], think: bool, max_think_tokens: int,

@@ -10,7 +10,8 @@ Top-K items come from ``trie_beam_search`` over ``child_logprobs``, written as s
 level, one request per beam whose prompt is ``prompt [<think>…</think>] <|sid_begin|> codes-so-far``, constrained
 to the beam's trie children (``sid`` mode, banned items pruned), asking for the logprobs of every child; the
 served ranking (``decoding.ranking.rank_steps``) fuses the beams with the model's collaborative prior, scoring the
-prior's items through the same requests. Prefix caching (block size 32) makes each step cost about one token per beam. Scores are those of
+prior's items through the same requests, and, for a model with item tokens, with its item head (one ``items``
+request). Prefix caching (block size 32) makes each step cost about one token per beam. Scores are those of
 ``think_rec.decoding.search``: the processor sets each child to its log-probability over the SID tokens and vLLM
 reports it (``logprobs_mode="processed_logits"``).
 """
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
 
 
 def engine_args(config: EngineConfig, width: int) -> AsyncEngineArgs:
-    """vLLM's ``AsyncEngineArgs`` for ``config``; ``width`` (the widest trie node) sets ``max_logprobs``."""
+    """vLLM's ``AsyncEngineArgs`` for ``config``; ``width`` (the widest trie node, or the catalog for a model
+    with item tokens) sets ``max_logprobs``."""
     from vllm import AsyncEngineArgs
 
     return AsyncEngineArgs(
@@ -59,6 +61,7 @@ class VLLMEngine:
         self.trie, self.tok = load_trie(str(config.sids), str(config.model))
         self.open_id, self.close_id = self.tok.convert_tokens_to_ids([THINK_OPEN, THINK_CLOSE])
         self.width = max(len(c) for c in self.trie.child_tokens)  # widest trie node
+        self.items = len(self.trie) if self.trie.item_token_ids is not None else 0
         self.prior, self.served = load_prior(config.model), ServedConfig.load(config.model)
         self.llm = None
 
@@ -66,7 +69,7 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gib))
-        args = engine_args(self.config, self.width)
+        args = engine_args(self.config, max(self.width, self.items))
         self.llm = AsyncLLM.from_engine_args(args)
         await self.beam_search(self.tok.encode("warm up", add_special_tokens=False), 2, set())  # first step is slow
 
@@ -105,6 +108,19 @@ class VLLMEngine:
         return await asyncio.gather(*(self._step(ids, list(p), self.trie.allowed(p, counts), banned_list)
                                       for p in prefixes))
 
+    async def item_logprobs(self, ids: list[int]) -> torch.Tensor:
+        """The item head's log-probs of every item (``trie.items`` order) at the ``<|sid_begin|>`` after ``ids``:
+        one single-token request over the item tokens (``items`` mode)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.items, detokenize=False,
+                                extra_args={KEY: {"mode": "items"}})
+        final = None
+        async for final in self._generate(ids + [self.trie.first_token], params):
+            pass
+        top = final.outputs[0].logprobs[0]
+        return torch.tensor([top[t].logprob for t in self.trie.item_token_ids.tolist()])
+
     async def beam_search(self, ids: list[int], k: int, banned: set[str]) -> list[tuple[str, float]]:
         """Top ``k`` distinct items after ``ids`` (beam width ``k``)."""
         beams = await trie_beam_search(functools.partial(self.child_logprobs, ids, banned=banned), self.trie, k)
@@ -133,5 +149,6 @@ class VLLMEngine:
                 yield rest
             rationale, ids = lines.shown, ids + [self.open_id] + kept + [self.close_id]
         items = await rank_steps(functools.partial(self.child_logprobs, ids, banned=banned), self.trie, history,
-                                 self.prior, k=k, num_beams=self.served.num_beams, banned=banned)
+                                 self.prior, k=k, num_beams=self.served.num_beams, banned=banned,
+                                 item_logprobs=functools.partial(self.item_logprobs, ids) if self.items else None)
         yield Recommendation(rationale, items)

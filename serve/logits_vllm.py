@@ -9,6 +9,8 @@ the model's tokenizer. A request opts in with ``SamplingParams(extra_args={"thin
   that already end the prompt (one step of the engine's beam search), each set to its log-probability over
   the SID tokens (``trie_beam.sid_logprobs``): under ``logprobs_mode="processed_logits"`` vLLM reports the
   scores of ``think_rec.decoding.search``;
+- ``mode="items"``: the item tokens only, each set to its log-probability over the item tokens (a model with
+  item tokens: the item-level head's scores at the ``<|sid_begin|>`` that ends the prompt);
 - ``banned``: item ids never to complete (pruned exactly, see ``SIDTrie.banned_counts``).
 """
 from __future__ import annotations
@@ -43,14 +45,19 @@ class _Request:
 
     def __init__(self, owner: "SIDTrieLogitsProcessor", mode: str, prefix: list[int], banned: list[str],
                  citable: list[str]):
-        if mode not in ("think", "sid"):
-            raise ValueError(f"think_rec mode must be 'think' or 'sid', not {mode!r}")
+        if mode not in ("think", "sid", "items"):
+            raise ValueError(f"think_rec mode must be 'think', 'sid' or 'items', not {mode!r}")
+        if mode == "items" and owner.item_ids is None:
+            raise ValueError("think_rec mode 'items': the model has no item tokens")
         self.owner, self.mode, self.prefix = owner, mode, tuple(prefix)
         self.banned: Counter | None = owner.trie.banned_counts(banned) if banned else None
         self.cite = owner.rationale.citable(citable) if mode == "think" else None
 
     def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
         o = self.owner
+        if self.mode == "items":
+            items = o.item_ids.to(logits.device)
+            return torch.full_like(logits, float("-inf")).index_copy(0, items, logits[items].log_softmax(-1))
         if self.mode == "think":
             if o.close_id not in output_ids:
                 return o.rationale.apply(output_ids, logits, self.cite)
@@ -80,6 +87,7 @@ class SIDTrieLogitsProcessor(AdapterLogitsProcessor):
         self.rationale = RationaleMask(tok, self.trie)  # the same rule as HF decoding
         self.end_only = torch.tensor([tok.eos_token_id])  # what follows a SID in training
         self.sid_ids = self.trie.token_ids.to(device)
+        self.item_ids = self.trie.item_token_ids
 
     def is_argmax_invariant(self) -> bool:
         return False

@@ -11,8 +11,9 @@ whose history has a stored state and whose ``think`` flag matches the store is a
 (``trie_beam.expand``) of the wrapped engine's ``child_logprobs``: the live prompt (dialogue and constraints
 included) + the stored rationale + each stored prefix, constrained to that prefix's children minus ``banned``
 items. Item score = prefix score + last-level log-probability, as full decoding scores it; the served ranking
-then fuses these beams with the model's collaborative prior (``decoding.ranking.fuse_steps``, the prior's items
-scored through the same ``child_logprobs``); several rationales are merged by mean probability
+then fuses these beams with the model's collaborative prior and, for a model with item tokens, its item head
+(``decoding.ranking.fuse_steps``, the extra items scored through the same ``child_logprobs``, the item head by the
+wrapped engine's ``item_logprobs`` on the live prompt); several rationales are merged by mean probability
 (``merge_scores``). A store built with the served beam width (``served.json``) gives the live engine's items.
 Anything else (unknown history, think
 mismatch, fewer than ``k`` allowed items under the stored prefixes, any store error such as a malformed row)
@@ -105,7 +106,9 @@ class ThinkAheadEngine:
             step = functools.partial(self.base.child_logprobs, head, banned=banned)
             kept = expand(beams, await step([p for p, _ in beams]), width)
             items = ranked_items(self.trie, [beam for _, beam in kept])
-            return await fuse_steps(step, self.trie, items, state.history, self.prior, k=k, banned=banned)
+            scores = functools.partial(self.base.item_logprobs, head) if self.trie.item_token_ids is not None else None
+            return await fuse_steps(step, self.trie, items, state.history, self.prior, k=k, banned=banned,
+                                    item_logprobs=scores, item_top=width)
 
         return merge_scores(await asyncio.gather(*(ranked(t) for t in state.thoughts)), k)
 

@@ -11,13 +11,11 @@ from fastapi.testclient import TestClient
 
 from think_rec.data.split import leave_one_out, sample_users
 from think_rec.decoding.prior import PRIOR_FILE
-from think_rec.decoding.ranking import fuse
-from think_rec.finetune.served import served_candidates
+from think_rec.finetune.served import served_ranking
 from think_rec.model.artefacts import SERVED_FILE, RecModel
 from think_rec.serve.api import RecService, ServeConfig, create_app
 
 USERS = 50
-
 
 @pytest.fixture(scope="module")
 def api(aligned_run, tmp_path_factory):
@@ -27,13 +25,12 @@ def api(aligned_run, tmp_path_factory):
     with TestClient(create_app(RecService(config))) as client:
         yield client
 
-
 def test_api_top10_is_the_bench_served_ranking(api, aligned_run):
     dirs, codebook, model_dir = aligned_run
     rec = RecModel.load(model_dir, codebook, dirs.data)
     assert rec.prior is not None and rec.prior.weight > 0  # the prior takes part (chosen on valid)
     test = sample_users(leave_one_out(rec.dataset.interactions, max_history=rec.served.max_history).test, USERS)
-    bench = [fuse(c, rec.prior.weight, 10) for c in served_candidates(rec, test["history"], rec.prior, rec.served)]
+    bench = served_ranking(rec, test["history"])
     for history, expected in zip(test["history"], bench):
         r = api.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": ""}],
                                                    "history": history, "k": 10})
@@ -41,7 +38,6 @@ def test_api_top10_is_the_bench_served_ranking(api, aligned_run):
         got = [(it["id"], it["score"]) for it in r.json()["recommendation"]["items"]]
         assert [i for i, _ in got] == [i for i, _ in expected]
         assert all(math.isclose(a, b, abs_tol=1e-4) for (_, a), (_, b) in zip(got, expected))
-
 
 def test_models_endpoint_states_the_served_configuration(api, aligned_run):
     _, _, model_dir = aligned_run

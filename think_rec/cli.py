@@ -342,7 +342,7 @@ def prior_cmd(
     from think_rec.decoding.prior import CollaborativePrior
 
     prior = CollaborativePrior.load(model)
-    print_dict("served", {**vars(served), "prior_weight": prior.weight,
+    print_dict("served", {**vars(served), "prior_weight": prior.weight, "item_weight": prior.item_weight,
                           "valid_ndcg@10_by_weight": prior.selection["valid_ndcg@10_by_weight"]})
 
 

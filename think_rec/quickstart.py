@@ -19,9 +19,8 @@ from think_rec.data.schema import RecDataset
 from think_rec.data.split import leave_one_out
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.eval import bench_rec
-from think_rec.decoding.ranking import fuse
 from think_rec.eval.rec import METRICS
-from think_rec.finetune.served import served_candidates
+from think_rec.finetune.served import served_ranking
 from think_rec.model.artefacts import RecModel
 
 
@@ -106,8 +105,7 @@ def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 3.0, e
     test = leave_one_out(data.interactions).test.select(range(show_users))
     with stage(console, log, f"recommendations for {show_users} users (the served ranking)"):
         rec = RecModel.load(root / "align" / "final", codebook, data)
-        ranked_lists = [[i for i, _ in fuse(c, rec.prior.weight, 10)]
-                        for c in served_candidates(rec, test["history"], rec.prior, rec.served)]
+        ranked_lists = [[i for i, _ in ranked] for ranked in served_ranking(rec, test["history"])]
     for example, ranked in zip(test, ranked_lists):
         console.rule(f"user {example['user_id']}")
         console.print("recent history: " + "; ".join(data.catalog[i]["title"] for i in example["history"][-5:]))

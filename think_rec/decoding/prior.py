@@ -10,6 +10,8 @@ before ``decay``, then ``decay**2`` ...::
 ``CollaborativePrior`` is what a trained model carries (``MODEL/prior.json``): the counts, the weight of
 ``log1p(score)`` in the fused ranking (``think_rec.decoding.ranking``), how many of its top items join the
 model's beams as candidates, and the fingerprint of the data it was counted on. Weight 0 is the model alone.
+A model with item tokens also records there the weight of its item-level head's log-probability in the same
+fusion (``item_weight``, chosen on the same valid users).
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 PRIOR_FILE = "prior.json"
-PRIOR_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # the grid valid users choose from
+PRIOR_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # the grid valid users choose from (32, its
+# former top, was chosen on Scientific: the grid now reaches past it)
+ITEM_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)  # the item head's grid (models with item tokens)
 
 
 @dataclass
@@ -110,6 +114,7 @@ class CollaborativePrior:
 
     markov: MarkovModel
     weight: float = 0.0
+    item_weight: float = 0.0  # the weight of the model's item-level head in the same fusion (0: none)
     top: int = 30  # the prior's top items that join the beams as candidates
     data_fingerprint: str = ""
     selection: dict[str, Any] = field(default_factory=dict)
@@ -120,7 +125,8 @@ class CollaborativePrior:
 
     def save(self, model_dir: str | Path) -> Path:
         path = Path(model_dir) / PRIOR_FILE
-        values = {"weight": self.weight, "top": self.top, "data_fingerprint": self.data_fingerprint,
+        values = {"weight": self.weight, "item_weight": self.item_weight, "top": self.top,
+                  "data_fingerprint": self.data_fingerprint,
                   "selection": self.selection, "markov": self.markov.to_dict()}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(values))
@@ -135,7 +141,8 @@ class CollaborativePrior:
             return None
         try:
             values = json.loads(path.read_text())
-            return cls(MarkovModel.from_dict(values["markov"]), float(values["weight"]), int(values["top"]),
-                       values["data_fingerprint"], values.get("selection", {}))
+            return cls(MarkovModel.from_dict(values["markov"]), float(values["weight"]),
+                       float(values.get("item_weight", 0.0)), int(values["top"]), values["data_fingerprint"],
+                       values.get("selection", {}))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: not a think_rec prior ({type(e).__name__}: {e})") from e

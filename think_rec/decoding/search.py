@@ -156,6 +156,25 @@ def child_logprobs(model, tokenizer, ids: Sequence[int], prefixes: Sequence[Sequ
 
 
 @torch.no_grad()
+def item_logprobs(model, tokenizer, prompts: Sequence[Sequence[int]], trie: SIDTrie,
+                  batch_size: int = 64) -> torch.Tensor:
+    """(prompts, items): the item-level head's log-softmax over every catalog item (``trie.items`` order) at the
+    ``<|sid_begin|>`` after each prompt."""
+    if trie.item_token_ids is None:
+        raise ValueError("the model has no item tokens (see think_rec.model.itemic_tokens.add_item_tokens)")
+    begin, pad = _token_ids(tokenizer, trie)
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = left_pad([list(p) + [begin] for p in prompts[start:start + batch_size]], pad)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        device = model.device
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                       logits_to_keep=1).logits[:, -1]
+        out.append(logits[:, trie.item_token_ids.to(device)].float().log_softmax(-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, len(trie.items))
+
+
+@torch.no_grad()
 def score_items(model, tokenizer, prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[str]],
                 trie: SIDTrie, batch_size: int = 64) -> list[list[float]]:
     """Log-probability of each candidate item's SID codes after each prompt (teacher forcing, one cache per prompt)."""

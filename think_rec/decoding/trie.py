@@ -53,6 +53,9 @@ class SIDTrie:
         self.first_token, self.end_token = first[0], first[-1]
         self.levels = len(first) - 2  # code tokens between the begin and end markers
         self.token_ids = torch.tensor(sorted({t for seq in self.item_of for t in seq}), dtype=torch.long)
+        self.items = list(self.tokens_of)
+        self.item_index = {item: n for n, item in enumerate(self.items)}
+        self.item_token_ids: torch.Tensor | None = None  # the item-level head's rows, aligned with ``items``
 
     @classmethod
     def from_codebook(cls, codebook: SIDCodebook, tokenizer) -> "SIDTrie":
@@ -65,7 +68,11 @@ class SIDTrie:
             raise ValueError(f"tokenizer lacks {len(missing)} SID tokens, e.g. {missing[:3]}; "
                              "add them first (think_rec.model add_sid_tokens)")
         id_of = dict(zip(vocab, ids))
-        return cls({item: [id_of[t] for t in codebook.tokens(item)] for item in codebook.codes}, codebook)
+        trie = cls({item: [id_of[t] for t in codebook.tokens(item)] for item in codebook.codes}, codebook)
+        item_ids = tok.convert_tokens_to_ids(codebook.item_tokens())
+        if all(i is not None and i != tok.unk_token_id for i in item_ids):  # a model with item-level memory
+            trie.item_token_ids = torch.tensor(item_ids, dtype=torch.long)
+        return trie
 
     def __len__(self) -> int:
         return len(self.item_of)

@@ -24,6 +24,11 @@ def code_token(level: int, code: int) -> str:
     return f"<s_{string.ascii_lowercase[level]}_{code}>"
 
 
+def item_token(index: int) -> str:
+    """The item token of the ``index``-th item of a codebook (its row of the item-level output head)."""
+    return f"<|i_{index}|>"
+
+
 @dataclass
 class SIDCodebook:
     """Unique SIDs for a catalog; ``codebook_sizes[l]`` codes exist at level ``l``."""
@@ -63,6 +68,10 @@ class SIDCodebook:
         """Every new token: the two delimiters, then each level's codes in order."""
         return [SID_BEGIN, SID_END] + [code_token(l, c) for l, n in enumerate(self.codebook_sizes)
                                        for c in range(n)]
+
+    def item_tokens(self) -> list[str]:
+        """One token per item, in ``codes`` order (``item_token``): the item-level head's output rows."""
+        return [item_token(n) for n in range(len(self.codes))]
 
     def parse(self, text: str) -> list[str | None]:
         """Item ids of every ``<|sid_begin|>…<|sid_end|>`` span in ``text`` (None if not in catalog)."""

@@ -88,3 +88,32 @@ def add_sid_tokens(model, processor_or_tokenizer, codebook: SIDCodebook, item_te
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / TOKEN_MAP).write_text(json.dumps(token_map, indent=0))
     return token_map
+
+
+@torch.no_grad()
+def add_item_tokens(model, processor_or_tokenizer, codebook: SIDCodebook, pad_to_multiple_of: int = 64) -> list[int]:
+    """Add one token per item (``codebook.item_tokens()``, after the SID tokens): its ``lm_head`` row scores the
+    item as the next one over the whole catalog, an item-level memory beside the SID codes (trained by
+    ``finetune/item_head.py``). Each new row (input and output) starts at the mean of its SID tokens' rows.
+    Returns the new ids, in item order."""
+    tok = _tokenizer(processor_or_tokenizer)
+    tokens = codebook.item_tokens()
+    if tokens[0] in tok.get_vocab():
+        raise ValueError(f"tokenizer already has item tokens (e.g. {tokens[0]!r}); add_item_tokens runs once")
+    sid_ids = sid_token_ids(tok, codebook)
+    tok.add_tokens(tokens)
+    ids = tok.convert_tokens_to_ids(tokens)
+    if ids != list(range(ids[0], ids[0] + len(ids))):
+        raise RuntimeError(f"item token ids are not contiguous ({ids[0]}..{ids[-1]})")
+    emb = model.get_input_embeddings()
+    rows = -(-max(len(tok), emb.weight.shape[0]) // pad_to_multiple_of) * pad_to_multiple_of
+    if rows != emb.weight.shape[0]:
+        model.resize_token_embeddings(rows, mean_resizing=False)
+    sources = torch.tensor([[sid_ids[t] for t in codebook.tokens(item)[1:-1]] for item in codebook.codes])
+    weights = [model.get_input_embeddings().weight]
+    out_emb = model.get_output_embeddings()
+    if out_emb is not None and out_emb.weight.data_ptr() != weights[0].data_ptr():
+        weights.append(out_emb.weight)
+    for w in weights:
+        w[ids] = w[sources].mean(1).to(w.dtype)
+    return ids
