@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 PRIOR_FILE = "prior.json"
 PRIOR_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # the grid valid users choose from (32, its
 # former top, was chosen on Scientific: the grid now reaches past it)
-ITEM_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)  # the item head's grid (models with item tokens)
+ITEM_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # the item head's grid (models with item tokens)
 
 
 @dataclass
