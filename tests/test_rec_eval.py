@@ -14,7 +14,7 @@ import pytest
 from think_rec.data.split import leave_one_out
 from think_rec.decoding.prior import PRIOR_FILE, CollaborativePrior, MarkovModel
 from think_rec.decoding.ranking import Candidates, candidates, fuse, rank, rank_steps
-from think_rec.decoding.search import child_logprobs, encode
+from think_rec.decoding.search import child_logprobs, encode, item_logprobs
 from think_rec.eval.rec import ThinkRecScorer
 from think_rec.finetune.served import choose_weight
 from think_rec.model.artefacts import SERVED_FILE, RecModel, ServedConfig
@@ -89,8 +89,15 @@ def test_ranked_items_follow_the_rule_and_respect_bans(rec, valid):
             assert math.isclose(markov.scores(h)[strong[0][0]], top)  # the strongest transition leads
     # candidate scores are the model's log-probabilities of the SIDs: the beams' items rescored agree
     ids = encode(rec.processor, _prompts(rec, histories[:1]))
-    again = candidates(rec.model, rec.processor, ids, histories[:1], rec.trie, None, num_beams=10)[0]
-    assert [i for i, _ in again.beams] and not again.extra
+    alone = candidates(rec.model, rec.processor, ids, histories[:1], rec.trie, None, num_beams=10, items=False)[0]
+    assert [i for i, _ in alone.beams] and not alone.extra and not alone.items
+    # the item head adds its top items; with a dominant item weight its best non-banned item leads
+    heads = candidates(rec.model, rec.processor, ids, histories[:1], rec.trie, None, num_beams=10, banned=banned[:1])[0]
+    pool = [i for i, _ in heads.beams + heads.extra]
+    assert set(heads.items) == set(pool) and len(heads.extra) >= 1
+    row = item_logprobs(rec.model, rec.processor, ids, rec.trie)[0]
+    best = max((i for i in rec.trie.items if i not in banned[0]), key=lambda i: row[rec.trie.item_index[i]])
+    assert fuse(heads, 0.0, 1, item_weight=1e6)[0][0] == best
 
 
 def test_transformers_and_step_rankings_agree(rec, valid):
