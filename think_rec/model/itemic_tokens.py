@@ -59,7 +59,8 @@ def add_sid_tokens(model, processor_or_tokenizer, codebook: SIDCodebook, item_te
 
     Tokens are added non-special so ``decode(skip_special_tokens=True)`` keeps them. ``<think>``/``</think>``
     (stage 2) are added after them when the base lacks them (e.g. SmolLM2), their rows at the mean of the old
-    rows. Returns (and writes to ``out_dir/sid_tokens.json`` when given) ``{"tokens": {token: id}, "first_id", "last_id", "vocab_rows"}``.
+    rows. Returns (and writes to ``out_dir/sid_tokens.json`` when given)
+    ``{"tokens": {token: id}, "first_id", "last_id", "vocab_rows"}``.
     """
     tok = _tokenizer(processor_or_tokenizer)
     vocab = codebook.vocabulary()

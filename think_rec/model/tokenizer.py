@@ -46,6 +46,7 @@ def chat_template(user_parts: str) -> str:
 CHAT_TEMPLATE = chat_template(IMAGE_PARTS)  # Qwen-VL
 TEXT_CHAT_TEMPLATE = chat_template(TEXT_PARTS)  # Qwen3 / Qwen2.5 / SmolLM2 (ChatML text models)
 
+
 def train_tokenizer(corpus: Iterable[str], vocab_size: int = 4000,
                     template: str = CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
     """Train a ByteLevel BPE on ``corpus`` and wrap it like a Qwen tokenizer (pad = ``<|endoftext|>``)."""
