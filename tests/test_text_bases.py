@@ -110,3 +110,20 @@ def test_vllm_serves_the_text_only_model(text_run, synthetic_dataset):
 
     got = asyncio.run(ranked())
     assert len(got) == 3 and all(i in codebook.codes for i, _ in got)
+
+
+def test_qlora_on_a_text_only_base(text_run):
+    name, _, codebook, aligned, _ = text_run
+    if name != "qwen3":
+        pytest.skip("the tiny Qwen3 is the cheap one")
+    pytest.importorskip("bitsandbytes")
+    from think_rec.model.adapters import apply_lora
+
+    model, tok = load_model(aligned, quantization="4bit")
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    lora = apply_lora(model, tok.convert_tokens_to_ids(codebook.vocabulary()), r=4, alpha=8)
+    batch = tok(["a red shoe " + codebook.sid_string(next(iter(codebook.codes)))], return_tensors="pt")
+    lora(**batch, labels=batch["input_ids"]).loss.backward()
+    grads = {n: p.grad for n, p in lora.named_parameters() if p.requires_grad}
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "trainable_tokens" in n)

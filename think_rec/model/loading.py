@@ -72,7 +72,10 @@ def load_processor(path: str | Path):
     template has no ``{% generation %}`` block (assistant-only loss) nor content-part lists gets
     ``TEXT_CHAT_TEMPLATE`` (the same ChatML layout)."""
     if is_multimodal(AutoConfig.from_pretrained(str(path))):
-        return AutoProcessor.from_pretrained(str(path))
+        try:
+            return AutoProcessor.from_pretrained(str(path))
+        except (ValueError, OSError, TypeError):  # a checkpoint saved without its processor
+            return AutoTokenizer.from_pretrained(str(path))
     tok = AutoTokenizer.from_pretrained(str(path))
     if "generation" not in (tok.chat_template or ""):
         if "<|im_start|>" in tok.get_vocab():
