@@ -32,12 +32,20 @@ def stage1(dirs: RunDirs, base: str, **kw) -> AlignConfig:
         lora_r=4, lora_alpha=8, prior_valid_users=2, served_num_beams=4, save_steps=100, disable_tqdm=True), **kw})
 
 
-@pytest.fixture(scope="module", params=["qwen3", "smol"])
-def text_run(request, synthetic_dataset, tmp_path_factory):
-    """``(name, dirs, codebook, stage1_dir, stage2_dir)`` for one text-only base."""
-    dirs = RunDirs(tmp_path_factory.mktemp(f"text_{request.param}"))
+@pytest.fixture(scope="module")
+def shop(synthetic_dataset, tmp_path_factory) -> tuple[RunDirs, object]:
+    """The saved synthetic shop and its 2x8 SIDs, shared by both bases."""
+    dirs = RunDirs(tmp_path_factory.mktemp("text_shop"))
     synthetic_dataset.save(dirs.data)
-    codebook = ensure_sids(dirs, synthetic_dataset, encoder="text", codebook_size=8, levels=2)
+    return dirs, ensure_sids(dirs, synthetic_dataset, encoder="text", codebook_size=8, levels=2)
+
+
+@pytest.fixture(scope="module", params=["qwen3", "smol"])
+def text_run(request, shop, synthetic_dataset, tmp_path_factory):
+    """``(name, dirs, codebook, stage1_dir, stage2_dir)`` for one text-only base."""
+    (shared, codebook), dirs = shop, RunDirs(tmp_path_factory.mktemp(f"text_{request.param}"))
+    dirs.data.symlink_to(shared.data)
+    dirs.sids.symlink_to(shared.sids)
     if request.param == "qwen3":
         from think_rec.model.tiny import build_tiny
 
@@ -60,11 +68,10 @@ def test_stages_give_catalog_items_by_trie_search_and_hf_api(text_run, synthetic
     assert not hasattr(tok, "image_processor") and "ForCausalLM" in type(model).__name__, name
     model.eval()
     items = synthetic_dataset.catalog.by_id
-    histories = [s[-HISTORY - 1:-1] for s in synthetic_dataset.interactions.sequences[:2]]
+    histories = [synthetic_dataset.interactions.sequences[0][-HISTORY - 1:-1]]
     prompts = [render_recommend_prompt(h, items, codebook, tok, with_images=False).text for h in histories]
-    for r in think_then_recommend(model, tok, prompts, SIDTrie.from_codebook(codebook, tok), k=3,
-                                  max_think_tokens=8):
-        assert len(r.items) == 3 and all(i in codebook.codes for i, _ in r.items)
+    (r,) = think_then_recommend(model, tok, prompts, SIDTrie.from_codebook(codebook, tok), k=3, max_think_tokens=8)
+    assert len(r.items) == 3 and all(i in codebook.codes for i, _ in r.items)
     config = ServeConfig(model=reasoned, data=dirs.data, sids=dirs.sids, backend="hf",
                          session_db=dirs.root / "sessions.sqlite")
     with TestClient(create_app(RecService(config))) as client:
@@ -127,3 +134,19 @@ def test_qlora_on_a_text_only_base(text_run):
     grads = {n: p.grad for n, p in lora.named_parameters() if p.requires_grad}
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "trainable_tokens" in n)
+
+
+def test_stage3_grpo_on_a_text_only_base(text_run, tmp_path):
+    name, dirs, _, _, reasoned = text_run
+    if name != "qwen3":
+        pytest.skip("the tiny Qwen3 is the cheap one")
+    from think_rec.finetune.rl import train_rl
+    from think_rec.finetune.rl_config import RLConfig
+
+    final = train_rl(RLConfig(
+        output_dir=str(tmp_path / "rl"), model=str(reasoned), data_dir=str(dirs.data), sids_dir=str(dirs.sids),
+        max_history=HISTORY, num_examples=4, num_beams=4, num_generations=2, per_device_train_batch_size=2,
+        max_completion_length=8, lora_r=4, lora_alpha=8, max_steps=1, save_steps=100, disable_tqdm=True,
+        rewards={"rollout_beam": 1.0, "format": 1.0}))
+    model, _ = load_model(final)
+    assert "ForCausalLM" in type(model).__name__
