@@ -150,3 +150,27 @@ def test_stage3_grpo_on_a_text_only_base(text_run, tmp_path):
         rewards={"rollout_beam": 1.0, "format": 1.0}))
     model, _ = load_model(final)
     assert "ForCausalLM" in type(model).__name__
+
+
+def test_chatml_template_without_generation_blocks_is_replaced(text_run, tmp_path):
+    """A hub-like text tokenizer (SmolLM2's template: no ``{% generation %}``, string contents only) gets the
+    ChatML template that assistant-only loss and content-part lists need."""
+    name, _, _, aligned, _ = text_run
+    if name != "qwen3":
+        pytest.skip("one text-only base is enough")
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from think_rec.model.loading import load_processor
+    from think_rec.model.tokenizer import TEXT_CHAT_TEMPLATE
+
+    tok = AutoTokenizer.from_pretrained(aligned)
+    tok.chat_template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}"
+                         "{{ '<|im_end|>\\n' }}{% endfor %}"
+                         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    tok.save_pretrained(tmp_path)
+    shutil.copy(aligned / "config.json", tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).chat_template == tok.chat_template != TEXT_CHAT_TEMPLATE
+    assert load_processor(tmp_path).chat_template == TEXT_CHAT_TEMPLATE
+    assert load_processor(aligned).chat_template == TEXT_CHAT_TEMPLATE  # built with it

@@ -20,6 +20,7 @@ from think_rec.model.tokenizer import TEXT_CHAT_TEMPLATE
 
 TINY_DIR = Path(os.environ.get("THINK_REC_HOME", "~/.cache/think_rec")).expanduser() / "tiny"
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+GENERATION_BLOCK = re.compile(r"{%-?\s*generation\s*-?%}")
 log = logging.getLogger(__name__)
 
 
@@ -77,7 +78,7 @@ def load_processor(path: str | Path):
         except (ValueError, OSError, TypeError):  # a checkpoint saved without its processor
             return AutoTokenizer.from_pretrained(str(path))
     tok = AutoTokenizer.from_pretrained(str(path))
-    if "generation" not in (tok.chat_template or ""):
+    if not GENERATION_BLOCK.search(tok.chat_template or ""):
         if "<|im_start|>" in tok.get_vocab():
             tok.chat_template = TEXT_CHAT_TEMPLATE
         else:
