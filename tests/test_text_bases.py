@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import shutil
 
 import pytest
 from fastapi.testclient import TestClient
+from transformers import AutoTokenizer
 
 from think_rec.decoding import SIDTrie, think_then_recommend
 from think_rec.finetune.align import train_align
 from think_rec.finetune.align_config import AlignConfig
 from think_rec.finetune.reason import train_reason
 from think_rec.finetune.reason_config import ReasonConfig
-from think_rec.model.loading import load_model
+from think_rec.finetune.rl import train_rl
+from think_rec.finetune.rl_config import RLConfig
+from think_rec.model.adapters import apply_lora
+from think_rec.model.loading import load_model, load_processor
+from think_rec.model.tokenizer import TEXT_CHAT_TEMPLATE
 from think_rec.pipeline import RunDirs, ensure_sids, tokenizer_corpus
 from think_rec.prompts import render_recommend_prompt
 from think_rec.serve.api import RecService, ServeConfig, create_app
@@ -40,13 +46,12 @@ def shop(synthetic_dataset, tmp_path_factory) -> tuple[RunDirs, object]:
     return dirs, ensure_sids(dirs, synthetic_dataset, encoder="text", codebook_size=8, levels=2)
 
 
-@pytest.fixture(scope="module", params=["qwen3", "smol"])
-def text_run(request, shop, synthetic_dataset, tmp_path_factory):
-    """``(name, dirs, codebook, stage1_dir, stage2_dir)`` for one text-only base."""
-    (shared, codebook), dirs = shop, RunDirs(tmp_path_factory.mktemp(f"text_{request.param}"))
+def text_run(name: str, shop, synthetic_dataset, tmp_path_factory) -> tuple:
+    """``(dirs, codebook, stage1_dir, stage2_dir)`` of base ``name`` (qwen3 | smol) on the shared shop."""
+    (shared, codebook), dirs = shop, RunDirs(tmp_path_factory.mktemp(f"text_{name}"))
     dirs.data.symlink_to(shared.data)
     dirs.sids.symlink_to(shared.sids)
-    if request.param == "qwen3":
+    if name == "qwen3":
         from think_rec.model.tiny import build_tiny
 
         base = str(build_tiny(dirs.tiny, tokenizer_corpus(synthetic_dataset), family="qwen3"))
@@ -59,13 +64,26 @@ def text_run(request, shop, synthetic_dataset, tmp_path_factory):
         output_dir=str(dirs.root / "reason"), model=str(aligned), data_dir=str(dirs.data), sids_dir=str(dirs.sids),
         num_examples=2, max_history=HISTORY, rejection_top_n=0, per_device_train_batch_size=1, max_steps=1,
         lora_r=4, lora_alpha=8, save_steps=100, disable_tqdm=True))
-    return request.param, dirs, codebook, aligned, reasoned
+    return dirs, codebook, aligned, reasoned
 
 
-def test_stages_give_catalog_items_by_trie_search_and_hf_api(text_run, synthetic_dataset):
-    name, dirs, codebook, aligned, reasoned = text_run
+@pytest.fixture(scope="module")
+def qwen3_run(shop, synthetic_dataset, tmp_path_factory):
+    """The tiny text-only Qwen3 (from config) through stages 1 and 2."""
+    return text_run("qwen3", shop, synthetic_dataset, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def smol_run(shop, synthetic_dataset, tmp_path_factory):
+    """The ``smol`` preset (SmolLM2-135M-Instruct) through stages 1 and 2."""
+    return text_run("smol", shop, synthetic_dataset, tmp_path_factory)
+
+
+@pytest.mark.parametrize("run", ["qwen3_run", "smol_run"])
+def test_stages_give_catalog_items_by_trie_search_and_hf_api(run, request, synthetic_dataset):
+    dirs, codebook, aligned, reasoned = request.getfixturevalue(run)
     model, tok = load_model(reasoned)
-    assert not hasattr(tok, "image_processor") and "ForCausalLM" in type(model).__name__, name
+    assert not hasattr(tok, "image_processor") and "ForCausalLM" in type(model).__name__
     model.eval()
     items = synthetic_dataset.catalog.by_id
     histories = [synthetic_dataset.interactions.sequences[0][-HISTORY - 1:-1]]
@@ -82,10 +100,8 @@ def test_stages_give_catalog_items_by_trie_search_and_hf_api(text_run, synthetic
         assert len(got) == 3 and all(it["id"] in synthetic_dataset.catalog for it in got)
 
 
-def test_images_for_a_text_only_base_name_it(text_run, synthetic_dataset):
-    name, dirs, codebook, aligned, _ = text_run
-    if name != "qwen3":
-        pytest.skip("one text-only base is enough")
+def test_images_for_a_text_only_base_name_it(qwen3_run, synthetic_dataset):
+    dirs, codebook, aligned, _ = qwen3_run
     _, tok = load_model(aligned)
     history = synthetic_dataset.interactions.sequences[0][:HISTORY]
     with pytest.raises(ValueError, match=f"base {aligned} is text-only"):
@@ -94,11 +110,9 @@ def test_images_for_a_text_only_base_name_it(text_run, synthetic_dataset):
         train_align(stage1(dirs, str(dirs.tiny), with_images=True, output_dir=str(dirs.root / "img")))
 
 
-def test_vllm_serves_the_text_only_model(text_run, synthetic_dataset):
+def test_vllm_serves_the_text_only_model(qwen3_run, synthetic_dataset):
     """The merged tiny Qwen3 on vLLM's CPU engine (float32): the trie beam search returns catalog items."""
-    name, dirs, codebook, aligned, _ = text_run
-    if name != "qwen3":
-        pytest.skip("the tiny Qwen3 is the cheap one")
+    dirs, codebook, aligned, _ = qwen3_run
     pytest.importorskip("vllm")
     from think_rec.serve.engine import EngineConfig
     from think_rec.serve.engine_vllm import VLLMEngine
@@ -119,13 +133,9 @@ def test_vllm_serves_the_text_only_model(text_run, synthetic_dataset):
     assert len(got) == 3 and all(i in codebook.codes for i, _ in got)
 
 
-def test_qlora_on_a_text_only_base(text_run):
-    name, _, codebook, aligned, _ = text_run
-    if name != "qwen3":
-        pytest.skip("the tiny Qwen3 is the cheap one")
+def test_qlora_on_a_text_only_base(qwen3_run):
+    _, codebook, aligned, _ = qwen3_run
     pytest.importorskip("bitsandbytes")
-    from think_rec.model.adapters import apply_lora
-
     model, tok = load_model(aligned, quantization="4bit")
     assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
     lora = apply_lora(model, tok.convert_tokens_to_ids(codebook.vocabulary()), r=4, alpha=8)
@@ -136,13 +146,8 @@ def test_qlora_on_a_text_only_base(text_run):
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "trainable_tokens" in n)
 
 
-def test_stage3_grpo_on_a_text_only_base(text_run, tmp_path):
-    name, dirs, _, _, reasoned = text_run
-    if name != "qwen3":
-        pytest.skip("the tiny Qwen3 is the cheap one")
-    from think_rec.finetune.rl import train_rl
-    from think_rec.finetune.rl_config import RLConfig
-
+def test_stage3_grpo_on_a_text_only_base(qwen3_run, tmp_path):
+    dirs, _, _, reasoned = qwen3_run
     final = train_rl(RLConfig(
         output_dir=str(tmp_path / "rl"), model=str(reasoned), data_dir=str(dirs.data), sids_dir=str(dirs.sids),
         max_history=HISTORY, num_examples=4, num_beams=4, num_generations=2, per_device_train_batch_size=2,
@@ -152,19 +157,10 @@ def test_stage3_grpo_on_a_text_only_base(text_run, tmp_path):
     assert "ForCausalLM" in type(model).__name__
 
 
-def test_chatml_template_without_generation_blocks_is_replaced(text_run, tmp_path):
+def test_chatml_template_without_generation_blocks_is_replaced(qwen3_run, tmp_path):
     """A hub-like text tokenizer (SmolLM2's template: no ``{% generation %}``, string contents only) gets the
     ChatML template that assistant-only loss and content-part lists need."""
-    name, _, _, aligned, _ = text_run
-    if name != "qwen3":
-        pytest.skip("one text-only base is enough")
-    import shutil
-
-    from transformers import AutoTokenizer
-
-    from think_rec.model.loading import load_processor
-    from think_rec.model.tokenizer import TEXT_CHAT_TEMPLATE
-
+    _, _, aligned, _ = qwen3_run
     tok = AutoTokenizer.from_pretrained(aligned)
     tok.chat_template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}"
                          "{{ '<|im_end|>\\n' }}{% endfor %}"
