@@ -203,9 +203,10 @@ def evaluate_reasoning(rec: RecModel, examples: datasets.Dataset, *, think: bool
     targets = column(examples, "target")
     results: list[ThinkResult] = []
     start = time.perf_counter()
+    tok = getattr(processor, "tokenizer", processor)
     for s in tqdm(range(0, len(histories), batch_size), desc=desc, disable=not progress):
         batch = histories[s:s + batch_size]
-        prompts = [served_prompt(processor.tokenizer, h, items, rec.codebook, max_history) for h in batch]
+        prompts = [served_prompt(tok, h, items, rec.codebook, max_history) for h in batch]
         citations = [{i: citation_title(items[i]) for i in h} for h in batch]
         results += think_then_recommend(
             model, processor, prompts, rec.trie, k=k, num_beams=num_beams or served.num_beams, citations=citations,

@@ -29,7 +29,7 @@ from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.adapters import make_trainable, warmup_only
 from think_rec.model.dropout import add_dropout
 from think_rec.model.itemic_tokens import add_item_tokens, add_sid_tokens
-from think_rec.model.loading import load_model
+from think_rec.model.loading import load_model, require_vision
 
 from think_rec.decoding.trie import SIDTrie
 from think_rec.prompts import render_recommend_prompt
@@ -172,6 +172,8 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     last = resume_point(args, fingerprint, overwrite=config.overwrite, outputs=[merged])
     model, processor = load_model(str(base), quantization=config.quantization,
                                   gradient_checkpointing=config.gradient_checkpointing)
+    if config.with_images and phase != "sequence":
+        require_vision(processor, f"stage-1 config with_images: true (phase {phase})")
     tokenizer = getattr(processor, "tokenizer", processor)
     vocab = codebook.vocabulary()
     known = tokenizer.get_vocab()

@@ -127,7 +127,7 @@ def train_rl(config: RLConfig) -> Path:
     out, final = Path(config.output_dir), Path(config.output_dir) / "final"
     last = resume_point(config, fingerprint, overwrite=config.overwrite, outputs=[final])
     model, processor = load_model(config.model)
-    tok = processor.tokenizer
+    tok = getattr(processor, "tokenizer", processor)
     missing = [t for t in [*codebook.vocabulary(), THINK_OPEN, THINK_CLOSE] if t not in tok.get_vocab()]
     if missing:
         raise ValueError(f"{config.model}: the tokenizer lacks {missing[0]!r}; train stages 1 and 2 on this "

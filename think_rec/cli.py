@@ -133,10 +133,11 @@ def sids_stats(sids: Path = typer.Argument(..., help="A folder written by `sids 
 def model_tiny(
     data: Path = typer.Option(..., help="A prepared data folder (its text trains the tokenizer)."),
     out: Path = typer.Option(..., help="Output folder (save_pretrained model + processor)."),
-    family: str = typer.Option("qwen3_vl", help="qwen3_vl | qwen2_5_vl"),
+    family: str = typer.Option("qwen3_vl", help="qwen3_vl | qwen2_5_vl | qwen3 (text-only)"),
     seed: int = typer.Option(0),
 ) -> None:
-    """Build the tiny preset: the production Qwen-VL architecture shrunk, random init, offline tokenizer."""
+    """Build the tiny preset: the production Qwen-VL (or a text-only Qwen3) architecture shrunk, random init, offline
+    tokenizer."""
     from think_rec.data.schema import RecDataset
     from think_rec.model.tiny import build_tiny
     from think_rec.pipeline import tokenizer_corpus

@@ -21,6 +21,7 @@ from .data.errors import DataError
 from .data.images import IMAGE_SUFFIXES, resolve_image
 from .data.schema import Catalog
 from .itemic.codebook import SIDCodebook
+from .model.loading import require_vision
 
 Items = Catalog | Mapping[str, dict[str, Any]]  # anything with catalog[item_id] -> row
 
@@ -224,7 +225,10 @@ class RecommendPrompt:
 def render_recommend_prompt(history_item_ids: Sequence[str], catalog: Items, codebook: SIDCodebook,
                             processor: Any, with_images: bool = True, max_images: int = 4,
                             image_root: str | Path | None = None) -> RecommendPrompt:
-    """The sequential-preference prompt (same as in training) ending in the assistant's generation header."""
+    """The sequential-preference prompt (same as in training) ending in the assistant's generation header; images
+    for a text-only base (``processor`` a tokenizer) are an error naming the base."""
     ex = sequential_example(history_item_ids, None, catalog, codebook, with_images, max_images, image_root)
+    if ex["images"]:
+        require_vision(processor, "render_recommend_prompt(with_images=True)")
     text = processor.apply_chat_template(ex["messages"], tokenize=False, add_generation_prompt=True)
     return RecommendPrompt(ex["messages"], text, ex["images"])

@@ -62,7 +62,8 @@ def reasoning_example(root: str | Path, example: dict, budget_minutes: float = 2
     rec = RecModel.load(final, dirs.sids, dirs.data)
     items = rec.items
     history = list(example["history"])[-max_history:]
-    prompt = served_prompt(rec.processor.tokenizer, history, items, rec.codebook, max_history)
+    tok = getattr(rec.processor, "tokenizer", rec.processor)
+    prompt = served_prompt(tok, history, items, rec.codebook, max_history)
     (result,) = think_then_recommend(rec.model, rec.processor, [prompt], rec.trie, k=5,
                                      num_beams=rec.served.num_beams, citations=[{i: citation_title(items[i])
                                                                                 for i in history}],

@@ -6,8 +6,9 @@ from pathlib import Path
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils.other import TrainableTokensWrapper
 
-# Attention + MLP projections of the language model only (the vision tower reuses the MLP names in Qwen2.5-VL).
-LM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# Attention + MLP projections of the language model only (the vision tower ``visual`` reuses the MLP names in
+# Qwen2.5-VL): ``model.language_model.layers...`` of a VLM, ``model.layers...`` of a text-only base.
+LM_TARGETS = r"(?!.*visual).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 TOKEN_LAYERS = ("embed_tokens", "lm_head")  # peft ties lm_head to embed_tokens itself when weights are tied
 
 # TRL's fused LM-head loss reads `lm_head.bias`; peft's wrapper does not forward it. The one fix, here:

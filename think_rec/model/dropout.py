@@ -24,7 +24,7 @@ def add_dropout(model: nn.Module, p: float) -> list[RemovableHandle]:
     handles = [model.get_input_embeddings().register_forward_hook(_drop_output(p))]
     layers = 0
     for name, module in model.named_modules():
-        if "language_model" not in name:
+        if "visual" in name:  # the vision tower of a VLM; a text-only base has none
             continue
         if name.endswith(".self_attn"):
             module.attention_dropout = p

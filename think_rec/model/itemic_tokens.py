@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from think_rec.itemic.codebook import SIDCodebook, code_token
+from think_rec.model.tokenizer import THINK_TOKENS
 
 TOKEN_MAP = "sid_tokens.json"
 
@@ -56,8 +57,10 @@ def add_sid_tokens(model, processor_or_tokenizer, codebook: SIDCodebook, item_te
     """Add ``codebook.vocabulary()`` as added tokens, grow embeddings to a multiple of ``pad_to_multiple_of``
     and initialise the new rows (input embeddings, and lm_head when untied) from ``item_texts`` (item -> title).
 
-    Tokens are added non-special so ``decode(skip_special_tokens=True)`` keeps them. Returns (and writes to
-    ``out_dir/sid_tokens.json`` when given) ``{"tokens": {token: id}, "first_id", "last_id", "vocab_rows"}``.
+    Tokens are added non-special so ``decode(skip_special_tokens=True)`` keeps them. ``<think>``/``</think>``
+    (stage 2) are added after them when the base lacks them (e.g. SmolLM2), their rows at the mean of the old
+    rows. Returns (and writes to ``out_dir/sid_tokens.json`` when given)
+    ``{"tokens": {token: id}, "first_id", "last_id", "vocab_rows"}``.
     """
     tok = _tokenizer(processor_or_tokenizer)
     vocab = codebook.vocabulary()
@@ -73,16 +76,19 @@ def add_sid_tokens(model, processor_or_tokenizer, codebook: SIDCodebook, item_te
     first, last = ids[vocab[0]], ids[vocab[-1]]
     if sorted(ids.values()) != list(range(first, last + 1)):
         raise RuntimeError(f"SID token ids are not contiguous ({first}..{last})")
+    think = [t for t in THINK_TOKENS if t not in known]
+    tok.add_tokens(think)
     rows = -(-max(len(tok), emb.weight.shape[0]) // pad_to_multiple_of) * pad_to_multiple_of
     if rows != emb.weight.shape[0]:
         model.resize_token_embeddings(rows, mean_resizing=False)
-    sources = _row_sources(codebook, title_ids)
+    sources = {**_row_sources(codebook, title_ids), **{t: [] for t in think}}
+    new = {**ids, **dict(zip(think, tok.convert_tokens_to_ids(think)))}
     gen = torch.Generator().manual_seed(seed)
     in_w = model.get_input_embeddings().weight
-    _init_rows(in_w, old_rows, ids, sources, gen)
+    _init_rows(in_w, old_rows, new, sources, gen)
     out_emb = model.get_output_embeddings()
     if out_emb is not None and out_emb.weight.data_ptr() != in_w.data_ptr():
-        _init_rows(out_emb.weight, old_rows, ids, sources, gen)
+        _init_rows(out_emb.weight, old_rows, new, sources, gen)
     token_map = {"tokens": ids, "first_id": first, "last_id": last, "vocab_rows": rows}
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
