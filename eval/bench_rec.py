@@ -21,6 +21,7 @@ from think_rec.model.artefacts import ServedConfig
 from think_rec.pipeline import RunDirs, ensure_data, ensure_sids, ensure_tiny
 
 from .markov import MarkovModel
+from .published import add_published
 from .rec import METRICS, baseline_rows, served_rows, stream_rows
 from .report import write_report
 
@@ -28,6 +29,7 @@ DATASETS = {
     "scientific": ("lcrec", "amazon18-scientific"),
     "industrial": ("amazon18", "amazon18-industrial"),
     "ml-100k": ("recbole", "ml-100k"),
+    "beauty": ("amazon14", "amazon14-beauty"),  # sequences only: behaviour SIDs (``sid_encoder``)
 }
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -46,13 +48,21 @@ def align_config(dirs: RunDirs, budget_minutes: float, seed: int = 0, recipe: st
                                         "overwrite": True, **overrides})
 
 
+def sid_encoder(data: RecDataset) -> str:
+    """``SID_ENCODER``, or ``"behaviour"`` for a catalog without item text (e.g. Beauty's sequence file)."""
+    return SID_ENCODER if data.catalog.has_text() else "behaviour"
+
+
 def prepare_run(dataset: str, work_dir: str | Path, codebook_size: int = 256, seed: int = 0,
-                encoder: str = SID_ENCODER) -> tuple[RunDirs, RecDataset, SIDCodebook]:
-    """``work_dir/DATASET`` with its prepared data, semantic IDs and tiny preset (each built once)."""
+                encoder: str | None = None) -> tuple[RunDirs, RecDataset, SIDCodebook]:
+    """``work_dir/DATASET`` with its prepared data, semantic IDs (``encoder``, default ``sid_encoder``) and tiny
+    preset (each built once)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
     source, folder = DATASETS[dataset]
     dirs = RunDirs(Path(work_dir) / dataset)
     data = ensure_data(dirs, source, folder if source == "recbole" else str(SHARED_DATA / folder))
-    codebook = ensure_sids(dirs, data, codebook_size=codebook_size, seed=seed, encoder=encoder)
+    codebook = ensure_sids(dirs, data, codebook_size=codebook_size, seed=seed, encoder=encoder or sid_encoder(data))
     ensure_tiny(dirs, data, seed=seed)
     return dirs, data, codebook
 
@@ -64,7 +74,8 @@ def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: i
     weight chosen on ``valid_users``) and the SASRecs within ``budget_minutes`` each, score every system on the
     same test users (all by default), write ``out_dir/DATASET.{json,md,png}``.
 
-    History exclusion is decided from train + valid (``history_exclusion``) and passed to every system."""
+    History exclusion is decided from train + valid (``history_exclusion``) and passed to every system. Published
+    numbers for the dataset (``published.PUBLISHED``) are added as rows marked ``published``."""
     dirs, data, codebook = prepare_run(dataset, work_dir, codebook_size, seed)
     split = leave_one_out(data.interactions, max_history=load_align_config(recipe).sequence_max_items - 1)
     exclude = history_exclusion(split)
@@ -87,5 +98,6 @@ def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: i
                "served": asdict(ServedConfig.load(model_dir)), "prior_weight": prior.weight,
                "prior_selection": prior.selection, "recipe": str(Path(recipe).name),
                "codebook": codebook.stats(), "rows": rows}
+    payload = add_published(payload)
     write_report(dataset, payload, out_dir, metric_keys=METRICS)
     return payload

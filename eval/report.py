@@ -28,7 +28,8 @@ def write_report(name: str, payload: dict[str, Any], out_dir: str | Path = "eval
 
     The table shows ``metric_keys`` (default: the numeric ones) per row, then the payload's other keys and
     ``notes``; the chart has one panel per ``chart_keys`` (default: the numeric metric keys). Rows are
-    labelled by ``system`` and their string-valued table columns."""
+    labelled by ``system`` and their string-valued table columns; rows with ``"published": true`` (numbers from a
+    paper, with their ``source``) are marked "(published)", hatched in the chart and their sources listed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,6 +38,9 @@ def write_report(name: str, payload: dict[str, Any], out_dir: str | Path = "eval
     rows = payload.get("rows")
     if not rows or any("system" not in r for r in rows):
         raise ValueError(f"report {name!r}: payload needs rows=[{{'system': ..., metric: value}}, ...]")
+    published = [r for r in rows if r.get("published")]
+    if any("source" not in r for r in published):
+        raise ValueError(f"report {name!r}: every row with 'published' needs its 'source'")
     payload.setdefault("commit", git_commit())
     keys = list(metric_keys or [k for k in rows[0] if k != "system" and isinstance(rows[0][k], (int, float))])
     charted = list(chart_keys or [k for k in keys if isinstance(rows[0].get(k), (int, float))])
@@ -48,21 +52,25 @@ def write_report(name: str, payload: dict[str, Any], out_dir: str | Path = "eval
     def fmt(v: Any) -> str:
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
+    def system(r: dict[str, Any]) -> str:
+        return str(r["system"]) + (" (published)" if r.get("published") else "")
+
     lines = [f"# {payload.get('benchmark', name)}" + (f" — {payload['dataset']}" if "dataset" in payload else ""),
              "", "| system | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    lines += ["| " + " | ".join([str(r["system"])] + [fmt(r.get(k, "")) for k in keys]) + " |" for r in rows]
+    lines += ["| " + " | ".join([system(r)] + [fmt(r.get(k, "")) for k in keys]) + " |" for r in rows]
+    lines += [""] * bool(published) + [f"- {system(r)}: {r['source']}" for r in published]
     extra = {k: v for k, v in payload.items() if k not in ("benchmark", "dataset", "rows")}
     lines += [""] * bool(extra) + [f"- **{k}**: {json.dumps(v) if isinstance(v, (dict, list)) else fmt(v)}"
                                    for k, v in extra.items()]
     lines += ["", notes] if notes else []
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
-    labels = [" ".join([str(r["system"])] + [r[k] for k in keys if isinstance(r.get(k), str)]) for r in rows]
+    labels = [" ".join([system(r)] + [r[k] for k in keys if isinstance(r.get(k), str)]) for r in rows]
     fig, axes = plt.subplots(1, len(charted), figsize=(max(4, (1 + 0.35 * len(rows)) * len(charted)), 3.5),
                              squeeze=False)
     for ax, key in zip(axes[0], charted):  # one panel per metric: each on its own scale
         for i, (r, label) in enumerate(zip(rows, labels)):
-            ax.bar(i, r.get(key, 0) or 0, color=f"C{i % 10}", label=label)
+            ax.bar(i, r.get(key, 0) or 0, color=f"C{i % 10}", label=label, hatch="//" if r.get("published") else None)
         ax.set_title(key, fontsize=9)
         ax.set_xticks([])
     ncol = min(4, len(rows))

@@ -429,7 +429,8 @@ def bench_decode(
 
 @bench_app.command("rec")
 def bench_rec(
-    dataset: str = typer.Option("scientific", help="scientific | industrial | ml-100k"),
+    dataset: str = typer.Option("scientific", help="scientific | industrial | ml-100k | beauty (Amazon 2014 Beauty, "
+                                                   "behaviour SIDs, published numbers beside)"),
     budget_minutes: float = typer.Option(10.0, help="Wall-clock training budget, the same for each trained system."),
     eval_users: int = typer.Option(0, help="Test users scored (0: all; else a seeded sample, the same for all)."),
     valid_users: int = typer.Option(2000, help="Valid users that choose think_rec's prior weight (0: all)."),

@@ -103,6 +103,10 @@ class Catalog:
             out.append(". ".join(p for p in parts if p))
         return out
 
+    def has_text(self) -> bool:
+        """Whether some item has a title, brand, category or description (``texts`` not all empty)."""
+        return any(self.texts())
+
 
 @dataclass
 class Interactions:

@@ -33,6 +33,9 @@ def item_embeddings(dataset: RecDataset, encoder: str = "text", *, text_model: s
     if bad or len(set(modalities)) != len(modalities):
         raise ValueError(f"encoder {encoder!r}: use '+'-joined modalities from {MODALITIES}")
     catalog, meta = dataset.catalog, {}
+    if "text" in modalities and not catalog.has_text():
+        raise ValueError(f"encoder {encoder!r}: catalog of {dataset.name!r} has no item text (title, brand, categories "
+                         "and description empty for every item); use encoder 'behaviour'")
     parts = {m: np.asarray(x) for m, x in (encoded or {}).items() if m in modalities}
     if "text" in modalities and "text" not in parts:
         parts["text"] = encode_text(catalog.texts(), text_model, progress=progress)
