@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from .trie import SIDTrie
-from .trie_beam import Beam, Children, expand, ranked_items, sid_logprobs
+from .trie_beam import Beam, Children, ranked_items, sid_logprobs
 
 Ranked = list[tuple[str, float]]
 
@@ -62,15 +62,23 @@ class _Decoder:
         self.cache.batch_select_indices(rows.to(self.model.device))
         self.mask = self.mask[rows]
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed ``tokens`` (rows x n) after each row; log-probs (rows x n x vocab) of what follows each."""
+    def _forward(self, tokens: torch.Tensor) -> torch.Tensor:
         positions = self.mask.sum(-1, keepdim=True) + torch.arange(tokens.shape[1])
         self.mask = torch.cat([self.mask, torch.ones_like(tokens)], dim=1)
         device = self.model.device
         out = self.model(input_ids=tokens.to(device), attention_mask=self.mask.to(device),
                          position_ids=positions.to(device), past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
-        return self._logprobs(out.logits)
+        return out.logits
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed ``tokens`` (rows x n) after each row; log-probs (rows x n x vocab) of what follows each."""
+        return self._logprobs(self._forward(tokens))
+
+    def sid_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``step``'s log-probs over the SID tokens alone (rows x n x SID tokens), on the model's device."""
+        logits = self._forward(tokens)
+        return logits[..., self.sid_ids.to(logits.device)].float().log_softmax(-1)
 
 
 def _token_ids(tokenizer, trie: SIDTrie) -> tuple[int, int]:
@@ -88,9 +96,9 @@ def _beams(model, tokenizer, prompts: Sequence[str | Sequence[int]], trie: SIDTr
     results: list[list[Beam]] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        banned = [trie.banned_counts(exclude[start + i]) if exclude else None for i in range(len(chunk))]
+        dead = trie.dead_nodes(exclude[start:start + batch_size]) if exclude else None
         decoder = _Decoder(model, chunk, begin, pad, trie.token_ids)
-        results.extend(_search(decoder, trie, banned, num_beams, depth, begin))
+        results.extend(_search(decoder, trie, dead, num_beams, depth, begin))
     return results
 
 
@@ -112,27 +120,47 @@ def prefix_search(model, tokenizer, prompts: Sequence[str | Sequence[int]], trie
     return _beams(model, tokenizer, prompts, trie, num_beams, depth, None, batch_size)
 
 
-def _search(decoder: _Decoder, trie: SIDTrie, banned: list, num_beams: int, depth: int, begin: int) -> list[list[Beam]]:
-    n = len(banned)
-    beams: list[list[Beam]] = [[((begin,), 0.0)] for _ in range(n)]
-    parents: list[int] = []
-    tokens: list[int] = []
-    logprobs, width = decoder.first_logprobs.unsqueeze(1), 1  # (rows, 1, vocab); row r serves user r // width
+def _search(decoder: _Decoder, trie: SIDTrie, dead: list[list[int]] | None, num_beams: int, depth: int,
+            begin: int) -> list[list[Beam]]:
+    """Trie beam search of all users at once: per level, each user's beams x children candidates are scored and
+    sorted in one tensor op. The sort is stable over (beam, child token), so ties keep beam then token order
+    (as ``expand``); ``-inf`` candidates (pruned or padding) never become beams."""
+    n, device = len(decoder.mask), decoder.model.device
+    table = trie.table(device)
+    users = torch.arange(n, device=device).unsqueeze(1)
+    node = torch.full((n, 1), trie.node_of[(begin,)], device=device)
+    score = torch.zeros((n, 1), device=device)
+    codes = torch.zeros((n, 1, 0), dtype=torch.long, device=device)
+    parent, width = torch.zeros_like(node), 1  # row users * width + parent continues beam (user, b)
+    banned = None
+    if dead is not None and any(dead):  # sorted keys user * nodes + node of the pruned nodes
+        banned = torch.tensor(sorted(u * len(table.count) + v for u, vs in enumerate(dead) for v in vs),
+                              device=device)
+    logprobs = decoder.first_logprobs[:, trie.token_ids].unsqueeze(1).to(device)  # (users, beams, SID tokens)
     for level in range(depth):
         if level:
-            decoder.fork(torch.tensor(parents))
-            logprobs, width = decoder.step(torch.tensor(tokens).unsqueeze(1)), num_beams
-        new_beams, parents, tokens = [], [], []
-        for user in range(n):
-            allowed = [trie.allowed(prefix, banned[user]) for prefix, _ in beams[user]]
-            kept = expand(beams[user], [(a, logprobs[user * width + b, -1, a]) for b, a in enumerate(allowed)],
-                          num_beams)
-            new_beams.append([beam for _, beam in kept])
-            rows = [(b, prefix[-1]) for b, (prefix, _) in kept] or [(0, begin)]  # nothing left: a dead row
-            rows += [rows[-1]] * (num_beams - len(rows))
-            parents.extend(user * width + b for b, _ in rows)
-            tokens.extend(t for _, t in rows)
-        beams = new_beams
+            decoder.fork((users * width + parent).flatten())
+            logprobs = decoder.sid_step(codes[:, :, -1].reshape(-1, 1)).view(n, num_beams, -1)
+        width, k = node.shape[1], table.width[level + 1]
+        slot = torch.arange(k, device=device)
+        edge = table.first[node].unsqueeze(-1) + slot  # (users, beams, k)
+        valid = (slot < table.degree[node].unsqueeze(-1)) & (score > float("-inf")).unsqueeze(-1)
+        edge = edge.where(valid, 0)
+        if banned is not None:
+            valid &= ~torch.isin(users.unsqueeze(-1) * len(table.count) + table.child[edge], banned)
+        cand = (score.unsqueeze(-1) + logprobs.gather(2, table.column[edge])).masked_fill(~valid, float("-inf"))
+        cand = cand.view(n, -1)
+        if cand.shape[1] < num_beams:
+            cand = torch.cat([cand, cand.new_full((n, num_beams - cand.shape[1]), float("-inf"))], 1)
+        score, order = cand.sort(dim=-1, descending=True, stable=True)
+        score, order = score[:, :num_beams], order[:, :num_beams].clamp(max=width * k - 1)
+        parent, edge = order // k, edge.view(n, -1).gather(1, order)
+        node = table.child[edge]
+        codes = torch.cat([codes.gather(1, parent.unsqueeze(-1).expand(-1, -1, level)),
+                           table.token[edge].unsqueeze(-1)], -1)
+    beams = []
+    for user_codes, user_scores in zip(codes.tolist(), score.tolist()):
+        beams.append([((begin, *c), s) for c, s in zip(user_codes, user_scores) if s > float("-inf")])
     return beams
 
 

@@ -2,16 +2,34 @@
 
 Each item reads ``<|sid_begin|> <s_a_..> ... <|sid_end|>``; every trie node keeps its allowed
 next-token ids as a tensor and how many items lie below it, so per-request exclusions prune a
-node exactly when all of its items are banned.
+node exactly when all of its items are banned. ``table`` holds the same trie as tensors (children in CSR
+form) for the batched beam search.
 """
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 
 from ..itemic.codebook import SIDCodebook
+
+
+@dataclass
+class TrieTable:
+    """The trie as tensors on one device: node ``v``'s children are edges ``first[v] .. first[v] + degree[v] - 1``
+    (token order), edge ``e`` leads to node ``child[e]`` by token ``token[e]``, column ``column[e]`` of the
+    SID tokens (``SIDTrie.token_ids``); ``count[v]`` items lie below ``v``; ``width[d]``: the most children of a
+    node of depth ``d`` (its prefix length)."""
+
+    first: torch.Tensor
+    degree: torch.Tensor
+    child: torch.Tensor
+    token: torch.Tensor
+    column: torch.Tensor
+    count: torch.Tensor
+    width: list[int]
 
 
 class SIDTrie:
@@ -22,7 +40,8 @@ class SIDTrie:
             raise ValueError("SIDTrie: no items")
         self.codebook = codebook
         self.node_of: dict[tuple[int, ...], int] = {(): 0}
-        children: list[list[int]] = [[]]
+        children: list[list[tuple[int, int]]] = [[]]  # per node, (token, child node)
+        depth = [0]
         self.count: list[int] = [0]
         self.item_of: dict[tuple[int, ...], str] = {}
         self.path_of: dict[str, list[int]] = {}
@@ -42,17 +61,27 @@ class SIDTrie:
                 if node is None:
                     node = self.node_of[seq[:d]] = len(children)
                     children.append([])
+                    depth.append(d)
                     self.count.append(0)
-                    children[path[-1]].append(seq[d - 1])
+                    children[path[-1]].append((seq[d - 1], node))
                 path.append(node)
             for node in path:
                 self.count[node] += 1
             self.path_of[item] = path
-        self.child_tokens = [torch.tensor(sorted(c), dtype=torch.long) for c in children]
+        children = [sorted(c) for c in children]
+        self.child_tokens = [torch.tensor([t for t, _ in c], dtype=torch.long) for c in children]
         first = next(iter(self.item_of))
         self.first_token, self.end_token = first[0], first[-1]
         self.levels = len(first) - 2  # code tokens between the begin and end markers
         self.token_ids = torch.tensor(sorted({t for seq in self.item_of for t in seq}), dtype=torch.long)
+        degree = torch.tensor([len(c) for c in children])
+        edges = torch.tensor([e for c in children for e in c], dtype=torch.long)
+        widths = [0] * (len(first) + 1)
+        for d, n in zip(depth, degree.tolist()):
+            widths[d] = max(widths[d], n)
+        self._table = TrieTable(degree.cumsum(0) - degree, degree, edges[:, 1], edges[:, 0],
+                                torch.searchsorted(self.token_ids, edges[:, 0]), torch.tensor(self.count), widths)
+        self._tables: dict[torch.device, TrieTable] = {}
 
     @classmethod
     def from_codebook(cls, codebook: SIDCodebook, tokenizer) -> "SIDTrie":
@@ -66,6 +95,19 @@ class SIDTrie:
                              "add them first (think_rec.model add_sid_tokens)")
         id_of = dict(zip(vocab, ids))
         return cls({item: [id_of[t] for t in codebook.tokens(item)] for item in codebook.codes}, codebook)
+
+    def table(self, device: torch.device | str = "cpu") -> TrieTable:
+        """The trie's ``TrieTable`` on ``device`` (moved once)."""
+        device = torch.device(device)
+        if device not in self._tables:
+            t = self._table
+            self._tables[device] = TrieTable(*(x.to(device) for x in (t.first, t.degree, t.child, t.token, t.column,
+                                                                         t.count)), t.width)
+        return self._tables[device]
+
+    def dead_nodes(self, banned: Iterable[set[str]]) -> list[list[int]]:
+        """Per set of banned items, the nodes all of whose items are banned (pruned by the search)."""
+        return [[v for v, n in self.banned_counts(items).items() if n == self.count[v]] for items in banned]
 
     def __len__(self) -> int:
         return len(self.item_of)
