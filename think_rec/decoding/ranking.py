@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from .prior import CollaborativePrior
-from .search import beam_search, encode, score_items
+from .search import encode, search_and_score
 from .trie import SIDTrie
 from .trie_beam import ChildLogprobs, ranked_items, trie_beam_search
 
@@ -54,18 +54,16 @@ def _weight(prior: CollaborativePrior | None, weight: float | None) -> float:
 def candidates(model, tokenizer, prompts: Sequence[str | Sequence[int]], histories: Sequence[Sequence[str]],
                trie: SIDTrie, prior: CollaborativePrior | None, *, num_beams: int,
                banned: Sequence[set[str]] | None = None, batch_size: int = 64) -> list[Candidates]:
-    """Per prompt, its ``Candidates`` on transformers (one batched beam search, one batched scoring pass)."""
+    """Per prompt, its ``Candidates`` on transformers (one batched beam search and scoring over one prefill)."""
     if len(histories) != len(prompts):
         raise ValueError(f"{len(histories)} histories for {len(prompts)} prompts")
     ids = encode(tokenizer, prompts)
     bans = list(banned) if banned is not None else [set() for _ in ids]
-    beams = beam_search(model, tokenizer, ids, trie, num_beams=num_beams, k=num_beams, exclude=bans,
-                        batch_size=batch_size)
-    extra = [prior_extra(prior, h, b, ban) for h, b, ban in zip(histories, beams, bans)]
-    scores = score_items(model, tokenizer, ids, extra, trie, batch_size=batch_size) if prior is not None \
-        else [[] for _ in ids]
-    return [Candidates(b, list(zip(e, s)), prior.markov.scores(h) if prior is not None else {})
-            for b, e, s, h in zip(beams, extra, scores, histories)]
+    beams, extra = search_and_score(model, tokenizer, ids, trie,
+                                    lambda i, b: prior_extra(prior, histories[i], b, bans[i]),
+                                    num_beams=num_beams, exclude=bans, batch_size=batch_size)
+    return [Candidates(b, e, prior.markov.scores(h) if prior is not None else {})
+            for b, e, h in zip(beams, extra, histories)]
 
 
 def rank(model, tokenizer, prompts: Sequence[str | Sequence[int]], histories: Sequence[Sequence[str]], trie: SIDTrie,

@@ -79,8 +79,9 @@ class SIDTrie:
         widths = [0] * (len(first) + 1)
         for d, n in zip(depth, degree.tolist()):
             widths[d] = max(widths[d], n)
-        self._table = TrieTable(degree.cumsum(0) - degree, degree, edges[:, 1], edges[:, 0],
-                                torch.searchsorted(self.token_ids, edges[:, 0]), torch.tensor(self.count), widths)
+        child, token = edges.T.flip(0).contiguous()
+        self._table = TrieTable(degree.cumsum(0) - degree, degree, child, token,
+                                torch.searchsorted(self.token_ids, token), torch.tensor(self.count), widths)
         self._tables: dict[torch.device, TrieTable] = {}
 
     @classmethod
@@ -101,8 +102,8 @@ class SIDTrie:
         device = torch.device(device)
         if device not in self._tables:
             t = self._table
-            self._tables[device] = TrieTable(*(x.to(device) for x in (t.first, t.degree, t.child, t.token, t.column,
-                                                                         t.count)), t.width)
+            moved = (x.to(device) for x in (t.first, t.degree, t.child, t.token, t.column, t.count))
+            self._tables[device] = TrieTable(*moved, t.width)
         return self._tables[device]
 
     def dead_nodes(self, banned: Iterable[set[str]]) -> list[list[int]]:
