@@ -17,7 +17,7 @@ from typing import Awaitable, Callable, Sequence
 import torch
 
 from .prior import CollaborativePrior
-from .search import beam_search, encode, item_logprobs, score_items
+from .search import encode, search_and_score
 from .trie import SIDTrie
 from .trie_beam import ChildLogprobs, ranked_items, trie_beam_search
 
@@ -76,22 +76,22 @@ def _weights(prior: CollaborativePrior | None, weight: float | None,
 def candidates(model, tokenizer, prompts: Sequence[str | Sequence[int]], histories: Sequence[Sequence[str]],
                trie: SIDTrie, prior: CollaborativePrior | None, *, num_beams: int,
                banned: Sequence[set[str]] | None = None, items: bool = True, batch_size: int = 64) -> list[Candidates]:
-    """Per prompt, its ``Candidates`` on transformers (one batched beam search, one batched scoring pass); the
+    """Per prompt, its ``Candidates`` on transformers (one batched beam search and scoring over one prefill); the
     item head's scores when ``items`` and the model has item tokens."""
     if len(histories) != len(prompts):
         raise ValueError(f"{len(histories)} histories for {len(prompts)} prompts")
     ids = encode(tokenizer, prompts)
     bans = list(banned) if banned is not None else [set() for _ in ids]
-    beams = beam_search(model, tokenizer, ids, trie, num_beams=num_beams, k=num_beams, exclude=bans,
-                        batch_size=batch_size)
-    rows = item_logprobs(model, tokenizer, ids, trie, batch_size) if items and trie.item_token_ids is not None \
-        else [None] * len(ids)
-    extra = [extra_items(prior, h, b, ban, trie, r, num_beams) for h, b, ban, r in zip(histories, beams, bans, rows)]
-    scores = score_items(model, tokenizer, ids, extra, trie, batch_size=batch_size) if any(extra) \
-        else [[] for _ in ids]
-    return [Candidates(b, list(zip(e, s)), prior.markov.scores(h) if prior is not None else {},
-                       _item_scores(trie, r, [i for i, _ in b] + e))
-            for b, e, s, h, r in zip(beams, extra, scores, histories, rows)]
+    items = items and trie.item_token_ids is not None
+
+    def extra(i: int, beams: Ranked, row: torch.Tensor | None) -> list[str]:
+        return extra_items(prior, histories[i], beams, bans[i], trie, row, num_beams)
+
+    beams, extras, rows = search_and_score(model, tokenizer, ids, trie, extra, num_beams=num_beams, exclude=bans,
+                                           items=items, batch_size=batch_size)
+    return [Candidates(b, e, prior.markov.scores(h) if prior is not None else {},
+                       _item_scores(trie, r, [i for i, _ in b + e]))
+            for b, e, h, r in zip(beams, extras, histories, rows)]
 
 
 def rank(model, tokenizer, prompts: Sequence[str | Sequence[int]], histories: Sequence[Sequence[str]], trie: SIDTrie,

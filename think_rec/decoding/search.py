@@ -1,10 +1,12 @@
 """Trie-constrained beam search that encodes each prompt once, and exact scoring of candidate items.
 
-``beam_search`` prefills every prompt (plus ``<|sid_begin|>``) once, then expands its KV cache over
-the beams, one SID level per step: a prompt of P tokens costs P + (levels - 1) * beams token
-forwards instead of HF ``generate``'s beams * P. ``prefix_search`` stops after the first ``depth``
-levels; ``child_logprobs`` scores the trie children of given prefixes after one prompt; ``score_items``
-gives the log-probability of any candidate items' SIDs under the same cache. All take text-only prompts as
+``beam_search`` prefills every prompt (plus ``<|sid_begin|>``) once, then searches all prompts of a batch at once,
+one SID level per step: every beam of a prompt is fed in the prompt's own cache row (``_Decoder.tree_step``: a 4D
+attention mask lets each beam token see the prompt, its ancestors and itself), so the prompt's cache is never copied
+per beam; the trie's children and the banned items are tensors (``SIDTrie.table``) and each level is one stable
+sort over (prompts, beams x children). ``prefix_search`` stops after the first ``depth`` levels; ``child_logprobs``
+scores the trie children of given prefixes after one prompt; ``score_items`` gives the log-probability of any
+candidate items' SIDs the same way; ``search_and_score`` does both over one prefill. All take text-only prompts as
 token-id lists (``beam_search`` and ``prefix_search`` also as strings) and score as every engine does
 (``trie_beam``): the sum of the code tokens' log-probabilities, each a softmax over the SID tokens (inside a
 SID nothing else may follow; a model pre-trained with a SID-only head has no calibrated mass elsewhere). The
@@ -13,12 +15,12 @@ sequence score.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from .trie import SIDTrie
-from .trie_beam import Beam, Children, expand, ranked_items, sid_logprobs
+from .trie_beam import Beam, Children, ranked_items, sid_logprobs
 
 Ranked = list[tuple[str, float]]
 
@@ -43,7 +45,8 @@ def encode(tokenizer, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]
 class _Decoder:
     """One batch of prompts: a prefilled cache that rows (beams or candidates) are forked from."""
 
-    def __init__(self, model, prompts: Sequence[Sequence[int]], begin_id: int, pad_id: int, sid_ids: torch.Tensor):
+    def __init__(self, model, prompts: Sequence[Sequence[int]], begin_id: int, pad_id: int, sid_ids: torch.Tensor,
+                 item_ids: torch.Tensor | None = None):
         self.model, self.sid_ids = model, sid_ids
         ids, self.mask = left_pad([list(p) + [begin_id] for p in prompts], pad_id)
         device = model.device
@@ -52,6 +55,8 @@ class _Decoder:
                     use_cache=True, logits_to_keep=1)
         self.cache = out.past_key_values
         self.first_logprobs = self._logprobs(out.logits[:, -1:])[:, 0]  # (prompts, vocab): level 0
+        self.item_logprobs = None if item_ids is None else \
+            out.logits[:, -1, item_ids.to(device)].float().log_softmax(-1).cpu()  # (prompts, items): the item head
 
     def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
         """Log-softmax over the SID tokens (``-inf`` elsewhere), on the CPU."""
@@ -72,6 +77,21 @@ class _Decoder:
         self.cache = out.past_key_values
         return self._logprobs(out.logits)
 
+    def tree_step(self, tokens: torch.Tensor, sees: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """Feed ``tokens`` (prompts x m) into each prompt's own cache row, without forking it: token ``i`` attends
+        to the prompt, to the tokens fed by earlier ``tree_step`` calls and by this one where ``sees[:, i]`` (prompts
+        x m x tokens fed after the prompt) and sits ``depth[i]`` places after it. Log-probs over the SID tokens
+        (prompts x m x SID tokens) on the model's device. Only ``tree_step`` may follow ``tree_step``."""
+        device, dtype = self.model.device, self.model.dtype
+        prompt = self.mask.to(device, torch.bool).unsqueeze(1).expand(-1, tokens.shape[1], -1)
+        visible = torch.cat([prompt, sees.to(device)], -1).unsqueeze(1)
+        mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(~visible, torch.finfo(dtype).min)
+        positions = self.mask.sum(-1, keepdim=True).to(device) + depth.to(device)
+        out = self.model(input_ids=tokens.to(device), attention_mask=mask, position_ids=positions,
+                         past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        return out.logits[..., self.sid_ids.to(device)].float().log_softmax(-1)
+
 
 def _token_ids(tokenizer, trie: SIDTrie) -> tuple[int, int]:
     tok = getattr(tokenizer, "tokenizer", tokenizer)
@@ -79,19 +99,31 @@ def _token_ids(tokenizer, trie: SIDTrie) -> tuple[int, int]:
     return trie.first_token, pad
 
 
-def _beams(model, tokenizer, prompts: Sequence[str | Sequence[int]], trie: SIDTrie, num_beams: int, depth: int,
-           exclude: Sequence[set[str]] | None, batch_size: int) -> list[list[Beam]]:
+def _chunks(model, tokenizer, prompts: Sequence[str | Sequence[int]], trie: SIDTrie, num_beams: int, depth: int,
+            exclude: Sequence[set[str]] | None, batch_size: int,
+            items: bool = False) -> Iterator[tuple[list[int], _Decoder, list[list[Beam]]]]:
+    """Per batch of prompts (batched by length, so little padding), their indices, decoder after the search (with
+    the item head's log-probs when ``items``), and beams."""
     prompts = encode(tokenizer, prompts)
     if exclude is not None and len(exclude) != len(prompts):
         raise ValueError(f"exclude has {len(exclude)} sets for {len(prompts)} prompts")
     begin, pad = _token_ids(tokenizer, trie)
-    results: list[list[Beam]] = []
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        banned = [trie.banned_counts(exclude[start + i]) if exclude else None for i in range(len(chunk))]
-        decoder = _Decoder(model, chunk, begin, pad, trie.token_ids)
-        results.extend(_search(decoder, trie, banned, num_beams, depth, begin))
-    return results
+        index = order[start:start + batch_size]
+        dead = trie.dead_nodes([exclude[i] for i in index]) if exclude else None
+        decoder = _Decoder(model, [prompts[i] for i in index], begin, pad, trie.token_ids,
+                           trie.item_token_ids if items else None)
+        yield index, decoder, _search(decoder, trie, dead, num_beams, depth, begin)
+
+
+def _beams(model, tokenizer, prompts: Sequence[str | Sequence[int]], trie: SIDTrie, num_beams: int, depth: int,
+           exclude: Sequence[set[str]] | None, batch_size: int) -> list[list[Beam]]:
+    out: list[list[Beam]] = [[] for _ in prompts]
+    for index, _, beams in _chunks(model, tokenizer, prompts, trie, num_beams, depth, exclude, batch_size):
+        for i, b in zip(index, beams):
+            out[i] = b
+    return out
 
 
 @torch.no_grad()
@@ -106,33 +138,79 @@ def beam_search(model, tokenizer, prompts: Sequence[str | Sequence[int]], trie: 
 
 
 @torch.no_grad()
+def search_and_score(model, tokenizer, prompts: Sequence[str | Sequence[int]], trie: SIDTrie,
+                     extra: Callable[[int, Ranked, torch.Tensor | None], Sequence[str]], *, num_beams: int,
+                     exclude: Sequence[set[str]] | None = None, items: bool = False,
+                     batch_size: int = 64) -> tuple[list[Ranked], list[Ranked], list[torch.Tensor | None]]:
+    """``beam_search`` (``k = num_beams``) and ``score_items`` of the items ``extra(i, beams of prompt i, item row)``,
+    sharing one prefill per prompt: per prompt, its beams' items and the extra items, each with its log-prob, and
+    with ``items`` the item head's log-probs (``item_logprobs``; else None)."""
+    beams: list[Ranked] = [[] for _ in prompts]
+    extras: list[Ranked] = [[] for _ in prompts]
+    rows: list[torch.Tensor | None] = [None for _ in prompts]
+    for index, decoder, chunk in _chunks(model, tokenizer, prompts, trie, num_beams, trie.levels, exclude,
+                                         batch_size, items):
+        ranked = [ranked_items(trie, user) for user in chunk]
+        heads = list(decoder.item_logprobs) if items else [None] * len(index)
+        cands = [list(extra(i, r, h)) for i, r, h in zip(index, ranked, heads)]
+        for i, r, row, scores, h in zip(index, ranked, cands, _score(decoder, trie, cands), heads):
+            beams[i], extras[i], rows[i] = r, list(zip(row, scores)), h
+    return beams, extras, rows
+
+
+@torch.no_grad()
 def prefix_search(model, tokenizer, prompts: Sequence[str | Sequence[int]], trie: SIDTrie, depth: int, *,
                   num_beams: int = 10, batch_size: int = 64) -> list[list[Beam]]:
     """Per prompt, the best ``num_beams`` trie prefixes ``<|sid_begin|> c1..c_depth`` with their log-probs."""
     return _beams(model, tokenizer, prompts, trie, num_beams, depth, None, batch_size)
 
 
-def _search(decoder: _Decoder, trie: SIDTrie, banned: list, num_beams: int, depth: int, begin: int) -> list[list[Beam]]:
-    n = len(banned)
-    beams: list[list[Beam]] = [[((begin,), 0.0)] for _ in range(n)]
-    parents: list[int] = []
-    tokens: list[int] = []
-    logprobs, width = decoder.first_logprobs.unsqueeze(1), 1  # (rows, 1, vocab); row r serves user r // width
+def _search(decoder: _Decoder, trie: SIDTrie, dead: list[list[int]] | None, num_beams: int, depth: int,
+            begin: int) -> list[list[Beam]]:
+    """Trie beam search of all users at once: per level, each user's beams x children candidates are scored and
+    sorted in one tensor op. The sort is stable over (beam, child token), so ties keep beam then token order
+    (as ``expand``); ``-inf`` candidates (pruned or padding) never become beams."""
+    n, device = len(decoder.mask), decoder.model.device
+    table = trie.table(device)
+    users = torch.arange(n, device=device).unsqueeze(1)
+    node = torch.full((n, 1), trie.node_of[(begin,)], device=device)
+    score = torch.zeros((n, 1), device=device)
+    codes = torch.zeros((n, 1, 0), dtype=torch.long, device=device)
+    ancestors = torch.zeros((n, num_beams, 0), dtype=torch.long, device=device)  # per beam, its slot per step
+    banned = None
+    if dead is not None and any(dead):  # sorted keys user * nodes + node of the pruned nodes
+        banned = torch.tensor(sorted(u * len(table.count) + v for u, vs in enumerate(dead) for v in vs),
+                              device=device)
+    logprobs = decoder.first_logprobs[:, trie.token_ids].unsqueeze(1).to(device)  # (users, beams, SID tokens)
     for level in range(depth):
         if level:
-            decoder.fork(torch.tensor(parents))
-            logprobs, width = decoder.step(torch.tensor(tokens).unsqueeze(1)), num_beams
-        new_beams, parents, tokens = [], [], []
-        for user in range(n):
-            allowed = [trie.allowed(prefix, banned[user]) for prefix, _ in beams[user]]
-            kept = expand(beams[user], [(a, logprobs[user * width + b, -1, a]) for b, a in enumerate(allowed)],
-                          num_beams)
-            new_beams.append([beam for _, beam in kept])
-            rows = [(b, prefix[-1]) for b, (prefix, _) in kept] or [(0, begin)]  # nothing left: a dead row
-            rows += [rows[-1]] * (num_beams - len(rows))
-            parents.extend(user * width + b for b, _ in rows)
-            tokens.extend(t for _, t in rows)
-        beams = new_beams
+            slot = torch.arange(num_beams, device=device)  # beam b sees its ancestors' tokens and its own
+            sees = torch.cat([(ancestors.unsqueeze(-1) == slot).flatten(2),
+                              (slot.unsqueeze(1) == slot).expand(n, -1, -1)], -1)
+            logprobs = decoder.tree_step(codes[:, :, -1], sees, slot.new_full((num_beams,), level - 1))
+        width, k = node.shape[1], table.width[level + 1]
+        slot = torch.arange(k, device=device)
+        edge = table.first[node].unsqueeze(-1) + slot  # (users, beams, k)
+        valid = (slot < table.degree[node].unsqueeze(-1)) & (score > float("-inf")).unsqueeze(-1)
+        edge = edge.where(valid, 0)
+        if banned is not None:
+            valid &= ~torch.isin(users.unsqueeze(-1) * len(table.count) + table.child[edge], banned)
+        cand = (score.unsqueeze(-1) + logprobs.gather(2, table.column[edge])).masked_fill(~valid, float("-inf"))
+        cand = cand.view(n, -1)
+        if cand.shape[1] < num_beams:
+            cand = torch.cat([cand, cand.new_full((n, num_beams - cand.shape[1]), float("-inf"))], 1)
+        score, order = cand.sort(dim=-1, descending=True, stable=True)
+        score, order = score[:, :num_beams], order[:, :num_beams].clamp(max=width * k - 1)
+        parent, edge = order // k, edge.view(n, -1).gather(1, order)
+        node = table.child[edge]
+        codes = torch.cat([codes.gather(1, parent.unsqueeze(-1).expand(-1, -1, level)),
+                           table.token[edge].unsqueeze(-1)], -1)
+        if level:
+            ancestors = torch.cat([ancestors.gather(1, parent.unsqueeze(-1).expand(-1, -1, level - 1)),
+                                   parent.unsqueeze(-1)], -1)
+    beams = []
+    for user_codes, user_scores in zip(codes.tolist(), score.tolist()):
+        beams.append([((begin, *c), s) for c, s in zip(user_codes, user_scores) if s > float("-inf")])
     return beams
 
 
@@ -155,6 +233,28 @@ def child_logprobs(model, tokenizer, ids: Sequence[int], prefixes: Sequence[Sequ
     return [(a, row[a]) for a, row in zip((trie.allowed(p, counts) for p in prefixes), logprobs)]
 
 
+def _score(decoder: _Decoder, trie: SIDTrie, items: Sequence[Sequence[str]]) -> list[list[float]]:
+    """Log-prob of each prompt's ``items``, fed by one ``tree_step`` (all of a prompt's items in its cache row,
+    each seeing only its own codes, not what the decoder was fed before)."""
+    codes = [[trie.tokens_of[item][1:-1] for item in row] for row in items]
+    width = max((len(row) for row in codes), default=0)
+    if not width:
+        return [[] for _ in codes]
+    some = next(iter(trie.tokens_of.values()))[1:-1]  # pads rows short of items
+    flat = torch.tensor([row + [row[-1] if row else some] * (width - len(row)) for row in codes])  # (prompts, width, L)
+    levels = trie.levels - 1  # fed after <|sid_begin|>: every code but the last
+    place = torch.arange(width * levels)
+    cand, depth = place // levels, place % levels
+    sees = (cand.unsqueeze(1) == cand) & (depth.unsqueeze(1) >= depth)
+    earlier = torch.zeros(len(place), decoder.cache.get_seq_length() - decoder.mask.shape[1], dtype=torch.bool)
+    later = decoder.tree_step(flat[:, :, :-1].flatten(1), torch.cat([earlier, sees], 1).expand(len(codes), -1, -1),
+                              depth)
+    later = later.view(len(codes), width, levels, -1).gather(
+        3, torch.searchsorted(trie.token_ids, flat[:, :, 1:].contiguous()).unsqueeze(-1).to(later.device)).squeeze(-1)
+    total = (decoder.first_logprobs.gather(1, flat[:, :, 0]) + later.sum(-1).cpu()).tolist()
+    return [t[:len(row)] for t, row in zip(total, codes)]
+
+
 @torch.no_grad()
 def item_logprobs(model, tokenizer, prompts: Sequence[Sequence[int]], trie: SIDTrie,
                   batch_size: int = 64) -> torch.Tensor:
@@ -163,15 +263,9 @@ def item_logprobs(model, tokenizer, prompts: Sequence[Sequence[int]], trie: SIDT
     if trie.item_token_ids is None:
         raise ValueError("the model has no item tokens (see think_rec.model.itemic_tokens.add_item_tokens)")
     begin, pad = _token_ids(tokenizer, trie)
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        ids, mask = left_pad([list(p) + [begin] for p in prompts[start:start + batch_size]], pad)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        device = model.device
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                       logits_to_keep=1).logits[:, -1]
-        out.append(logits[:, trie.item_token_ids.to(device)].float().log_softmax(-1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, len(trie.items))
+    rows = [_Decoder(model, prompts[s:s + batch_size], begin, pad, trie.token_ids, trie.item_token_ids).item_logprobs
+            for s in range(0, len(prompts), batch_size)]
+    return torch.cat(rows) if rows else torch.zeros(0, len(trie.items))
 
 
 @torch.no_grad()
@@ -179,20 +273,6 @@ def score_items(model, tokenizer, prompts: Sequence[Sequence[int]], candidates: 
                 trie: SIDTrie, batch_size: int = 64) -> list[list[float]]:
     """Log-probability of each candidate item's SID codes after each prompt (teacher forcing, one cache per prompt)."""
     begin, pad = _token_ids(tokenizer, trie)
-    out: list[list[float]] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk, cands = prompts[start:start + batch_size], candidates[start:start + batch_size]
-        decoder = _Decoder(model, chunk, begin, pad, trie.token_ids)
-        codes = [[trie.tokens_of[item][1:-1] for item in row] for row in cands]
-        rows = torch.tensor([u for u, row in enumerate(codes) for _ in row], dtype=torch.long)
-        flat = torch.tensor([c for row in codes for c in row], dtype=torch.long)  # (rows, levels)
-        if not len(flat):
-            out.extend([] for _ in chunk)
-            continue
-        first = decoder.first_logprobs[rows].gather(1, flat[:, :1])
-        decoder.fork(rows)
-        later = decoder.step(flat[:, :-1]).gather(2, flat[:, 1:].unsqueeze(-1)).squeeze(-1)
-        total = (first.squeeze(1) + later.sum(1)).tolist()
-        it = iter(total)
-        out.extend([next(it) for _ in row] for row in codes)
-    return out
+    return [scores for start in range(0, len(prompts), batch_size)
+            for scores in _score(_Decoder(model, prompts[start:start + batch_size], begin, pad, trie.token_ids), trie,
+                                 candidates[start:start + batch_size])]

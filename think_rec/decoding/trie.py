@@ -2,16 +2,34 @@
 
 Each item reads ``<|sid_begin|> <s_a_..> ... <|sid_end|>``; every trie node keeps its allowed
 next-token ids as a tensor and how many items lie below it, so per-request exclusions prune a
-node exactly when all of its items are banned.
+node exactly when all of its items are banned. ``table`` holds the same trie as tensors (children in CSR
+form) for the batched beam search.
 """
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 
 from ..itemic.codebook import SIDCodebook
+
+
+@dataclass
+class TrieTable:
+    """The trie as tensors on one device: node ``v``'s children are edges ``first[v] .. first[v] + degree[v] - 1``
+    (token order), edge ``e`` leads to node ``child[e]`` by token ``token[e]``, column ``column[e]`` of the
+    SID tokens (``SIDTrie.token_ids``); ``count[v]`` items lie below ``v``; ``width[d]``: the most children of a
+    node of depth ``d`` (its prefix length)."""
+
+    first: torch.Tensor
+    degree: torch.Tensor
+    child: torch.Tensor
+    token: torch.Tensor
+    column: torch.Tensor
+    count: torch.Tensor
+    width: list[int]
 
 
 class SIDTrie:
@@ -22,7 +40,8 @@ class SIDTrie:
             raise ValueError("SIDTrie: no items")
         self.codebook = codebook
         self.node_of: dict[tuple[int, ...], int] = {(): 0}
-        children: list[list[int]] = [[]]
+        children: list[list[tuple[int, int]]] = [[]]  # per node, (token, child node)
+        depth = [0]
         self.count: list[int] = [0]
         self.item_of: dict[tuple[int, ...], str] = {}
         self.path_of: dict[str, list[int]] = {}
@@ -42,13 +61,15 @@ class SIDTrie:
                 if node is None:
                     node = self.node_of[seq[:d]] = len(children)
                     children.append([])
+                    depth.append(d)
                     self.count.append(0)
-                    children[path[-1]].append(seq[d - 1])
+                    children[path[-1]].append((seq[d - 1], node))
                 path.append(node)
             for node in path:
                 self.count[node] += 1
             self.path_of[item] = path
-        self.child_tokens = [torch.tensor(sorted(c), dtype=torch.long) for c in children]
+        children = [sorted(c) for c in children]
+        self.child_tokens = [torch.tensor([t for t, _ in c], dtype=torch.long) for c in children]
         first = next(iter(self.item_of))
         self.first_token, self.end_token = first[0], first[-1]
         self.levels = len(first) - 2  # code tokens between the begin and end markers
@@ -56,6 +77,15 @@ class SIDTrie:
         self.items = list(self.tokens_of)
         self.item_index = {item: n for n, item in enumerate(self.items)}
         self.item_token_ids: torch.Tensor | None = None  # the item-level head's rows, aligned with ``items``
+        degree = torch.tensor([len(c) for c in children])
+        edges = torch.tensor([e for c in children for e in c], dtype=torch.long)
+        widths = [0] * (len(first) + 1)
+        for d, n in zip(depth, degree.tolist()):
+            widths[d] = max(widths[d], n)
+        child, token = edges.T.flip(0).contiguous()
+        self._table = TrieTable(degree.cumsum(0) - degree, degree, child, token,
+                                torch.searchsorted(self.token_ids, token), torch.tensor(self.count), widths)
+        self._tables: dict[torch.device, TrieTable] = {}
 
     @classmethod
     def from_codebook(cls, codebook: SIDCodebook, tokenizer) -> "SIDTrie":
@@ -73,6 +103,19 @@ class SIDTrie:
         if all(i is not None and i != tok.unk_token_id for i in item_ids):  # a model with item-level memory
             trie.item_token_ids = torch.tensor(item_ids, dtype=torch.long)
         return trie
+
+    def table(self, device: torch.device | str = "cpu") -> TrieTable:
+        """The trie's ``TrieTable`` on ``device`` (moved once)."""
+        device = torch.device(device)
+        if device not in self._tables:
+            t = self._table
+            moved = (x.to(device) for x in (t.first, t.degree, t.child, t.token, t.column, t.count))
+            self._tables[device] = TrieTable(*moved, t.width)
+        return self._tables[device]
+
+    def dead_nodes(self, banned: Iterable[set[str]]) -> list[list[int]]:
+        """Per set of banned items, the nodes all of whose items are banned (pruned by the search)."""
+        return [[v for v, n in self.banned_counts(items).items() if n == self.count[v]] for items in banned]
 
     def __len__(self) -> int:
         return len(self.item_of)
