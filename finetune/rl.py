@@ -5,7 +5,8 @@
 
 Each prompt is the recommend prompt followed by ``<think>``; each of the ``num_generations`` completions is a
 sampled rationale (under the decoding's rationale rule: free text and citations of the prompt's items) that
-ends at ``</think>``; the rewards of ``finetune/rl_rewards.py`` run a trie beam search after it. Checkpoints go
+ends at ``</think>``; the rewards of ``finetune/rl_rewards.py`` rank the catalog after it as the model is served
+(its prior, item head and history exclusion; ``served_ranking: false``: the trie beams alone). Checkpoints go
 to ``output_dir/`` and resume from the last one; ``rl_log.json`` (mean reward, reward std, zero-variance group
 share, KL, rationale length per step), ``rl_heldout_log.json`` (the same on held-out prompts, with
 ``eval_examples``) and ``reward_curve.png`` are written beside them; the merged model goes to
@@ -29,6 +30,7 @@ from think_rec.decoding.think import (THINK_CLOSE, THINK_OPEN, RationaleLogitsPr
 from think_rec.decoding.trie import SIDTrie
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.adapters import make_trainable
+from think_rec.model.artefacts import ServedConfig, load_prior
 from think_rec.model.loading import load_model
 
 from .align import TimeBudget
@@ -45,8 +47,9 @@ LOGGED = {"reward": "mean_reward", "reward_std": "reward_std", "frac_reward_zero
 
 def rl_dataset(config: RLConfig, data: RecDataset, codebook: SIDCodebook, processor,
                heldout: bool = False) -> datasets.Dataset:
-    """``prompt`` (the recommend prompt + ``<think>``) and ``target``: a seeded sample of ``num_examples`` training
-    examples, or (``heldout``) of ``eval_examples`` valid-split examples, whose targets training never sees."""
+    """``prompt`` (the recommend prompt + ``<think>``), ``history`` and ``target``: a seeded sample of
+    ``num_examples`` training examples, or (``heldout``) of ``eval_examples`` valid-split examples, whose targets
+    training never sees."""
     split = leave_one_out(data.interactions, max_history=config.max_history)
     if heldout:
         examples = sample_users(with_sids(split.valid, codebook), config.eval_examples, config.seed)
@@ -54,7 +57,7 @@ def rl_dataset(config: RLConfig, data: RecDataset, codebook: SIDCodebook, proces
         examples = sample_examples(split, codebook, config.num_examples, seed=config.seed)
     prompts = recommend_prompts(column(examples, "history"), data.catalog.by_id, codebook, processor)
     return datasets.Dataset.from_dict({"prompt": [p + THINK_OPEN for p in prompts],
-                                       "target": column(examples, "target")})
+                                       "history": column(examples, "history"), "target": column(examples, "target")})
 
 
 def step_log(log_history: list[dict[str, Any]], prefix: str = "") -> list[dict[str, Any]]:
@@ -137,7 +140,9 @@ def train_rl(config: RLConfig) -> Path:
     model.generation_config.eos_token_id = [tok.eos_token_id, close_id]  # a rationale ends at </think>
     model = make_trainable(model, tok.convert_tokens_to_ids([*codebook.vocabulary(), THINK_CLOSE]),
                            r=config.lora_r, alpha=config.lora_alpha)
-    rollout = BeamRollout(tok, trie, close_id, config.num_beams)
+    served = ServedConfig.load(config.model)
+    rollout = BeamRollout(tok, trie, close_id, config.num_beams, load_prior(config.model) if config.served_ranking
+                          else None, served.exclude_history and config.served_ranking)
     deadline = None if config.time_budget_minutes is None else time.monotonic() + 60 * config.time_budget_minutes
     trainer = GRPOTrainer(model=model, reward_funcs=rollout.reward_functions(codebook.codes, list(config.rewards)),
                           args=config, train_dataset=rl_dataset(config, data, codebook, processor),

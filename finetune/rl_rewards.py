@@ -1,8 +1,10 @@
 """Stage-3 rewards (OneRec-Think §4.3): a sampled rationale is scored by the items a constrained beam search
 finds after it, not by a pass/fail check that is almost always 0 in recommendation.
 
-``BeamRollout`` runs one trie beam search (width ``num_beams``) per completion from the current policy and
-caches it for the batch, so every reward below reads the same beams:
+``BeamRollout`` ranks the catalog once per completion from the current policy, as the model is served
+(``think_rec.decoding.ranking.rank``: the trie beams of width ``num_beams`` fused with the model's prior and item
+head; with no ``prior``, the beams alone), and caches it for the batch, so every reward below reads the same
+ranking (its top ``num_beams`` items, called beams below):
 
 - ``rollout_beam``: max over beams of the leading SID levels matching the target, divided by the levels;
 - ``rank``: ``1 / log2(rank + 2)`` for the target's rank among the beams, 0 if absent (MiniOneRec-style);
@@ -15,7 +17,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from think_rec.decoding.search import beam_search
+from think_rec.decoding.prior import CollaborativePrior
+from think_rec.decoding.ranking import rank
 from think_rec.decoding.trie import SIDTrie
 
 RewardFn = Callable[..., list[float]]
@@ -39,10 +42,13 @@ def rank_reward(beam_items: Sequence[str], target: str) -> float:
 
 
 class BeamRollout:
-    """Beams after ``prompt <think> completion`` under the policy ``model`` (set once the trainer wraps it)."""
+    """The served ranking after ``prompt <think> completion`` under the policy ``model`` (set once the trainer wraps
+    it); ``prior`` (None: the beams alone) and ``exclude_history`` as the model is served."""
 
-    def __init__(self, tokenizer, trie: SIDTrie, close_id: int, num_beams: int = 32):
+    def __init__(self, tokenizer, trie: SIDTrie, close_id: int, num_beams: int = 32,
+                 prior: CollaborativePrior | None = None, exclude_history: bool = False):
         self.tokenizer, self.trie, self.close_id, self.num_beams = tokenizer, trie, close_id, num_beams
+        self.prior, self.exclude_history = prior, exclude_history
         self.model = None
         self._key: tuple | None = None
         self._beams: list[list[str]] = []
@@ -52,8 +58,10 @@ class BeamRollout:
         ids = list(completion)
         return ids[:ids.index(self.close_id) + 1] if self.close_id in ids else [*ids, self.close_id]
 
-    def beams(self, prompts: Sequence[str], completion_ids: Sequence[Sequence[int]]) -> list[list[str]]:
-        """Items of each completion's beams, best first (computed once per batch)."""
+    def beams(self, prompts: Sequence[str], completion_ids: Sequence[Sequence[int]],
+              histories: Sequence[Sequence[str]] | None = None) -> list[list[str]]:
+        """Each completion's top ``num_beams`` items, best first (computed once per batch)."""
+        histories = [list(h) for h in histories] if histories is not None else [[] for _ in prompts]
         key = (tuple(prompts), tuple(tuple(c) for c in completion_ids))
         if key != self._key:
             if self.model is None:
@@ -62,21 +70,22 @@ class BeamRollout:
                     for p, c in zip(prompts, completion_ids)]
             was_training = self.model.training
             self.model.eval()
+            banned = [set(h) if self.exclude_history else set() for h in histories]
             with torch.no_grad():
-                ranked = beam_search(self.model, self.tokenizer, rows, self.trie, num_beams=self.num_beams,
-                                     k=self.num_beams)
+                ranked = rank(self.model, self.tokenizer, rows, histories, self.trie, self.prior, k=self.num_beams,
+                              num_beams=self.num_beams, banned=banned)
             self.model.train(was_training)
             self._key, self._beams = key, [[item for item, _ in r] for r in ranked]
         return self._beams
 
     def reward_functions(self, codes: dict[str, Sequence[int]], names: Sequence[str] = REWARDS) -> list[RewardFn]:
         """TRL reward functions (named as in ``REWARDS``); ``codes`` maps item ids to their SID codes."""
-        def rollout_beam(prompts, completions, completion_ids, target, **_):
-            beams = self.beams(prompts, completion_ids)
+        def rollout_beam(prompts, completions, completion_ids, target, history=None, **_):
+            beams = self.beams(prompts, completion_ids, history)
             return [prefix_match([codes[i] for i in b], codes[t]) for b, t in zip(beams, target)]
 
-        def rank(prompts, completions, completion_ids, target, **_):
-            return [rank_reward(b, t) for b, t in zip(self.beams(prompts, completion_ids), target)]
+        def rank(prompts, completions, completion_ids, target, history=None, **_):
+            return [rank_reward(b, t) for b, t in zip(self.beams(prompts, completion_ids, history), target)]
 
         def format(prompts, completions, completion_ids, **_):  # noqa: A001 - the logged reward name
             return [0.0 if self.close_id in c else -1.0 for c in completion_ids]
