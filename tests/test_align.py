@@ -132,15 +132,15 @@ def test_train_align_learns_merges_and_loads(workdir):
 
 @pytest.fixture
 def resumed(monkeypatch) -> list:
-    """The ``resume_from_checkpoint`` of every stage-1 ``SFTTrainer.train`` call, in order."""
+    """The ``resume_from_checkpoint`` of every stage-1 chat-phase ``RecTrainer.train`` call, in order."""
     calls = []
 
-    class Spy(SFTTrainer):
+    class Spy(align.RecTrainer):
         def train(self, resume_from_checkpoint=None, **kw):
             calls.append(resume_from_checkpoint)
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kw)
 
-    monkeypatch.setattr(align, "SFTTrainer", Spy)
+    monkeypatch.setattr(align, "RecTrainer", Spy)
     return calls
 
 
