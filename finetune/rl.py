@@ -5,8 +5,9 @@
 
 Each prompt is the recommend prompt followed by ``<think>``; each of the ``num_generations`` completions is a
 sampled rationale (under the decoding's rationale rule: free text and citations of the prompt's items) that
-ends at ``</think>``; the rewards of ``finetune/rl_rewards.py`` rank the catalog after it as the model is served
-(its prior, item head and history exclusion; ``served_ranking: false``: the trie beams alone). Checkpoints go
+ends at ``</think>``; the rewards of ``finetune/rl_rewards.py`` rank the catalog after it with the served
+ranking's function: the trie beams alone, or with ``served_ranking: true`` as the model is served (its prior,
+item head and history exclusion). Checkpoints go
 to ``output_dir/`` and resume from the last one; ``rl_log.json`` (mean reward, reward std, zero-variance group
 share, KL, rationale length per step), ``rl_heldout_log.json`` (the same on held-out prompts, with
 ``eval_examples``) and ``reward_curve.png`` are written beside them; the merged model goes to

@@ -27,7 +27,7 @@ def test_eval_rec_scores_a_trained_model(aligned_run, tmp_path):
                                       "--out-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / f"eval-{dirs.data.name}-valid.json").read_text())
-    assert [r["system"] for r in report["rows"]] == ["served", "served_model", "popularity"]
+    assert [r["system"] for r in report["rows"]] == ["served", "served_model", "served_sid", "popularity"]
     assert report["users"] == 12 and report["commit"] and report["model_fingerprint"]
     assert all(0 <= r["ndcg@10"] <= r["recall@10"] <= 1 for r in report["rows"])
 

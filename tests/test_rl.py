@@ -100,8 +100,7 @@ def test_grpo_moves_the_policy_logs_and_resumes(reasoned, tmp_path):
 
 def test_grpo_learns_which_item_to_cite(aligned_run, tmp_path):
     """A learnable rule: stage 2 answers with the item its rationale cites, citing a random history item; every
-    RL user repeats a cycle of 5 items, so the first of the last 5 is always next. Citing it is what earns reward
-    (the beams alone: the stage-1 prior counted another data set)."""
+    RL user repeats a cycle of 5 items, so the first of the last 5 is always next. Citing it is what earns reward."""
     dirs, _, stage1 = aligned_run
     data = RecDataset.load(dirs.data)
     items, ids, rng = data.catalog.by_id, list(data.catalog.ids), random.Random(0)
@@ -122,7 +121,7 @@ def test_grpo_learns_which_item_to_cite(aligned_run, tmp_path):
     RecDataset("cycle5", data.catalog, Interactions.from_rows(cycles)).save(tmp_path / "cycle5")
     train_rl(rl_config((dirs, None, cited_model), tmp_path / "rl", data_dir=str(tmp_path / "cycle5"), num_examples=32,
                        num_generations=8, per_device_train_batch_size=32, max_completion_length=8,
-                       learning_rate=3e-4, max_steps=120, save_steps=1000, served_ranking=False))
+                       learning_rate=3e-4, max_steps=120, save_steps=1000))
     rank = [r["rank"] for r in json.loads((tmp_path / "rl" / "rl_log.json").read_text())]
     first, last = sum(rank[:30]) / 30, sum(rank[-30:]) / 30
     assert last > 1.3 * first, (first, last)  # measured: 0.17 -> 0.35
