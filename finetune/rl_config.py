@@ -20,8 +20,8 @@ class RLConfig(StageConfig, GRPOConfig):
         "help": f"Reward weights by name, from {list(REWARDS)}; default {{rollout_beam: 1, format: 1}}."})
     served_ranking: bool = field(default=False, metadata={
         "help": "The reward ranks as the model is served (its prior.json / served.json: prior, item head, history "
-                "exclusion); false (default): the trie beams alone. The prior does not depend on the rationale: with it "
-                "(weight chosen on valid) the GRPO test's policy did not move in 2 steps (rewards tie in a group)."})
+                "exclusion); false (default): the trie beams alone. The prior does not depend on the rationale: "
+                "with it (weight chosen on valid) the GRPO test's policy did not move in 2 steps (rewards tie)."})
     eval_examples: int = field(default=0, metadata={
         "help": "Held-out prompts (a seeded sample of valid-split users, whose targets training never sees) whose "
                 "mean reward TRL measures every `eval_steps` (`eval_strategy: steps`; `eval_on_start` for step 0). "
