@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from think_rec.data.schema import RecDataset, column
 from think_rec.data.split import LeaveOneOut, sample_users
 from think_rec.decoding.prior import CollaborativePrior
-from think_rec.decoding.ranking import Candidates, candidates, fuse, extra_items
+from think_rec.decoding.ranking import Candidates, candidates, extra_items, fuse, fusion_weights
 from think_rec.decoding.search import beam_search
 from think_rec.finetune.align import phase_prompt
 from think_rec.finetune.served import (choose_weight, choose_weights, model_alone, selection_record,
@@ -106,7 +106,7 @@ def served_rows(model_dir: str | Path, dataset: RecDataset, codebook: SIDCodeboo
     seconds = time.perf_counter() - start
     targets = column(test, "target")
     prior = rec.prior
-    weight, item_weight = (prior.weight, prior.item_weight) if prior is not None else (0.0, 0.0)
+    weight, item_weight = fusion_weights(prior)
     alone = prior.selection.get("item_weight_alone", 0.0) if prior is not None else 0.0
     common = dict(prompt=rec.served.prompt, model=Path(model_dir).name)
     rows = [fused_row("served", cands, weight, targets, seconds, train_seconds, item_weight, **common),

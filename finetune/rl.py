@@ -141,9 +141,10 @@ def train_rl(config: RLConfig) -> Path:
     model.generation_config.eos_token_id = [tok.eos_token_id, close_id]  # a rationale ends at </think>
     model = make_trainable(model, tok.convert_tokens_to_ids([*codebook.vocabulary(), THINK_CLOSE]),
                            r=config.lora_r, alpha=config.lora_alpha)
-    served = ServedConfig.load(config.model)
-    rollout = BeamRollout(tok, trie, close_id, config.num_beams, load_prior(config.model) if config.served_ranking
-                          else None, served.exclude_history and config.served_ranking)
+    rollout = BeamRollout(tok, trie, close_id, config.num_beams)
+    if config.served_ranking:  # the model's artefact is read only when the reward uses it
+        rollout.prior = load_prior(config.model)
+        rollout.exclude_history = ServedConfig.load(config.model).exclude_history
     deadline = None if config.time_budget_minutes is None else time.monotonic() + 60 * config.time_budget_minutes
     trainer = GRPOTrainer(model=model, reward_funcs=rollout.reward_functions(codebook.codes, list(config.rewards)),
                           args=config, train_dataset=rl_dataset(config, data, codebook, processor),

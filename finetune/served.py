@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from think_rec.data.schema import RecDataset, column
 from think_rec.data.split import history_exclusion, leave_one_out, sample_users
 from think_rec.decoding.prior import ITEM_WEIGHTS, PRIOR_FILE, PRIOR_WEIGHTS, CollaborativePrior, MarkovModel
-from think_rec.decoding.ranking import Candidates, Ranked, candidates, fuse
+from think_rec.decoding.ranking import Candidates, Ranked, candidates, fuse, fusion_weights
 from think_rec.eval.metrics import aggregate
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.artefacts import SERVED_FILE, RecModel, ServedConfig
@@ -39,7 +39,7 @@ def served_candidates(rec: RecModel, histories: Sequence[Sequence[str]], prior: 
 def served_ranking(rec: RecModel, histories: Sequence[Sequence[str]], k: int = 10,
                    batch_size: int = 64) -> list[Ranked]:
     """What ``think-rec serve`` answers for ``histories`` (no dialogue): the served ranking at the model's weights."""
-    weight, item_weight = (rec.prior.weight, rec.prior.item_weight) if rec.prior is not None else (0.0, 0.0)
+    weight, item_weight = fusion_weights(rec.prior)
     cands = served_candidates(rec, histories, rec.prior, rec.served, batch_size)
     return [fuse(c, weight, k, item_weight) for c in cands]
 

@@ -66,8 +66,9 @@ def _item_scores(trie: SIDTrie, item_row: torch.Tensor | None, cands: Sequence[s
     return {} if item_row is None else {i: float(item_row[trie.item_index[i]]) for i in cands}
 
 
-def _weights(prior: CollaborativePrior | None, weight: float | None,
-             item_weight: float | None) -> tuple[float, float]:
+def fusion_weights(prior: CollaborativePrior | None, weight: float | None = None,
+                   item_weight: float | None = None) -> tuple[float, float]:
+    """``(weight, item_weight)``: the given ones, else the prior's (both 0 without a prior)."""
     w = (prior.weight if prior is not None else 0.0) if weight is None else weight
     iw = (prior.item_weight if prior is not None else 0.0) if item_weight is None else item_weight
     return w, iw
@@ -98,7 +99,7 @@ def rank(model, tokenizer, prompts: Sequence[str | Sequence[int]], histories: Se
          prior: CollaborativePrior | None, *, k: int, num_beams: int, banned: Sequence[set[str]] | None = None,
          weight: float | None = None, item_weight: float | None = None, batch_size: int = 64) -> list[Ranked]:
     """The served top ``k`` per prompt on transformers; the weights default to the prior's (0 without one)."""
-    w, iw = _weights(prior, weight, item_weight)
+    w, iw = fusion_weights(prior, weight, item_weight)
     cands = candidates(model, tokenizer, prompts, histories, trie, prior if w else None,
                        num_beams=max(num_beams, k), banned=banned, items=bool(iw), batch_size=batch_size)
     return [fuse(c, w, k, iw) for c in cands]
@@ -133,7 +134,7 @@ async def fuse_steps(child_logprobs: ChildLogprobs, trie: SIDTrie, beams: Ranked
                      item_top: int = 30) -> Ranked:
     """``fuse`` of ``beams`` (found by any search), the prior's items and the item head's, scored through
     ``child_logprobs`` (and ``item_logprobs``)."""
-    w, iw = _weights(prior, weight, None)
+    w, iw = fusion_weights(prior, weight)
     iw = iw if item_logprobs is not None and trie.item_token_ids is not None else 0.0
     if not w and not iw:
         return beams[:k]
