@@ -3,12 +3,15 @@ scored with and without its rationale.
 
 Reuses the ``bench rec`` run (data, SIDs, stage-1 model) under ``work_dir/DATASET`` or builds it with the
 same budget; stage 2 (template teacher, filters, full SFT of the tiny model) gets its own ``budget_minutes``
-of training. ``no_reasoning`` is the **same stage-2 model decoded with an empty think**; ``reasoning``
-writes its rationale (greedy, citing history items) first. Both run on the same seeded test users; nothing
-is selected on test. The teachers (``template``, ``self``) are compared on ``probe_examples`` training
-examples by what the filters and the top-10 rank check accept. With ``rejection_top_n=None`` the rank
-check is skipped in training: the stage-1 model ranks the target in its top 10 for only a few percent of
-examples whatever the rationale, so the check would leave almost only empty thinks.
+of training and, when it ends, chooses its served thinking ranking on valid users (``served.json``
+``think_ranking``, ``follow_weight``). Rows on the same seeded test users (2,000 by default): ``no_reasoning``
+(the **same stage-2 model decoded with an empty think**), ``reasoning`` (as served), ``reasoning_conditioned``
+(ranked after the rationale, not following its claims) and ``oracle_rationale`` (the teacher's rationale for the
+true target: the bound of what a rationale can give). Nothing is selected on test. The teachers (``template``,
+``self``) are compared on ``probe_examples`` training examples by what the filters and the top-10 rank check
+accept. With ``rejection_top_n=None`` the rank check is skipped in training: the stage-1 model ranks the target
+in its top 10 for only a few percent of examples whatever the rationale, so the check would leave almost only
+empty thinks.
 """
 from __future__ import annotations
 
@@ -17,23 +20,24 @@ import time
 from pathlib import Path
 
 from think_rec.data.split import leave_one_out, sample_users
+from think_rec.decoding.claims import ClaimChecker
 from think_rec.finetune.align import train_align
 from think_rec.finetune.base_config import load_config
 from think_rec.finetune.reason import train_reason
 from think_rec.finetune.rationales import make_teacher
 from think_rec.finetune.reason_config import ReasonConfig
-from think_rec.finetune.reason_data import build_rationales, sample_examples
+from think_rec.finetune.reason_data import build_rationales, encode_citations, sample_examples
 from think_rec.finetune.run_state import MANIFEST
 from think_rec.model.artefacts import RecModel
 from think_rec.model.loading import load_model
 from think_rec.pipeline import RunDirs
 
 from .bench_rec import align_config, prepare_run
-from .reasoning import FAITHFULNESS, reasoning_ablation
+from .reasoning import FAITHFULNESS, evaluate_reasoning, reasoning_ablation
 from .report import write_report
 
-ROW_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "grounding", "complete", "citations", "leakage", "mean_length",
-            "readability", "closed_by_model", "consistency", "acceptance_rate",
+ROW_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "ndcg@10_se", "grounding", "complete", "citations", "leakage",
+            "mean_length", "readability", "closed_by_model", "consistency", "acceptance_rate", "eval_users",
             *FAITHFULNESS)
 RECIPE = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "reason_tiny.yaml"
 STATS = ("examples", "accepted", "acceptance_rate", "rejected_leakage", "rejected_incomplete", "rejected_ungrounded",
@@ -64,7 +68,16 @@ def teacher_probe(dirs: RunDirs, data, codebook, max_history: int, n: int, seed:
     return out
 
 
-def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: int | None = 300,
+def oracle_rationales(rec: RecModel, examples, dirs: RunDirs, prune_k: int = 10) -> list[str]:
+    """The template teacher's rationale for each example's true target (from its pruned history, as stage 2 trains;
+    "" where the filters reject it), citations as SID strings: the oracle bound of the think step."""
+    rows, _ = build_rationales(examples, rec.dataset, rec.codebook, dirs.sids, make_teacher("template"),
+                               prune_k=prune_k, top_n=None, progress=False)
+    items = rec.items
+    return [encode_citations(r["rationale"], [items[i] for i in r["history"]], rec.codebook) for r in rows]
+
+
+def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: int | None = 2000,
         max_history: int = 10, work_dir: str | Path = "runs/bench-rec", out_dir: str | Path = "eval/results",
         num_examples: int = 4000, rejection_top_n: int | None = None, max_think_tokens: int = 64,
         probe_examples: int = 100, codebook_size: int = 256, seed: int = 0) -> dict:
@@ -81,20 +94,31 @@ def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: in
 
     split = leave_one_out(data.interactions)
     test = sample_users(split.test, eval_users, seed)
-    rows, results = reasoning_ablation(RecModel.load(final, codebook, data), test, max_history=max_history,
-                                       max_think_tokens=max_think_tokens)
+    rec = RecModel.load(final, codebook, data)
+    rows, results = reasoning_ablation(rec, test, max_history=max_history, max_think_tokens=max_think_tokens)
+    oracle, _ = evaluate_reasoning(rec, test, max_history=max_history, condition=True, follow_weight=0.0,
+                                   rationales=oracle_rationales(rec, test, dirs), desc="oracle_rationale")
+    rows.append({"system": "oracle_rationale", **oracle})
     for row in rows:
+        row["eval_users"] = len(test)
         row["acceptance_rate"] = stats["acceptance_rate"]
         row["stage2_seconds"] = round(stage2_seconds, 1)  # rationales + training
     base, think = rows[0]["ndcg@10"], rows[1]["ndcg@10"]
     items = {i: r["title"] for i, r in data.catalog.by_id.items()}
-    example = {"history": [items[i] for i in test[0]["history"][-max_history:]], "target": items[test[0]["target"]],
-               "rationale": results[0].rationales[0], "items": [items[i] for i, _ in results[0].items[:5]]}
+    first, history = results[0], test[0]["history"][-max_history:]
+    shown = ClaimChecker(rec.items).shorten(first.rationales[0], history, first.items[0][0] if first.items else None)
+    example = {"history": [items[i] for i in history], "target": items[test[0]["target"]],
+               "rationale": first.rationales[0], "shown": shown, "items": [items[i] for i, _ in first.items[:5]]}
     payload = {"benchmark": "reason", "dataset": dataset,
                "rows": [{"system": r["system"], **{k: r[k] for k in ROW_KEYS},
                          **{k: v for k, v in r.items() if k not in ROW_KEYS and k != "system"}} for r in rows],
-               "ndcg@10_gain": (think - base) / base if base else None,
-               "ablation": "no_reasoning = the same stage-2 model decoded with an empty think",
+               "ndcg@10_gain": (think - base) / base if base else None, "ndcg@10_se": rows[1]["ndcg@10_gain_se"],
+               "served_think": {"think_ranking": rec.served.think_ranking, "follow_weight": rec.served.follow_weight,
+                                "selection": rec.served.notes.get("think_selection")},
+               "ablation": "no_reasoning = the same stage-2 model decoded with an empty think; reasoning = as served "
+                           "(think_ranking, follow_weight chosen on valid); reasoning_conditioned = ranked after the "
+                           "rationale, not following it; oracle_rationale = the teacher's rationale for the true "
+                           "target (reads test targets: a bound, never a choice)",
                "budget_minutes": budget_minutes, "stage1_reused": stage1_reused, "eval_users": len(test),
                "max_history": max_history, "max_think_tokens": max_think_tokens, "teacher": "template",
                "rationales": {k: stats[k] for k in (*STATS, "seconds")},

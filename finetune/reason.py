@@ -22,6 +22,7 @@ from think_rec.data.split import leave_one_out
 from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.adapters import make_trainable
+from think_rec.model.artefacts import SERVED_FILE
 from think_rec.model.loading import load_model
 
 from .align import TimeBudget
@@ -31,7 +32,7 @@ from .reason_config import ReasonConfig
 from .reason_data import build_rationales, load_rows, sample_examples, save_rows, tokenize_rows
 from .run_state import (config_fingerprint, data_fingerprint, digest, model_fingerprint, resume_point,
                         sids_fingerprint, train_and_merge)
-from .served import inherit_served
+from .served import inherit_served, write_think
 
 RATIONALE_FIELDS = ("teacher", "teacher_kwargs", "prune_k", "num_examples", "seed", "max_history", "rejection_top_n",
                     "rejection_num_beams")
@@ -130,7 +131,11 @@ def train_reason(config: ReasonConfig) -> Path:
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         (out / "reason_stats.json").write_text(json.dumps({**stats, "steps": step}, indent=1))
 
-    return inherit_served(config.model, train_and_merge(trainer, processor, last, final, fingerprint, write_logs))
+    final = inherit_served(config.model, train_and_merge(trainer, processor, last, final, fingerprint, write_logs))
+    if config.think_valid_users and (final / SERVED_FILE).is_file():
+        write_think(final, config.data_dir, codebook, valid_users=config.think_valid_users,
+                    max_think_tokens=config.think_max_tokens, seed=config.seed)
+    return final
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -5,7 +5,9 @@ sample of valid users once with the served prompt and the served ranking (``thin
 picks the prior weight (and, for a model with item tokens, the item head's weight) with the best valid NDCG@10
 (ties: the smaller weights), and saves ``prior.json`` and
 ``served.json`` beside the merged model. Stage 1 calls it when its last phase has trained the chat prompt;
-``think-rec prior`` does it for an existing model. Test users are never read.
+``think-rec prior`` does it for an existing model. Stage 2 adds its thinking ranking (``write_think``): after the
+rationale or after an empty think, and the weight of the rationale's claims, chosen on valid users. Test users are
+never read.
 """
 from __future__ import annotations
 
@@ -98,6 +100,22 @@ def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path |
     prior.save(model_dir)
     served.save(model_dir)
     return served
+
+
+def write_think(model_dir: str | Path, data_dir: str | Path, sids: str | Path | SIDCodebook, *, valid_users: int,
+                max_think_tokens: int = 64, seed: int = 0) -> ServedConfig:
+    """Choose the thinking ranking of a stage-2 model on valid users (``eval.reasoning.choose_think``: after the
+    rationale or after an empty think, and how much the items follow its claims) and record it in ``served.json``."""
+    from think_rec.eval.reasoning import choose_think
+
+    data = RecDataset.load(data_dir)
+    valid = sample_users(leave_one_out(data.interactions).valid, valid_users, seed)
+    rec = RecModel.load(model_dir, sids, data)
+    choice, record = choose_think(rec, valid, max_think_tokens=max_think_tokens)
+    rec.served.think_ranking, rec.served.follow_weight = choice
+    rec.served.notes["think_selection"] = {**record, "seed": seed, "max_think_tokens": max_think_tokens}
+    rec.served.save(model_dir)
+    return rec.served
 
 
 def inherit_served(base: str | Path, final: str | Path) -> Path:

@@ -27,6 +27,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from think_rec.data.schema import RecDataset
+from think_rec.decoding.claims import ClaimChecker
 from think_rec.decoding.prior import CollaborativePrior
 from think_rec.decoding.think import CitationStream, render_citations
 from think_rec.finetune.rationale_filters import citation_title, title_mentioned
@@ -137,6 +138,7 @@ class RecService:
         self.settings = {**asdict(self.served), "prior_weight": prior.weight if prior else 0.0,
                          "prior_selection": prior.selection if prior else None}
         self.max_history = self.served.max_history
+        self.claims = ClaimChecker(self.dataset.catalog.by_id)
         self.conversation = Conversation(self.dataset, self.codebook, self.tokenizer, self.max_history)
         self.sessions = SessionStore(config.session_db or Path(config.model) / "sessions.sqlite",
                                      config.max_sessions, config.session_ttl_s)
@@ -198,8 +200,9 @@ class RecService:
         try:
             if turn.k <= 0:
                 events = _one(Recommendation("", []))
-            else:
-                events = self.engine.stream(turn.prompt, k=turn.k, banned=turn.banned, think=turn.think,
+            else:  # a thinking ranking follows its rationale over the served beam's items (ClaimChecker.answer)
+                pool = max(turn.k, self.served.num_beams) if turn.think and self.served.follow_weight else turn.k
+                events = self.engine.stream(turn.prompt, k=pool, banned=turn.banned, think=turn.think,
                                             max_think_tokens=turn.max_think_tokens,
                                             history=turn.session.history[-self.max_history:])
             catalog = self.conversation.catalog
@@ -217,6 +220,10 @@ class RecService:
                     raise Busy(str(e)) from None
                 if isinstance(event, Recommendation):
                     event = replace(event, rationale=render_citations(event.rationale, titles)[0].strip())
+                    if turn.think:
+                        history = turn.session.history[-self.max_history:]
+                        event = Recommendation(*self.claims.answer(event.rationale, history, event.items,
+                                                                   self.served.follow_weight, turn.k))
                     self.finish(turn.session, event)
                     await asyncio.to_thread(self.sessions.put, turn.session)
                     yield event

@@ -147,7 +147,8 @@ class VLLMEngine:
             kept, _, rest = lines.finish()
             if rest:
                 yield rest
-            rationale, ids = lines.shown, ids + [self.open_id] + kept + [self.close_id]
+            after = kept if self.served.think_ranking == "rationale" else []  # "history": after an empty think
+            rationale, ids = lines.shown, ids + [self.open_id] + after + [self.close_id]
         items = await rank_steps(functools.partial(self.child_logprobs, ids, banned=banned), self.trie, history,
                                  self.prior, k=k, num_beams=self.served.num_beams, banned=banned,
                                  item_logprobs=functools.partial(self.item_logprobs, ids) if self.items else None)

@@ -63,7 +63,8 @@ class ThinkAheadEngine:
         self.store = ThinkAheadStore(config.think_ahead)
         if self.store.meta["sids_sha"] != codebook_fingerprint(config.sids):
             raise ValueError(f"{config.think_ahead}: built for another SID codebook than {config.sids} (sids_sha)")
-        max_history = config.max_history or ServedConfig.load(config.model).max_history
+        self.served = ServedConfig.load(config.model)
+        max_history = config.max_history or self.served.max_history
         for key, ours in (("model", str(Path(config.model).resolve())), ("max_history", max_history)):
             if self.store.meta[key] != ours:
                 raise ValueError(f"{config.think_ahead}: built with {key}={self.store.meta[key]!r}, but the server "
@@ -101,7 +102,8 @@ class ThinkAheadEngine:
         width = max(k, self.store.meta["beam"])
 
         async def ranked(thought: Thought) -> list[tuple[str, float]]:
-            head = ids + [self.open_id] + thought.think_ids + [self.close_id] if self.store.think else ids
+            after = thought.think_ids if self.served.think_ranking == "rationale" else []  # "history": empty think
+            head = ids + [self.open_id] + after + [self.close_id] if self.store.think else ids
             beams = [(tuple(p), s) for p, s in thought.prefixes]
             step = functools.partial(self.base.child_logprobs, head, banned=banned)
             kept = expand(beams, await step([p for p, _ in beams]), width)

@@ -74,8 +74,10 @@ def build_store(model: Path, data: Path, sids: Path, out: Path, *, rationales: i
                                            do_sample=rationales > 1, max_think_tokens=max_think_tokens)[0]
             else:
                 rows = [tok.encode(prompt, add_special_tokens=False)]
+            searched = rows if not rationales or served.think_ranking == "rationale" else \
+                [ids[:len(ids) - ids[::-1].index(open_id)] + [close_id] for ids in rows]  # "history": empty think
             thoughts = []
-            for ids, prefixes in zip(rows, prefix_search(net, tok, rows, trie, levels - 1, num_beams=beam)):
+            for ids, prefixes in zip(rows, prefix_search(net, tok, searched, trie, levels - 1, num_beams=beam)):
                 body = ids[len(ids) - ids[::-1].index(open_id):-1] if rationales else []
                 text = tok.decode(body, skip_special_tokens=False).strip() if body else ""
                 thoughts.append(Thought(text, body, [(list(p), s) for p, s in prefixes]))

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from think_rec.data.schema import Catalog, RecDataset
+from think_rec.decoding.claims import ClaimChecker
 from think_rec.serve.launch import start_server, stop_server
 from think_rec.finetune.rationale_filters import title_mentioned
 
@@ -154,6 +155,11 @@ def test_chat_page_shows_history_citations_and_chips(server, chrome):
     assert marks and {m.get_attribute("data-item-id") for m in marks} <= set(expected["cited"])
     for m in marks:
         assert title_mentioned(m.text, ds.catalog[m.get_attribute("data-item-id")]["title"])
+    shown = driver.find_element(By.ID, "rationale").text  # the top item satisfies the rationale's category claim
+    assert driver.find_elements(By.CSS_SELECTOR, ".msg.assistant")[-1].text.startswith(shown)  # the final one
+    claims = ClaimChecker(ds.catalog.by_id).claims(shown, [h["id"] for h in expected["history"]])
+    top = {c.casefold() for c in ds.catalog[expected["items"][0]["id"]]["categories"]}
+    assert {c.casefold() for c in claims.categories} <= top and not claims.contradictions
     cited_cards = driver.find_elements(By.CSS_SELECTOR, "#user-history .history-card.cited")
     assert {c.get_attribute("data-item-id") for c in cited_cards} == set(expected["cited"])
     chips = driver.find_elements(By.CSS_SELECTOR, "#constraints .chip")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from think_rec.decoding import ThinkResult
-from think_rec.eval.reasoning import ClaimVocabulary, faithful, rationale_claims, rationale_quality
+from think_rec.decoding.claims import ClaimChecker, ClaimVocabulary, faithful, holding, rationale_claims
+from think_rec.eval.reasoning import rationale_quality
 from think_rec.finetune.rationales import TemplateTeacher
 
 
@@ -85,3 +86,38 @@ def test_template_rationales_are_faithful_to_their_target():
     c = rationale_claims(text, ClaimVocabulary(ITEMS.values()), history)
     assert len(c) >= 4 and not c.contradictions  # category path, brand, title word, price band
     assert faithful(c, ITEMS["gauge"]) and not faithful(c, ITEMS["cal"]) and not faithful(c, ITEMS["hose"])
+
+
+def test_holding_is_the_share_of_claims_an_item_satisfies():
+    c = claims("It is made by Arex. It is also about digital.")
+    assert holding(c, ITEMS["gauge"]) == 1.0 and holding(c, ITEMS["pump"]) == 0.5 and holding(c, ITEMS["hose"]) == 0.0
+
+
+def test_follow_reranks_by_the_claims_with_the_weight():
+    checker = ClaimChecker(ITEMS)
+    c = checker.claims("The next item is in Measure & Inspect.", HISTORY)
+    ranked = [("hose", -1.0), ("pump", -1.5), ("gauge", -2.0), ("rule", -2.6)]
+    assert checker.follow(ranked, c, 0.0, 3) == ranked[:3]  # weight 0: the ranking as it was
+    assert [i for i, _ in checker.follow(ranked, c, 0.8, 3)] == ["hose", "gauge", "pump"]  # -1.2 beats -1.5
+    assert [i for i, _ in checker.follow(ranked, c, 2.0, 2)] == ["gauge", "rule"]
+
+
+def test_shorten_keeps_the_sentences_that_hold_for_the_top_item():
+    checker = ClaimChecker(ITEMS)
+    text = ('Like "Mitutoyo Digital Caliper", the next item is in Measure & Inspect. It is made by Hoser. '
+            'It is also about digital.')
+    kept = 'Like "Mitutoyo Digital Caliper", the next item is in Measure & Inspect. It is also about digital.'
+    assert checker.shorten(text, HISTORY, "gauge") == kept
+    assert checker.shorten(text, HISTORY, "hose") == "It is made by Hoser."
+    assert checker.shorten("It is made by Arex, like \"Mitutoyo Digital Caliper\".", HISTORY, "gauge") == ""
+    shown, items = checker.answer(text, HISTORY, [("hose", -1.0), ("gauge", -1.2)], 1.0, 2)
+    assert [i for i, _ in items] == ["gauge", "hose"] and "Hoser" not in shown and "Measure & Inspect" in shown
+
+
+def test_rationale_accuracy_and_shown_faithfulness():
+    q = quality("The next item is in Hoses.", ["hose"])  # the target is the gauge: the claim is wrong
+    assert q["rationale_accuracy"] == 0.0 and q["faithful@1"] == 1.0 and q["shortened"] == 0.0
+    q = quality("The next item is in Measure & Inspect. It is made by Hoser.", ["gauge"])
+    assert q["faithful@1"] == 0.0 and q["shown_faithful@1"] == 1.0 and q["shortened"] == 1.0
+    assert q["rationale_accuracy"] == 0.0
+    assert quality("The next item is in Measure & Inspect.", ["hose"])["rationale_accuracy"] == 1.0

@@ -5,7 +5,7 @@ import pytest
 
 from think_rec.data.split import leave_one_out
 from think_rec.decoding import ThinkResult
-from think_rec.eval.reasoning import evaluate_reasoning, rationale_quality, reasoning_ablation
+from think_rec.eval.reasoning import choose_think, evaluate_reasoning, rationale_quality, reasoning_ablation
 from think_rec.model.artefacts import RecModel
 
 ITEMS = {
@@ -37,8 +37,9 @@ def test_ablation_rows_on_aligned_model(aligned_run, synthetic_dataset):
     rec = RecModel.load(model_dir, codebook, synthetic_dataset)
     test = leave_one_out(synthetic_dataset.interactions).test.select(range(6))
     rows, results = reasoning_ablation(rec, test, max_history=4, max_think_tokens=5, batch_size=3, progress=False)
-    assert [r["system"] for r in rows] == ["no_reasoning", "reasoning"]
-    empty, think = rows
+    assert [r["system"] for r in rows] == ["no_reasoning", "reasoning", "reasoning_conditioned"]
+    empty, think, conditioned = rows
+    assert think["ndcg@10"] == conditioned["ndcg@10"]  # served as trained: after the rationale, weight 0
     assert empty["mean_length"] == 0 and empty["grounding"] == empty["leakage"] == 0
     assert think["mean_length"] <= 5 and all(0 <= think[m] <= 1 for m in ("recall@10", "ndcg@10", "grounding",
                                                                          "complete", "closed_by_model"))
@@ -46,3 +47,23 @@ def test_ablation_rows_on_aligned_model(aligned_run, synthetic_dataset):
     assert think["complete"] == sum(bool(r.rationales[0]) for r in results) / 6  # a sentence, or nothing
     again, _ = evaluate_reasoning(rec, test, think=False, max_history=4, batch_size=6, progress=False)
     assert {k: again[k] for k in ("recall@10", "ndcg@10")} == {k: empty[k] for k in ("recall@10", "ndcg@10")}
+    given, _ = evaluate_reasoning(rec, test, rationales=[""] * 6, condition=True, max_history=4, batch_size=6,
+                                  progress=False)  # a given empty rationale is the empty think
+    assert given["ndcg@10"] == empty["ndcg@10"] and given["mean_length"] == 0
+
+
+def test_choose_think_grid_and_its_history_mode_is_the_empty_think(aligned_run, synthetic_dataset):
+    _, codebook, model_dir = aligned_run
+    rec = RecModel.load(model_dir, codebook, synthetic_dataset)
+    valid = leave_one_out(synthetic_dataset.interactions).valid.select(range(6))
+    (mode, weight), record = choose_think(rec, valid, weights=(0.0, 4.0), max_history=4, max_think_tokens=5,
+                                          batch_size=6, progress=False)
+    scores = record["valid_ndcg@10"]
+    assert set(scores) == {"rationale@0", "rationale@4", "history@0", "history@4"}
+    assert scores[f"{mode}@{weight:g}"] == max(scores.values())
+    assert scores["history@0"] == record["valid_ndcg@10_no_reasoning"]  # the rationale only explains
+    followed, _ = evaluate_reasoning(rec, valid, follow_weight=1e3, max_history=4, max_think_tokens=5, batch_size=6,
+                                     progress=False)
+    free, _ = evaluate_reasoning(rec, valid, follow_weight=0.0, max_history=4, max_think_tokens=5, batch_size=6,
+                                 progress=False)
+    assert followed["faithful@1"] >= free["faithful@1"]  # a dominant weight puts an item the claims fit first

@@ -451,7 +451,7 @@ def bench_rec(
 def bench_reason(
     dataset: str = typer.Option("scientific", help="scientific | industrial | ml-100k"),
     budget_minutes: float = typer.Option(8.0, help="Stage-2 training budget (stage 1, if not on disk, the same)."),
-    eval_users: int = typer.Option(300, help="Test users scored (a seeded sample, the same for both systems)."),
+    eval_users: int = typer.Option(2000, help="Test users scored (a seeded sample, the same for every row)."),
     num_examples: int = typer.Option(4000, help="Stage-2 training examples (rationales built for each)."),
     rejection_top_n: int = typer.Option(0, help="Rank check of the rejection sampling in training (0: skip it; "
                                               "the teachers' acceptance under a top-10 check is measured anyway)."),
@@ -464,7 +464,8 @@ def bench_reason(
 
     payload = run(dataset, budget_minutes, eval_users, work_dir=work_dir, out_dir=out_dir, num_examples=num_examples,
                   rejection_top_n=rejection_top_n or None, max_think_tokens=max_think_tokens)
-    shown = ("ndcg@10", "recall@10", "grounding", "complete", "citations", "leakage")
+    shown = ("ndcg@10", "ndcg@10_se", "recall@10", "faithful@1", "contradictions", "rationale_accuracy", "complete",
+             "leakage")
     print_dict(f"bench reason {dataset}", {r["system"]: {m: r[m] for m in shown} for r in payload["rows"]})
 
 

@@ -46,13 +46,15 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
-def reasoning_example(root: str | Path, example: dict, budget_minutes: float = 2.0, max_history: int = 10,
+def reasoning_example(root: str | Path, examples, budget_minutes: float = 2.0, max_history: int = 10,
                       num_examples: int = 1000, seed: int = 0) -> dict:
-    """Stage 2 (template teacher, no rank check) on the run under ``root``, then one user's history, the
-    model's rationale and its top items, as titles (what the quickstart prints)."""
+    """Stage 2 (template teacher, no rank check) on the run under ``root``, then the first of ``examples`` whose
+    shown rationale cites a history item (else the first): its history, the rationale as the chat page shows it
+    (following and kept to what holds for the first item, ``ClaimChecker.answer``) and its top items, as titles."""
     from think_rec.decoding import think_then_recommend
+    from think_rec.decoding.claims import ClaimChecker
     from think_rec.eval.bench_reason import reason_config
-    from think_rec.finetune.rationale_filters import citation_title
+    from think_rec.finetune.rationale_filters import citation_title, title_mentioned
     from think_rec.finetune.reason import train_reason
     from think_rec.pipeline import RunDirs
     from think_rec.prompts import served_prompt
@@ -60,17 +62,25 @@ def reasoning_example(root: str | Path, example: dict, budget_minutes: float = 2
     dirs = RunDirs(Path(root))
     final = train_reason(reason_config(dirs, budget_minutes, max_history, num_examples, None, seed))
     rec = RecModel.load(final, dirs.sids, dirs.data)
-    items = rec.items
-    history = list(example["history"])[-max_history:]
+    items, served, checker = rec.items, rec.served, ClaimChecker(rec.items)
     tok = getattr(rec.processor, "tokenizer", rec.processor)
-    prompt = served_prompt(tok, history, items, rec.codebook, max_history)
-    (result,) = think_then_recommend(rec.model, rec.processor, [prompt], rec.trie, k=5,
-                                     num_beams=rec.served.num_beams, citations=[{i: citation_title(items[i])
-                                                                                for i in history}],
-                                     exclude=[set(history)] if rec.served.exclude_history else None,
-                                     histories=[history], prior=rec.prior)
-    return {"history": [items[i]["title"] for i in history], "target": items[example["target"]]["title"],
-            "rationale": result.rationales[0], "items": [items[i]["title"] for i, _ in result.items]}
+    histories = [list(h)[-max_history:] for h in examples["history"]]
+    results = think_then_recommend(rec.model, rec.processor,
+                                   [served_prompt(tok, h, items, rec.codebook, max_history) for h in histories],
+                                   rec.trie, k=max(5, served.num_beams), num_beams=served.num_beams,
+                                   citations=[{i: citation_title(items[i]) for i in h} for h in histories],
+                                   exclude=[set(h) for h in histories] if served.exclude_history else None,
+                                   histories=histories, prior=rec.prior,
+                                   condition=served.think_ranking == "rationale")
+    shown = [checker.answer(r.rationales[0], h, r.items, served.follow_weight, 5) for r, h in zip(results, histories)]
+    cites = [n for n, ((text, _), h) in enumerate(zip(shown, histories))
+             if any(title_mentioned(text, items[i]["title"]) for i in h)]
+    n = cites[0] if cites else 0
+    (text, ranked), history = shown[n], histories[n]
+    return {"user_id": examples["user_id"][n], "history": [items[i]["title"] for i in history],
+            "target": items[examples["target"][n]]["title"], "rationale": text,
+            "generated": results[n].rationales[0], "items": [items[i]["title"] for i, _ in ranked],
+            "think_ranking": served.think_ranking, "follow_weight": served.follow_weight}
 
 
 def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 3.0, eval_users: int | None = None,
@@ -115,9 +125,10 @@ def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 3.0, e
             console.print(f"  {n}. {codebook.sid_string(item)} {data.catalog[item]['title']}")
 
     with stage(console, log, f"stage 2 (reasoning, {min(2.0, budget_minutes):g} min)"):
-        shown = reasoning_example(root, test[0], budget_minutes=min(2.0, budget_minutes),
+        shown = reasoning_example(root, test, budget_minutes=min(2.0, budget_minutes),
                                   max_history=payload["served"]["max_history"])
-    console.rule(f"stage 2 (reasoning), user {test[0]['user_id']}")
+    console.rule(f"stage 2 (reasoning), user {shown['user_id']}: the rationale as served (kept to what holds for "
+                 "the first item)")
     console.print("history: " + "; ".join(shown["history"][-5:]))
     console.print(f"rationale: <think>{shown['rationale']}</think>")
     for n, title in enumerate(shown["items"], 1):

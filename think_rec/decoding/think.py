@@ -10,7 +10,9 @@ Two phases, one code path for eval and serving:
    is closed at its last sentence end (``finish_rationale``, also the vLLM engine's rule), never mid-word, and
    is empty when no sentence ended (``max_think_tokens=0`` gives an empty think);
 2. the served ranking (``ranking.rank``: the trie beam search, fused with the collaborative ``prior`` when one
-   is given) continues ``prompt <think>rationale</think>``, so the answer is always a catalog item.
+   is given) continues ``prompt <think>rationale</think>`` (or, with ``condition=False``, ``prompt
+   <think></think>``: the ranking without the rationale), so the answer is always a catalog item. What the
+   rationale claims then re-ranks the items and is kept to what holds for the first (``claims.ClaimChecker``).
 
 Several rationales per user are merged by **mean probability** (marginalising over rationales): an
 item's merged score is ``log(mean_r exp(score_r))`` where ``score_r`` is its beam score under
@@ -312,30 +314,41 @@ def think_then_recommend(model, tokenizer_or_processor, prompts: Sequence[str], 
                          exclude: Sequence[set[str]] | None = None,
                          citations: Sequence[Mapping[str, str]] | None = None,
                          histories: Sequence[Sequence[str]] | None = None,
-                         prior: CollaborativePrior | None = None) -> list[ThinkResult]:
+                         prior: CollaborativePrior | None = None, condition: bool = True,
+                         rationales: Sequence[str] | None = None) -> list[ThinkResult]:
     """Rationale(s) then up to ``k`` distinct catalog items per prompt (text prompts ending in the
     assistant's generation header, e.g. ``served_prompt(...)``). ``citations`` gives per prompt the items its
     rationale may cite, as ``{item_id: title shown}`` (usually the history); ``prior`` (with the prompts'
-    ``histories``) re-scores the post-rationale beams as the served ranking does."""
+    ``histories``) re-scores the post-rationale beams as the served ranking does. ``condition=False`` ranks after
+    an empty think (the rationale explains; the ranking is the model's without it: ``served.json``
+    ``think_ranking: history``). ``rationales`` (one per prompt, citations as SID strings) are used instead of
+    generating (e.g. the teacher's rationale for the true target: the oracle bound)."""
     tok = getattr(tokenizer_or_processor, "tokenizer", tokenizer_or_processor)
     prompts = list(prompts)
     if exclude is not None and len(exclude) != len(prompts):
         raise ValueError(f"exclude has {len(exclude)} sets for {len(prompts)} prompts")
-    citable = None if citations is None else [list(c) for c in citations]
-    bases, rows = _rationales(model, tokenizer_or_processor, prompts, trie, citable, num_rationales, do_sample,
-                              temperature, top_p, max_think_tokens)
-    close_id = _token_id(tok, THINK_CLOSE)
-    flat = [base + think + [close_id] for base, r in zip(bases, rows) for think, _ in r]
-    flat_exclude = None if exclude is None else [exclude[i] for i, r in enumerate(rows) for _ in r]
-    flat_histories = [list(histories[i]) if histories is not None else [] for i, r in enumerate(rows) for _ in r]
     if prior is not None and histories is None:
         raise ValueError("a prior needs the prompts' histories")
-    ranked = rank(model, tok, flat, flat_histories, trie, prior, k=k, num_beams=num_beams or k, banned=flat_exclude)
+    if rationales is not None:
+        if len(rationales) != len(prompts):
+            raise ValueError(f"{len(rationales)} rationales for {len(prompts)} prompts")
+        bases = [ids + [_token_id(tok, THINK_OPEN)] for ids in encode(tok, prompts)]
+        rows = [[(tok(r, add_special_tokens=False)["input_ids"] if r else [], True)] for r in rationales]
+    else:
+        citable = None if citations is None else [list(c) for c in citations]
+        bases, rows = _rationales(model, tokenizer_or_processor, prompts, trie, citable, num_rationales, do_sample,
+                                  temperature, top_p, max_think_tokens)
+    close_id = _token_id(tok, THINK_CLOSE)
+    per_prompt = [r if condition else r[:1] for r in rows]  # after an empty think, one ranking per prompt
+    flat = [base + (think if condition else []) + [close_id] for base, r in zip(bases, per_prompt) for think, _ in r]
+    owner = [n for n, r in enumerate(per_prompt) for _ in r]
+    ranked = rank(model, tok, flat, [list(histories[n]) if histories is not None else [] for n in owner], trie,
+                  prior, k=k, num_beams=num_beams or k, banned=None if exclude is None else [exclude[n] for n in owner])
     results, pos = [], 0
-    for n, r in enumerate(rows):
+    for n, (r, used) in enumerate(zip(rows, per_prompt)):
         titles = {} if citations is None else citation_titles(tok, trie, citations[n])
         shown = [show_rationale(tok, think, titles) for think, _ in r]
-        results.append(ThinkResult([text for text, _ in shown], merge_scores(ranked[pos:pos + len(r)], k),
+        results.append(ThinkResult([text for text, _ in shown], merge_scores(ranked[pos:pos + len(used)], k),
                                    [c for _, c in shown], [closed for _, closed in r]))
-        pos += len(r)
+        pos += len(used)
     return results

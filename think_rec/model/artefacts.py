@@ -27,6 +27,8 @@ class ServedConfig:
     num_beams: int = 30  # trie beam width; the prior's candidates join the beams
     dtype: str = "float32"  # what the model was scored in (vLLM's "auto" would serve float32 weights in bf16)
     exclude_history: bool = True  # never recommend a history item (decided from train + valid, never test)
+    think_ranking: str = "rationale"  # thinking ranks after the rationale, or "history": after an empty think
+    follow_weight: float = 0.0  # weight of the rationale's claims in the thinking ranking (claims.ClaimChecker)
     notes: dict[str, Any] = field(default_factory=dict)
 
     def save(self, model_dir: str | Path) -> Path:

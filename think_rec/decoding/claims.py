@@ -1,0 +1,183 @@
+"""What a rationale claims about the next item, and whether catalog items satisfy it.
+
+``rationale_claims`` reads every brand and category a rationale names outside its citations, the words it says the
+item is "about", its price band against what the user usually pays, and "like <cited item>" when a sentence names
+nothing else; and why it contradicts itself (two brands, two price bands, categories no one catalog item carries
+together, a brand attributed to a cited item that does not carry it). ``faithful``: every claim holds for an item.
+
+``ClaimChecker`` is what the think step uses so that the answer follows its reasoning: ``follow`` adds
+``weight`` x the share of the claims an item satisfies to its served score (the weight chosen on valid users when
+stage 2 ends, ``served.json`` ``follow_weight``), and ``shorten`` keeps the sentences whose claims hold for the
+top item, so a page never shows a claim its first item contradicts.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from think_rec.finetune.rationale_filters import citation_title, content_tokens, mentions
+from think_rec.finetune.rationales import common_prefix, price_band, usual_price
+from think_rec.steering import Vocabulary
+
+Item = dict[str, Any]
+QUOTED = re.compile(r'"([^"]*)"')
+ABOUT = re.compile(r"\babout\s+(.+?)\s*(?:,|[.!?;]|$)", re.I)
+LIKE = re.compile(r"\blike\b", re.I)
+PRICE_CLAIMS = {"like": re.compile(r"\bpriced like\b", re.I), "cheaper": re.compile(r"\bcheaper\b", re.I),
+                "more": re.compile(r"\b(?:costs? more|more expensive)\b", re.I)}
+
+
+class ClaimVocabulary(Vocabulary):
+    """The catalog's brand and category names (``steering.Vocabulary``) and the category sets its items carry."""
+
+    def __init__(self, items: Iterable[Item]):
+        rows = [{"brand": it.get("brand"), "categories": list(it.get("categories") or []), "price": it.get("price")}
+                for it in items]
+        super().__init__(rows)
+        self.category_sets = {frozenset(c.casefold() for c in r["categories"]) for r in rows}
+
+    def carried_together(self, categories: set[str]) -> bool:
+        """Some catalog item carries all of ``categories``."""
+        want = {c.casefold() for c in categories}
+        return not want or any(want <= s for s in self.category_sets)
+
+
+@dataclass
+class Claims:
+    """What a rationale says about the next item: categories, brands, title words, price bands (against
+    ``usual_price``), cited items it is "like" with no attribute named; and why it contradicts itself."""
+
+    categories: set[str] = field(default_factory=set)
+    brands: set[str] = field(default_factory=set)
+    words: set[str] = field(default_factory=set)
+    prices: set[str] = field(default_factory=set)
+    like: list[Item] = field(default_factory=list)
+    usual_price: float | None = None
+    contradictions: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.categories) + len(self.brands) + len(self.words) + len(self.prices) + len(self.like)
+
+
+def _sentences(text: str) -> list[tuple[str, str, list[str]]]:
+    """Per sentence: its text, its text with quoted titles blanked, and the quoted titles."""
+    quotes: list[str] = []
+
+    def hide(m: re.Match) -> str:
+        quotes.append(m.group(1))
+        return f"\x00{len(quotes) - 1}\x00"
+
+    out = []
+    for sentence in re.split(r"(?<=[.!?])[\"')\]]*\s+", QUOTED.sub(hide, text or "")):
+        refs = [quotes[int(i)] for i in re.findall(r"\x00(\d+)\x00", sentence)]
+        original = re.sub(r"\x00(\d+)\x00", lambda m: f'"{quotes[int(m.group(1))]}"', sentence)
+        out.append((original, re.sub(r"\x00\d+\x00", " ", sentence), refs))
+    return out
+
+
+def _sentence_claims(claims: Claims, plain: str, cited: Sequence[Item], vocab: ClaimVocabulary) -> None:
+    """Add one sentence's claims (``plain``: its text without citations; ``cited``: the items it cites)."""
+    if about := ABOUT.search(plain):
+        claims.words.update(content_tokens(about.group(1)))
+        plain = plain[:about.start()] + plain[about.end():]
+    prices = {band for band, pattern in PRICE_CLAIMS.items() if pattern.search(plain)}
+    brands, cats = vocab.brands_in(plain), vocab.categories_in(plain)
+    claims.prices |= prices
+    claims.brands |= brands
+    claims.categories |= cats
+    for item in cited if brands else ():
+        if (item.get("brand") or "").casefold() not in {b.casefold() for b in brands}:
+            claims.contradictions.append(f'{"/".join(sorted(brands))} attributed to "{citation_title(item)}"')
+    if not (about or prices or brands or cats) and LIKE.search(plain):
+        claims.like += cited
+
+
+def rationale_claims(text: str, vocab: ClaimVocabulary, history: Sequence[Item]) -> Claims:
+    """The claims ``text`` makes about the next item (see the module docstring); ``history``: the items it may
+    cite, whose prices are what the user usually pays."""
+    claims = Claims(usual_price=usual_price(history))
+    for _, plain, quoted in _sentences(text):
+        keys = {q.casefold() for q in quoted}
+        cited = [h for h in history if citation_title(h)
+                 and (citation_title(h).casefold() in keys or mentions(plain, citation_title(h)))]
+        for item in cited:
+            plain = re.sub(re.escape(citation_title(item)), " ", plain, flags=re.I)
+        _sentence_claims(claims, plain, cited, vocab)
+    if len({b.casefold() for b in claims.brands}) > 1:
+        claims.contradictions.append("brands " + ", ".join(sorted(claims.brands)))
+    if len(claims.prices) > 1:
+        claims.contradictions.append("price bands " + ", ".join(sorted(claims.prices)))
+    if not vocab.carried_together(claims.categories):
+        claims.contradictions.append("categories " + ", ".join(sorted(claims.categories)))
+    return claims
+
+
+def _alike(cited: Item, item: Item) -> bool:
+    """Shares the brand, a title word or the first two levels of the category path."""
+    same_brand = bool(item.get("brand")) and (cited.get("brand") or "").casefold() == item["brand"].casefold()
+    words = set(content_tokens(cited.get("title", ""))) & set(content_tokens(item.get("title", "")))
+    return same_brand or bool(words) or len(common_prefix(cited.get("categories") or [],
+                                                          item.get("categories") or [])) >= 2
+
+
+def _checks(claims: Claims, item: Item) -> list[bool]:
+    """Whether each claim holds for ``item`` (an unknown price holds no price band)."""
+    cats = {c.casefold() for c in item.get("categories") or []}
+    brand = (item.get("brand") or "").casefold()
+    price = item.get("price")
+    band = price_band(price, claims.usual_price) if price and claims.usual_price else None
+    title = set(content_tokens(item.get("title", "")))
+    return [*(c.casefold() in cats for c in claims.categories), *(b.casefold() == brand for b in claims.brands),
+            *(w in title for w in claims.words), *(p == band for p in claims.prices),
+            *(_alike(c, item) for c in claims.like)]
+
+
+def faithful(claims: Claims, item: Item) -> bool:
+    """Every claim holds for ``item``; vacuously true without claims."""
+    return all(_checks(claims, item))
+
+
+def holding(claims: Claims, item: Item) -> float:
+    """The share of the claims that hold for ``item`` (1 without claims)."""
+    checks = _checks(claims, item)
+    return sum(checks) / len(checks) if checks else 1.0
+
+
+class ClaimChecker:
+    """A catalog's claims machinery: what a rationale claims, a ranking that follows it, a rationale shortened to
+    what holds for an item. ``items``: ``item_id -> catalog row``; histories are item ids."""
+
+    def __init__(self, items: Mapping[str, Item]):
+        self.items = items
+        self.vocab = ClaimVocabulary(items.values())
+
+    def claims(self, text: str, history: Sequence[str]) -> Claims:
+        return rationale_claims(text, self.vocab, [self.items[i] for i in history])
+
+    def follow(self, ranked: Sequence[tuple[str, float]], claims: Claims, weight: float,
+               k: int) -> list[tuple[str, float]]:
+        """``ranked`` re-scored by ``weight`` x the share of ``claims`` each item satisfies (``holding``); top ``k``."""
+        if not weight or not len(claims):
+            return list(ranked)[:k]
+        scored = [(i, s + weight * holding(claims, self.items[i])) for i, s in ranked]
+        return sorted(scored, key=lambda x: -x[1])[:k]
+
+    def shorten(self, text: str, history: Sequence[str], item: str | None) -> str:
+        """The sentences of ``text`` whose claims all hold for ``item`` and do not contradict themselves (all of
+        ``text`` when there is no item): what is shown above a ranking whose top item is ``item``."""
+        if item is None:
+            return text
+        kept = []
+        for original, _, _ in _sentences(text):
+            claims = self.claims(original, history)
+            if faithful(claims, self.items[item]) and not claims.contradictions:
+                kept.append(original)
+        return " ".join(s.strip() for s in kept if s.strip())
+
+    def answer(self, rationale: str, history: Sequence[str], ranked: Sequence[tuple[str, float]], weight: float,
+               k: int) -> tuple[str, list[tuple[str, float]]]:
+        """What a think step shows: the top ``k`` of ``ranked`` following ``rationale`` (``follow``) and the
+        rationale kept to what holds for their first item (``shorten``). Eval and the API both call it."""
+        items = self.follow(ranked, self.claims(rationale, history), weight, k)
+        return self.shorten(rationale, history, items[0][0] if items else None), items
