@@ -205,6 +205,8 @@ def serve_cmd(
     max_model_len: int = typer.Option(4096, help="Prompt + rationale + SID tokens; older dialogue is trimmed."),
     tensor_parallel_size: int = typer.Option(1, help="vLLM: GPUs one model is split over."),
     data_parallel_size: int = typer.Option(1, help="vLLM: model replicas behind this server."),
+    dtype: Optional[str] = typer.Option(None, help="vLLM: the dtype served (default: the model's served.json; "
+                                        "float32 | bfloat16 | auto)."),
     max_running: int = typer.Option(4, help="Engine runs at once."),
     max_waiting: int = typer.Option(64, help="Requests queued beyond them (503 when full)."),
     request_timeout: float = typer.Option(120.0, help="Seconds per request, queueing included (504)."),
@@ -223,7 +225,8 @@ def serve_cmd(
                           image_root=image_root, session_db=session_db, max_sessions=max_sessions,
                           session_ttl_s=session_ttl_hours * 3600, max_model_len=max_model_len,
                           tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
-                          max_running=max_running, max_waiting=max_waiting, request_timeout_s=request_timeout,
+                          dtype=dtype, max_running=max_running, max_waiting=max_waiting,
+                          request_timeout_s=request_timeout,
                           max_body_bytes=max_body_kib * 1024))
     except ValueError as e:
         fail(e)
