@@ -72,6 +72,7 @@ class ServeConfig:
     max_model_len: int = 4096  # prompt + rationale + SID tokens
     tensor_parallel_size: int = 1  # vLLM: GPUs one model is split over
     data_parallel_size: int = 1  # vLLM: model replicas
+    dtype: str | None = None  # vLLM: None = the model's served.json
     max_running: int = 4  # engine runs at once
     max_waiting: int = 64  # requests queued for a run (503 beyond)
     request_timeout_s: float = 120.0  # queueing + engine (504 beyond)
@@ -149,7 +150,8 @@ class RecService:
             Path(config.model), Path(config.sids), max_model_len=config.max_model_len,
             think_ahead=config.think_ahead, think_ahead_base=config.think_ahead_base,
             max_history=self.max_history, max_queue=config.max_waiting,
-            tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size))
+            tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size,
+            dtype=config.dtype))
 
     async def begin(self, req: ChatCompletionRequest) -> Turn:
         """Validate the request's ids, load its session (or open one) and prepare the turn on a copy of it."""

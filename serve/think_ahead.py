@@ -65,7 +65,8 @@ class ThinkAheadEngine:
             raise ValueError(f"{config.think_ahead}: built for another SID codebook than {config.sids} (sids_sha)")
         self.served = ServedConfig.load(config.model)
         max_history = config.max_history or self.served.max_history
-        for key, ours in (("model", str(Path(config.model).resolve())), ("max_history", max_history)):
+        for key, ours in (("model", str(Path(config.model).resolve())), ("max_history", max_history),
+                          ("think_ranking", self.served.think_ranking)):
             if self.store.meta[key] != ours:
                 raise ValueError(f"{config.think_ahead}: built with {key}={self.store.meta[key]!r}, but the server "
                                  f"has {ours!r}")

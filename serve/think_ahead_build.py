@@ -19,8 +19,9 @@ def build_store(model: Path, data: Path, sids: Path, out: Path, *, rationales: i
                 users: Sequence[str] | None = None, seed: int = 0, progress: bool = True) -> int:
     """Precompute ``UserState``s into ``out`` (see ``serve.think_ahead``); returns how many were added.
 
-    ``beam`` (prefixes kept per rationale) and ``max_history`` default to the model's ``served.json``, so the
-    last-level step gives the items of the live engine.
+    ``beam`` (prefixes kept per rationale) and ``max_history`` default to the model's ``served.json``, and the
+    prefix search bans the history items when ``served.json`` excludes them (as the API bans them: meta
+    ``exclude_history``), so the last-level step gives the items of the live engine.
 
     ``history="full"``: each user's whole sequence (what ``user=`` requests are served with);
     ``"test"``: the leave-one-out test history (all but the last item), for evaluation."""
@@ -49,7 +50,9 @@ def build_store(model: Path, data: Path, sids: Path, out: Path, *, rationales: i
     store = ThinkAheadStore(out, {"format_version": FORMAT_VERSION, "model": str(Path(model).resolve()),
                                   "sids_sha": codebook_fingerprint(sids), "levels": levels,
                                   "rationales": rationales, "beam": beam, "max_history": max_history,
-                                  "history": history, "max_think_tokens": max_think_tokens})
+                                  "history": history, "max_think_tokens": max_think_tokens,
+                                  "exclude_history": served.exclude_history,
+                                  "think_ranking": served.think_ranking})
     try:
         histories = dict(zip(dataset.interactions.users, dataset.interactions.sequences))
         wanted = list(histories) if users is None else list(users)
@@ -77,7 +80,9 @@ def build_store(model: Path, data: Path, sids: Path, out: Path, *, rationales: i
             searched = rows if not rationales or served.think_ranking == "rationale" else \
                 [ids[:len(ids) - ids[::-1].index(open_id)] + [close_id] for ids in rows]  # "history": empty think
             thoughts = []
-            for ids, prefixes in zip(rows, prefix_search(net, tok, searched, trie, levels - 1, num_beams=beam)):
+            exclude = [set(hist) if served.exclude_history else set()] * len(rows)
+            for ids, prefixes in zip(rows, prefix_search(net, tok, searched, trie, levels - 1, num_beams=beam,
+                                                         exclude=exclude)):
                 body = ids[len(ids) - ids[::-1].index(open_id):-1] if rationales else []
                 text = tok.decode(body, skip_special_tokens=False).strip() if body else ""
                 thoughts.append(Thought(text, body, [(list(p), s) for p, s in prefixes]))

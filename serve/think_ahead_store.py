@@ -1,7 +1,9 @@
 """The Think-Ahead store (``serve.think_ahead``): one SQLite file of precomputed ``UserState``s.
 
 Format 2: prefix scores are sums of code log-probabilities over the SID tokens (``decoding.trie_beam``), as
-every engine scores; format 1 files (normalised over the trie children) must be rebuilt.
+every engine scores; format 1 files (normalised over the trie children) must be rebuilt. Format 3: the prefix
+search banned the history items when the model's ``served.json`` excludes them (meta ``exclude_history``), as the
+live engines prune them; format 2 files kept prefixes holding only history items.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 Prefix = tuple[list[int], float]
 
 
@@ -47,7 +49,7 @@ class ThinkAheadStore:
     """The SQLite file: a ``meta`` table (build settings) and a ``users`` table (one ``UserState`` a row)."""
 
     META_KEYS = ("format_version", "model", "sids_sha", "levels", "rationales", "beam", "max_history",
-                 "history", "max_think_tokens")
+                 "history", "max_think_tokens", "exclude_history")
 
     def __init__(self, path: Path | str, meta: dict | None = None):
         """Open ``path`` read-only; with ``meta`` open it for writing (WAL), create it if missing, and check it
@@ -80,13 +82,14 @@ class ThinkAheadStore:
         except sqlite3.DatabaseError as e:
             self.db.close()
             raise ValueError(f"{self.path} is not a think-ahead store: {e}") from e
+        if "format_version" in self.meta and self.meta["format_version"] != FORMAT_VERSION:
+            self.db.close()
+            raise ValueError(f"{self.path}: format_version {self.meta['format_version']}, expected {FORMAT_VERSION}"
+                             " (rebuild it: think-rec think-ahead)")
         missing = [k for k in self.META_KEYS if k not in self.meta]
         if missing:
             self.db.close()
             raise ValueError(f"{self.path}: meta table lacks {missing} (not a think-ahead store)")
-        if self.meta["format_version"] != FORMAT_VERSION:
-            self.db.close()
-            raise ValueError(f"{self.path}: format_version {self.meta['format_version']}, expected {FORMAT_VERSION}")
 
     def _meta(self) -> dict:
         return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")}

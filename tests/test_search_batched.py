@@ -86,12 +86,19 @@ def test_beam_search_matches_reference(setup, num_beams, batch_size):
     assert len(got[3]) == min(10, num_beams)  # 10 items left after the bans
 
 
-def test_prefix_search_matches_reference(setup):
-    model, tok, trie, prompts, _, _ = setup
-    got = prefix_search(model, tok, prompts, trie, 2, num_beams=6, batch_size=4)
-    want = reference_beams(model, tok, prompts, trie, 6, 2)
+@pytest.mark.parametrize("banned", [False, True])
+def test_prefix_search_matches_reference(setup, banned):
+    """Also with bans (Think-Ahead stores ban the history): no prefix whose items are all banned."""
+    model, tok, trie, prompts, exclude, _ = setup
+    ex = exclude if banned else None
+    got = prefix_search(model, tok, prompts, trie, 2, num_beams=6, exclude=ex, batch_size=4)
+    want = reference_beams(model, tok, prompts, trie, 6, 2, ex)
     assert [[p for p, _ in row] for row in got] == [[p for p, _ in row] for row in want]
     assert [s for row in got for _, s in row] == pytest.approx([s for row in want for _, s in row], abs=1e-5)
+    if banned:
+        assert got[3] != prefix_search(model, tok, prompts[3:4], trie, 2, num_beams=6)[0]  # 290 of 300 banned
+        assert all(trie.count[trie.node_of[tuple(p)]] > trie.banned_counts(e).get(trie.node_of[tuple(p)], 0)
+                   for row, e in zip(got, ex) for p, _ in row)
 
 
 def test_ties_keep_beam_then_token_order(setup):

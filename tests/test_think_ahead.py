@@ -11,6 +11,7 @@ import pytest
 
 from think_rec.data.schema import RecDataset
 from think_rec.finetune.rationale_filters import complete
+from think_rec.model.artefacts import ServedConfig
 from think_rec.serve.conversation import Conversation, Session
 from think_rec.serve.engine import EngineConfig, run
 from think_rec.serve.engines import build_engine
@@ -69,6 +70,7 @@ def test_store_round_trips(store, aligned_run, tmp_path):
     s = ThinkAheadStore(store)
     assert len(s) == len(USERS) and s.users() == set(USERS) and not s.think
     assert s.meta["beam"] == BEAM and s.meta["levels"] == codebook.levels and s.meta["history"] == "full"
+    assert s.meta["exclude_history"] is ServedConfig.load(model_dir).exclude_history
     for user in USERS:
         state = s.get(user)
         assert state.history == histories[user][-5:] and s.find(state.history).history == state.history
@@ -78,7 +80,9 @@ def test_store_round_trips(store, aligned_run, tmp_path):
         scores = [sc for _, sc in thought.prefixes]
         assert len(prefixes) == BEAM and len({tuple(p) for p in prefixes}) == BEAM
         assert all(len(p) == codebook.levels and p[0] == trie.first_token for p in prefixes)  # <|sid_begin|> + L-1
-        assert all(len(trie.allowed(p)) > 0 for p in prefixes)  # trie nodes with last-level children
+        # trie nodes with last-level children, history items pruned as the API bans them (exclude_history)
+        banned = trie.banned_counts(set(state.history) if s.meta["exclude_history"] else set())
+        assert all(len(trie.allowed(p, banned)) > 0 for p in prefixes)
         assert scores == sorted(scores, reverse=True) and all(sc <= 0 for sc in scores)
     assert s.get("nobody") is None and s.find(["0", "1", "2"]) is None
     s.close()
@@ -143,8 +147,8 @@ def _prompt(served, user):
 
 
 def test_think_ahead_returns_the_live_engines_items(aligned_run, served, tmp_path):
-    """A store built at the served beam width answers a stored user's history-only prompt with the top-10 of the
-    live engine it wraps (the served ranking, prior included)."""
+    """A store built at the served beam width answers a stored user's history-only prompt, with the API's default
+    bans, with the top-10 of the live engine it wraps (the served ranking, prior included)."""
     dirs, _, model_dir = aligned_run
     path = tmp_path / "served.sqlite"
     build_store(model_dir, dirs.data, dirs.sids, path, users=USERS[:3], progress=False)
@@ -155,8 +159,9 @@ def test_think_ahead_returns_the_live_engines_items(aligned_run, served, tmp_pat
     for user in USERS[:3]:
         history = engine.store.get(user).history
         prompt = _prompt(served, user)
-        ahead = loop.run_until_complete(run(engine, prompt, k=10, history=history))
-        live = loop.run_until_complete(run(engine.base, prompt, k=10, history=history))
+        banned = set(history) if engine.store.meta["exclude_history"] else set()  # as the API bans by default
+        ahead = loop.run_until_complete(run(engine, prompt, k=10, banned=banned, history=history))
+        live = loop.run_until_complete(run(engine.base, prompt, k=10, banned=banned, history=history))
         assert [i for i, _ in ahead.items] == [i for i, _ in live.items]
         assert all(math.isclose(a, b, abs_tol=1e-4) for (_, a), (_, b) in zip(ahead.items, live.items))
     assert engine.stats == {"think_ahead_hits": 3, "think_ahead_fallbacks": 0}

@@ -205,6 +205,8 @@ def serve_cmd(
     max_model_len: int = typer.Option(4096, help="Prompt + rationale + SID tokens; older dialogue is trimmed."),
     tensor_parallel_size: int = typer.Option(1, help="vLLM: GPUs one model is split over."),
     data_parallel_size: int = typer.Option(1, help="vLLM: model replicas behind this server."),
+    dtype: Optional[str] = typer.Option(None, help="vLLM: the dtype served (default: the model's served.json; "
+                                        "float32 | bfloat16 | auto)."),
     max_running: int = typer.Option(4, help="Engine runs at once."),
     max_waiting: int = typer.Option(64, help="Requests queued beyond them (503 when full)."),
     request_timeout: float = typer.Option(120.0, help="Seconds per request, queueing included (504)."),
@@ -223,7 +225,8 @@ def serve_cmd(
                           image_root=image_root, session_db=session_db, max_sessions=max_sessions,
                           session_ttl_s=session_ttl_hours * 3600, max_model_len=max_model_len,
                           tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
-                          max_running=max_running, max_waiting=max_waiting, request_timeout_s=request_timeout,
+                          dtype=dtype, max_running=max_running, max_waiting=max_waiting,
+                          request_timeout_s=request_timeout,
                           max_body_bytes=max_body_kib * 1024))
     except ValueError as e:
         fail(e)
@@ -489,13 +492,21 @@ def bench_rl(
 
 @bench_app.command("serve")
 def bench_serve(
-    model: Optional[Path] = typer.Option(None, help="A merged model folder (with SID tokens)."),
+    model: Optional[Path] = typer.Option(None, help="A merged model folder (with SID tokens), only read."),
     run: Optional[Path] = typer.Option(None, help="Its run folder (data/ and sids/)."),
-    chats: int = typer.Option(32, help="Two-turn chats per (backend, concurrency)."),
+    chats: int = typer.Option(200, help="Two-turn chats (a seeded sample of test users) per (backend, concurrency)."),
+    seed: int = typer.Option(0, help="Seed of the chats' sample of test users."),
+    message: str = typer.Option("", help="The first turn's words (default none: the history alone, the prompt "
+                                "`eval rec` scores and the Think-Ahead store is searched on)."),
     concurrency: str = typer.Option("1,16", help="Comma-separated concurrent chats (--abuse: one number)."),
     backends: str = typer.Option("vllm,hf,think_ahead", help="(--abuse: hf,vllm)"),
+    dtype: Optional[str] = typer.Option(None, help="vLLM's dtype (vllm, think_ahead; default: the model's "
+                                        "served.json): float32 | bfloat16."),
     think_ahead: Optional[Path] = typer.Option(None, help="A Think-Ahead store built with --history test "
-                                               "(default: built under runs/bench_serve)."),
+                                               "(default: built under WORK_DIR)."),
+    budget_minutes: float = typer.Option(60.0, help="Per (backend, concurrency) load; unfinished chats are "
+                                         "errors."),
+    work_dir: Path = typer.Option(Path("runs/bench_serve"), help="Server logs, sessions, the store, top-10s."),
     abuse: bool = typer.Option(False, help="Instead: a mix of malformed, oversized and valid requests on a small "
                                "run the bench builds -> eval/results/abuse.json."),
     requests: int = typer.Option(1000, help="--abuse: requests per backend."),
@@ -515,10 +526,12 @@ def bench_serve(
     from think_rec.eval.bench_serve import run as run_bench
 
     payload = run_bench(model, run / "data", run / "sids", out_dir, backends=backends.split(","),
-                        concurrency=[int(c) for c in concurrency.split(",")], chats=chats,
-                        think_ahead_store=think_ahead)
+                        concurrency=[int(c) for c in concurrency.split(",")], chats=chats, work_dir=work_dir,
+                        think_ahead_store=think_ahead, seed=seed, dtype=dtype, budget_minutes=budget_minutes,
+                        message=message)
     print_dict("bench serve", {f"{r['system']} x{r['concurrency']}": {k: r[k] for k in
-                               ("p50_seconds", "p95_seconds", "requests_per_second", "errors", "recall@10")}
+                               ("p50_seconds", "p95_seconds", "requests_per_second", "errors", "recall@10",
+                                "same_top10")}
                                for r in payload["rows"]})
 
 

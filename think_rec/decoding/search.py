@@ -160,9 +160,11 @@ def search_and_score(model, tokenizer, prompts: Sequence[str | Sequence[int]], t
 
 @torch.no_grad()
 def prefix_search(model, tokenizer, prompts: Sequence[str | Sequence[int]], trie: SIDTrie, depth: int, *,
-                  num_beams: int = 10, batch_size: int = 64) -> list[list[Beam]]:
-    """Per prompt, the best ``num_beams`` trie prefixes ``<|sid_begin|> c1..c_depth`` with their log-probs."""
-    return _beams(model, tokenizer, prompts, trie, num_beams, depth, None, batch_size)
+                  num_beams: int = 10, exclude: Sequence[set[str]] | None = None,
+                  batch_size: int = 64) -> list[list[Beam]]:
+    """Per prompt, the best ``num_beams`` trie prefixes ``<|sid_begin|> c1..c_depth`` with their log-probs; no
+    prefix whose items are all in ``exclude[i]`` (pruned during the search, as ``beam_search`` prunes)."""
+    return _beams(model, tokenizer, prompts, trie, num_beams, depth, exclude, batch_size)
 
 
 def _search(decoder: _Decoder, trie: SIDTrie, dead: list[list[int]] | None, num_beams: int, depth: int,
