@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,10 @@ def train_rl(config: RLConfig) -> Path:
                           processing_class=tok, callbacks=[TimeBudget(deadline)])
     rollout.model = trainer.model
     rationale_rule_in_rollouts(trainer.model, RationaleMask(tok, trie))
+    if config.use_vllm:
+        warnings.warn("use_vllm: vLLM samples the rollouts without the rationale rule (RationaleMask: SID tokens "
+                      "only as citations of the prompt's items), which applies to transformers generation only",
+                      stacklevel=2)
 
     def write_logs(step: int) -> None:
         rows, heldout = step_log(trainer.state.log_history), step_log(trainer.state.log_history, "eval_")

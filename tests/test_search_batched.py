@@ -2,6 +2,7 @@
 (``_Decoder.fork``/``step`` per beam, Python sets of trie children, ``expand``) that they replaced."""
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from think_rec.decoding import SIDTrie
-from think_rec.decoding.search import (_Decoder, _token_ids, beam_search, encode, prefix_search, score_items,
+from think_rec.decoding.search import (_Decoder, _token_ids, beam_search, encode, left_pad, prefix_search, score_items,
                                        search_and_score)
 from think_rec.decoding.trie_beam import expand, ranked_items
 
@@ -133,3 +134,79 @@ def test_scoring_matches_reference(setup):
     assert_same(beams, beam_search(model, tok, ids, trie, num_beams=8, k=8, exclude=exclude))
     assert [[i for i, _ in r] for r in extra] == cands
     assert [s for r in extra for _, s in r] == pytest.approx([s for r in want for s in r], abs=1e-5)
+
+
+def _tiny_family(family: str, codebook):
+    """A random tiny ``family`` model (``think_rec.model.tiny.tiny_config``) on the word-level tokenizer of
+    ``tiny_model``, with one item token per item (``add_item_tokens``)."""
+    from think_rec.model.itemic_tokens import add_item_tokens
+    from think_rec.model.loading import auto_model_class
+    from think_rec.model.tiny import tiny_config
+
+    model, tok = tiny_model(codebook, seed=7)
+    if family != "qwen2":
+        tok.add_tokens(["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"], special_tokens=True)
+        config = tiny_config(family, tok, layers=1)
+        torch.manual_seed(7)
+        model = auto_model_class(config).from_config(config, dtype=torch.float32).eval()
+    add_item_tokens(model, tok, codebook)
+    return model, tok
+
+
+def _full_forward(monkeypatch):
+    """Make ``_Decoder`` run the full forward and slice the vocabulary's logits (the computation before the
+    projection onto the SID rows)."""
+    from think_rec.decoding import search
+
+    monkeypatch.setattr(search, "_body_and_head", lambda model: None)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "qwen3_vl"])
+def test_sid_row_projection_matches_full_vocabulary(family, monkeypatch):
+    """Projecting the hidden states onto the SID (and item) rows only gives the full forward's log-probs: the
+    same beams, scores and item-head rows on text-only and Qwen-VL models with item tokens."""
+    codebook = synthetic_codebook(60, 3, 6, seed=4)
+    model, tok = _tiny_family(family, codebook)
+    trie = SIDTrie.from_codebook(codebook, tok)
+    assert trie.item_token_ids is not None
+    rng = random.Random(2)
+    words = [w for w in tok.get_vocab() if w.startswith("w")]
+    ids = encode(tok, [" ".join(rng.choice(words) for _ in range(rng.randrange(1, 9))) for _ in range(5)])
+    begin, pad = _token_ids(tok, trie)
+    x, mask = left_pad([row + [begin] for row in ids], pad)
+    with torch.no_grad():
+        decoder = _Decoder(model, ids, begin, pad, trie.token_ids, trie.item_token_ids)
+        logits = model(input_ids=x, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    sid = trie.token_ids
+    assert decoder.body is not None  # the projection, not the fallback
+    assert decoder.first_logprobs[:, sid] == pytest.approx(logits[:, -1, sid].log_softmax(-1), abs=1e-5)
+    assert decoder.first_logprobs.shape[1] == logits.shape[-1]
+    assert (decoder.first_logprobs[:, trie.item_token_ids] == float("-inf")).all()
+    assert decoder.item_logprobs == pytest.approx(logits[:, -1, trie.item_token_ids].log_softmax(-1), abs=1e-5)
+    cands = [rng.sample(sorted(codebook.codes), 4) for _ in ids]
+    fast = search_and_score(model, tok, ids, trie, lambda i, b, _: cands[i], num_beams=8, items=True, batch_size=3)
+    _full_forward(monkeypatch)
+    assert _Decoder(model, ids[:1], begin, pad, trie.token_ids).body is None
+    full = search_and_score(model, tok, ids, trie, lambda i, b, _: cands[i], num_beams=8, items=True, batch_size=3)
+    assert_same(fast[0], full[0])
+    assert_same(fast[1], full[1])
+    assert torch.stack(fast[2]) == pytest.approx(torch.stack(full[2]), abs=1e-5)
+
+
+def test_sid_row_projection_of_peft_models(setup, monkeypatch):
+    """A LoRA ``PeftModel`` is projected through its base (whose layers carry the adapters); one whose output
+    embedding peft wraps (trainable SID rows, ``apply_lora``) runs the full forward; both rank as the full forward."""
+    from peft import LoraConfig, get_peft_model
+
+    from think_rec.decoding.search import _body_and_head
+    from think_rec.model.adapters import apply_lora
+
+    model, tok, trie, prompts, exclude, _ = setup
+    config = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    lora = get_peft_model(copy.deepcopy(model), config).eval()
+    tokens = apply_lora(copy.deepcopy(model), trie.token_ids.tolist(), r=2).eval()
+    assert _body_and_head(lora) is not None and _body_and_head(tokens) is None
+    fast = [beam_search(m, tok, prompts, trie, num_beams=6, k=6, exclude=exclude) for m in (lora, tokens)]
+    _full_forward(monkeypatch)
+    for m, got in zip((lora, tokens), fast):
+        assert_same(got, beam_search(m, tok, prompts, trie, num_beams=6, k=6, exclude=exclude))

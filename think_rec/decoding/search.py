@@ -11,16 +11,19 @@ token-id lists (``beam_search`` and ``prefix_search`` also as strings) and score
 (``trie_beam``): the sum of the code tokens' log-probabilities, each a softmax over the SID tokens (inside a
 SID nothing else may follow; a model pre-trained with a SID-only head has no calibrated mass elsewhere). The
 constant ``<|sid_begin|>`` and the forced ``<|sid_end|>`` are left out, so rankings equal those of the full
-sequence score.
+sequence score. Every forward runs the decoder body and projects its hidden states onto the SID rows of the
+output embedding only (and the item rows at the prefill's last position), never the whole vocabulary of text,
+SID and item tokens; models whose logits are not such a plain linear head run the full forward instead.
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable, Iterator, Sequence
 
 import torch
 
 from .trie import SIDTrie
-from .trie_beam import Beam, Children, ranked_items, sid_logprobs
+from .trie_beam import Beam, Children, ranked_items
 
 Ranked = list[tuple[str, float]]
 
@@ -42,25 +45,70 @@ def encode(tokenizer, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]
     return [tok(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p) for p in prompts]
 
 
+# model types whose logits are exactly ``lm_head(decoder body's last hidden state)``: no soft-capping or scaling
+SLICEABLE = frozenset({"qwen3_vl", "qwen2_5_vl", "qwen2_vl", "qwen3", "qwen2", "llama", "mistral"})
+
+
+def _body_and_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
+    """The decoder body (``model.model``) and plain ``nn.Linear`` output projection of a ``SLICEABLE`` model (a
+    LoRA ``PeftModel``: of its base, whose layers carry the adapters), so that logits over some rows are
+    ``hidden @ W[rows].T (+ b[rows])``; None (run the full forward) for anything else, e.g. a head that peft
+    wraps (trainable token rows), prompt learning's virtual tokens, or a forward patched or hooked on the model."""
+    peft = sys.modules.get("peft")  # a PeftModel means peft is imported
+    if peft is not None and isinstance(model, peft.PeftModel):
+        if model.active_peft_config.is_prompt_learning:
+            return None
+        model = model.get_base_model()
+    config = getattr(model, "config", None)
+    body, head = getattr(model, "model", None), getattr(model, "get_output_embeddings", lambda: None)()
+    if getattr(config, "model_type", None) not in SLICEABLE or body is None or type(head) is not torch.nn.Linear:
+        return None
+    if "forward" in vars(model) or model._forward_hooks or model._forward_pre_hooks:  # a patched or hooked forward
+        return None
+    return body, head
+
+
 class _Decoder:
-    """One batch of prompts: a prefilled cache that rows (beams or candidates) are forked from."""
+    """One batch of prompts: a prefilled cache that rows (beams or candidates) are forked from. Each forward
+    projects the decoder body's hidden states onto the SID rows of the output embedding only (and, at the
+    prefill's last position, the item rows): the full vocabulary (text, SID and item tokens) is never scored,
+    unless the model's logits are not a plain linear head (``_body_and_head``)."""
 
     def __init__(self, model, prompts: Sequence[Sequence[int]], begin_id: int, pad_id: int, sid_ids: torch.Tensor,
                  item_ids: torch.Tensor | None = None):
         self.model, self.sid_ids = model, sid_ids
         ids, self.mask = left_pad([list(p) + [begin_id] for p in prompts], pad_id)
         device = model.device
+        self.rows = [sid_ids.to(device)] + ([] if item_ids is None else [item_ids.to(device)])
+        found = _body_and_head(model)
+        self.body, self.heads, self.vocab = None, [], None
+        if found is not None:  # the rows' weights, sliced once per decoder (the model may train between calls)
+            self.body, head = found
+            self.vocab = head.weight.shape[0]
+            self.heads = [(head.weight[r], None if head.bias is None else head.bias[r]) for r in self.rows]
         positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids.to(device), attention_mask=self.mask.to(device), position_ids=positions.to(device),
-                    use_cache=True, logits_to_keep=1)
-        self.cache = out.past_key_values
-        self.first_logprobs = self._logprobs(out.logits[:, -1:])[:, 0]  # (prompts, vocab): level 0
-        self.item_logprobs = None if item_ids is None else \
-            out.logits[:, -1, item_ids.to(device)].float().log_softmax(-1).cpu()  # (prompts, items): the item head
+        sid, *item = self._forward(dict(input_ids=ids.to(device), attention_mask=self.mask.to(device),
+                                        position_ids=positions.to(device)), len(self.rows), last=True)
+        self.first_logprobs = self._logprobs(sid)[:, 0]  # (prompts, vocab): level 0
+        self.item_logprobs = item[0][:, -1].float().log_softmax(-1).cpu() if item else None  # (prompts, items)
+
+    def _forward(self, inputs: dict, heads: int = 1, last: bool = False) -> list[torch.Tensor]:
+        """Run ``inputs`` on the cache (kept updated); logits over the SID tokens (``heads`` 2: and over the item
+        tokens) at every fed position (``last``: only the last one), on the model's device."""
+        if self.body is None:
+            out = self.model(**inputs, use_cache=True, logits_to_keep=int(last))
+            self.cache, self.vocab = out.past_key_values, out.logits.shape[-1]
+            return [out.logits[..., r] for r in self.rows[:heads]]
+        out = self.body(**inputs, use_cache=True)
+        self.cache, hidden = out.past_key_values, out.last_hidden_state
+        hidden = hidden[:, -1:] if last else hidden
+        return [torch.nn.functional.linear(hidden, w, b) for w, b in self.heads[:heads]]
 
     def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Log-softmax over the SID tokens (``-inf`` elsewhere), on the CPU."""
-        return sid_logprobs(logits.float().cpu(), self.sid_ids)
+        """Log-softmax of the SID tokens' ``logits``, as a (..., vocab) tensor (``-inf`` elsewhere) on the CPU."""
+        out = torch.full((*logits.shape[:-1], self.vocab), float("-inf"))
+        out[..., self.sid_ids] = logits.float().cpu().log_softmax(-1)
+        return out
 
     def fork(self, rows: torch.Tensor) -> None:
         """Keep cache row ``rows[i]`` as new row ``i`` (rows may repeat)."""
@@ -72,10 +120,9 @@ class _Decoder:
         positions = self.mask.sum(-1, keepdim=True) + torch.arange(tokens.shape[1])
         self.mask = torch.cat([self.mask, torch.ones_like(tokens)], dim=1)
         device = self.model.device
-        out = self.model(input_ids=tokens.to(device), attention_mask=self.mask.to(device),
-                         position_ids=positions.to(device), past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
-        return self._logprobs(out.logits)
+        logits, = self._forward(dict(input_ids=tokens.to(device), attention_mask=self.mask.to(device),
+                                     position_ids=positions.to(device), past_key_values=self.cache))
+        return self._logprobs(logits)
 
     def tree_step(self, tokens: torch.Tensor, sees: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
         """Feed ``tokens`` (prompts x m) into each prompt's own cache row, without forking it: token ``i`` attends
@@ -87,10 +134,9 @@ class _Decoder:
         visible = torch.cat([prompt, sees.to(device)], -1).unsqueeze(1)
         mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(~visible, torch.finfo(dtype).min)
         positions = self.mask.sum(-1, keepdim=True).to(device) + depth.to(device)
-        out = self.model(input_ids=tokens.to(device), attention_mask=mask, position_ids=positions,
-                         past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
-        return out.logits[..., self.sid_ids.to(device)].float().log_softmax(-1)
+        logits, = self._forward(dict(input_ids=tokens.to(device), attention_mask=mask, position_ids=positions,
+                                     past_key_values=self.cache))
+        return logits.float().log_softmax(-1)
 
 
 def _token_ids(tokenizer, trie: SIDTrie) -> tuple[int, int]:
