@@ -121,3 +121,13 @@ def test_rationale_accuracy_and_shown_faithfulness():
     assert q["faithful@1"] == 0.0 and q["shown_faithful@1"] == 1.0 and q["shortened"] == 1.0
     assert q["rationale_accuracy"] == 0.0
     assert quality("The next item is in Measure & Inspect.", ["hose"])["rationale_accuracy"] == 1.0
+
+
+def test_a_name_inside_a_longer_name_is_not_claimed():
+    items = {**ITEMS, "pr": item("pr", "Filament Spool", "3D", ["Tools", "3D Printing Supplies"], 20.0),
+             "v": item("v", "Brass Nipple", "Dixon Valve & Coupling", ["Garden", "Valves"], 9.0)}
+    vocab, history = ClaimVocabulary(items.values()), [ITEMS[i] for i in HISTORY]
+    c = rationale_claims('Like "Arex Digital Thermometer", the next item is in 3D Printing Supplies.', vocab, history)
+    assert c.categories == {"3D Printing Supplies"} and not c.brands and not c.contradictions
+    c = rationale_claims("The next item is in Garden. It is made by Dixon Valve & Coupling too.", vocab, history)
+    assert c.categories == {"Garden"} and c.brands == {"Dixon Valve & Coupling"} and not c.contradictions

@@ -76,13 +76,26 @@ def _sentences(text: str) -> list[tuple[str, str, list[str]]]:
     return out
 
 
+def _names(vocab: ClaimVocabulary, plain: str) -> tuple[set[str], set[str]]:
+    """The brands and categories ``plain`` names, longest names first: a name inside a longer one ("3D" in
+    "3D Printing Supplies", "Valves" in "Dixon Valve & Coupling", "Tape" in "Tapes") is not named on its own."""
+    finders = {"brand": vocab.brands_in, "category": vocab.categories_in}
+    found = sorted(((name, kind) for kind, find in finders.items() for name in find(plain)), key=lambda f: -len(f[0]))
+    rest, names = plain, {"brand": set(), "category": set()}
+    for name, kind in found:
+        if name in finders[kind](rest):
+            names[kind].add(name)
+            rest = re.sub(re.escape(name), " ", rest, flags=re.I)
+    return names["brand"], names["category"]
+
+
 def _sentence_claims(claims: Claims, plain: str, cited: Sequence[Item], vocab: ClaimVocabulary) -> None:
     """Add one sentence's claims (``plain``: its text without citations; ``cited``: the items it cites)."""
     if about := ABOUT.search(plain):
         claims.words.update(content_tokens(about.group(1)))
         plain = plain[:about.start()] + plain[about.end():]
     prices = {band for band, pattern in PRICE_CLAIMS.items() if pattern.search(plain)}
-    brands, cats = vocab.brands_in(plain), vocab.categories_in(plain)
+    brands, cats = _names(vocab, plain)
     claims.prices |= prices
     claims.brands |= brands
     claims.categories |= cats
