@@ -20,6 +20,7 @@ from think_rec.finetune.reason_config import ReasonConfig
 from think_rec.finetune.rl import train_rl
 from think_rec.finetune.rl_config import RLConfig
 from think_rec.model.adapters import apply_lora
+from think_rec.model.artefacts import ServedConfig
 from think_rec.model.loading import load_model, load_processor
 from think_rec.model.tokenizer import TEXT_CHAT_TEMPLATE
 from think_rec.pipeline import RunDirs, ensure_sids, tokenizer_corpus
@@ -63,7 +64,7 @@ def text_run(name: str, shop, synthetic_dataset, tmp_path_factory) -> tuple:
     reasoned = train_reason(ReasonConfig(
         output_dir=str(dirs.root / "reason"), model=str(aligned), data_dir=str(dirs.data), sids_dir=str(dirs.sids),
         num_examples=2, max_history=HISTORY, rejection_top_n=0, per_device_train_batch_size=1, max_steps=1,
-        lora_r=4, lora_alpha=8, save_steps=100, disable_tqdm=True))
+        lora_r=4, lora_alpha=8, think_valid_users=2, save_steps=100, disable_tqdm=True))
     return dirs, codebook, aligned, reasoned
 
 
@@ -90,6 +91,8 @@ def test_stages_give_catalog_items_by_trie_search_and_hf_api(run, request, synth
     prompts = [render_recommend_prompt(h, items, codebook, tok, with_images=False).text for h in histories]
     (r,) = think_then_recommend(model, tok, prompts, SIDTrie.from_codebook(codebook, tok), k=3, max_think_tokens=8)
     assert len(r.items) == 3 and all(i in codebook.codes for i, _ in r.items)
+    served = ServedConfig.load(reasoned)  # stage 2 chose its thinking ranking on valid users
+    assert served.think_ranking in ("rationale", "history") and served.notes["think_selection"]["valid_users"] == 2
     config = ServeConfig(model=reasoned, data=dirs.data, sids=dirs.sids, backend="hf",
                          session_db=dirs.root / "sessions.sqlite")
     with TestClient(create_app(RecService(config))) as client:
