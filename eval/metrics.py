@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Sequence
 
 
@@ -43,3 +44,8 @@ def aggregate(rankings: Sequence[Sequence[str]], targets: Sequence[str], ks: Seq
         out[f"ndcg@{k}"] = sum(ndcg_at_k(r, t, k) for r, t in zip(rankings, targets)) / n
     out["mrr"] = sum(mrr(r, t, max(ks)) for r, t in zip(rankings, targets)) / n
     return out
+
+
+def standard_error(values: Sequence[float]) -> float:
+    """The standard error of the mean of ``values`` (0 for fewer than two)."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0

@@ -25,7 +25,6 @@ trained); ``oracle_rationale`` (``bench reason``) gives it the teacher's rationa
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Sequence
 
@@ -40,7 +39,7 @@ from think_rec.finetune.rationale_filters import (citation_title, cited_items, c
 from think_rec.model.artefacts import RecModel
 from think_rec.prompts import served_prompt
 
-from .metrics import aggregate, ndcg_at_k
+from .metrics import aggregate, ndcg_at_k, standard_error
 
 FAITHFULNESS = ("faithful@1", "faithful@10", "contradictions", "claims", "shown_faithful@1", "shortened",
                 "rationale_accuracy")
@@ -103,7 +102,7 @@ def think_results(rec: RecModel, examples: datasets.Dataset, *, think: bool = Tr
     model, processor, items, served = rec.model, rec.processor, rec.items, rec.served
     max_history = max_history or served.max_history
     exclude = served.exclude_history if exclude_history is None else exclude_history
-    condition = served.think_ranking == "rationale" if condition is None else condition
+    condition = served.ranks_after_rationale if condition is None else condition
     histories = [list(h[-max_history:]) for h in column(examples, "history")]
     tok = getattr(processor, "tokenizer", processor)
     results: list[ThinkResult] = []
@@ -136,15 +135,6 @@ def ranking_metrics(results: Sequence[ThinkResult], targets: Sequence[str]) -> d
     rankings = [[i for i, _ in r.items] for r in results]
     per_user = [ndcg_at_k(r, t, 10) for r, t in zip(rankings, targets)]
     return {**aggregate(rankings, targets, (5, 10)), "ndcg@10_se": standard_error(per_user)}
-
-
-def standard_error(values: Sequence[float]) -> float:
-    """The standard error of the mean of ``values``."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mean = sum(values) / n
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
 def evaluate_reasoning(rec: RecModel, examples: datasets.Dataset, *, think: bool = True,

@@ -11,8 +11,6 @@ by the same rule and valid grid, so the model's own share of the gain is visible
 """
 from __future__ import annotations
 
-import math
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,7 +31,7 @@ from think_rec.model.artefacts import RecModel
 
 from .evaluate import RankFn
 from .markov import MarkovModel, markov_ranker
-from .metrics import aggregate, ndcg_at_k
+from .metrics import aggregate, ndcg_at_k, standard_error
 from .popularity import popularity_ranker
 from .sasrec import SASRec, SASRecConfig, score_all, sasrec_ranker, train_sasrec
 
@@ -84,7 +82,7 @@ def ranked_metrics(rankings: Sequence[Sequence[str]], targets: Sequence[str]) ->
     """``METRICS`` and the standard error of NDCG@10 over users."""
     per_user = [ndcg_at_k(r, t, 10) for r, t in zip(rankings, targets)]
     metrics = aggregate(rankings, targets)
-    return {**{m: metrics[m] for m in METRICS}, "ndcg@10_se": statistics.stdev(per_user) / math.sqrt(len(per_user))}
+    return {**{m: metrics[m] for m in METRICS}, "ndcg@10_se": standard_error(per_user)}
 
 
 def fused_row(system: str, cands: Sequence[Candidates], weight: float, targets: Sequence[str], seconds: float,

@@ -81,7 +81,7 @@ class HFEngine:
             res = think_then_recommend(self.model, self.processor, [prompt], self.trie, k=k,
                                        num_beams=self.served.num_beams, max_think_tokens=max_think_tokens,
                                        exclude=[banned], citations=[sids], histories=[history], prior=self.prior,
-                                       condition=self.served.think_ranking == "rationale")[0]
+                                       condition=self.served.ranks_after_rationale)[0]
             return Recommendation(res.rationales[0], res.items)
         return Recommendation("", rank(self.model, self.processor, [prompt], [history], self.trie, self.prior, k=k,
                                        num_beams=self.served.num_beams, banned=[banned])[0])

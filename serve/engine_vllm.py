@@ -147,7 +147,7 @@ class VLLMEngine:
             kept, _, rest = lines.finish()
             if rest:
                 yield rest
-            after = kept if self.served.think_ranking == "rationale" else []  # "history": after an empty think
+            after = kept if self.served.ranks_after_rationale else []  # "history": after an empty think
             rationale, ids = lines.shown, ids + [self.open_id] + after + [self.close_id]
         items = await rank_steps(functools.partial(self.child_logprobs, ids, banned=banned), self.trie, history,
                                  self.prior, k=k, num_beams=self.served.num_beams, banned=banned,

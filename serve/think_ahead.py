@@ -103,7 +103,7 @@ class ThinkAheadEngine:
         width = max(k, self.store.meta["beam"])
 
         async def ranked(thought: Thought) -> list[tuple[str, float]]:
-            after = thought.think_ids if self.served.think_ranking == "rationale" else []  # "history": empty think
+            after = thought.think_ids if self.served.ranks_after_rationale else []  # "history": empty think
             head = ids + [self.open_id] + after + [self.close_id] if self.store.think else ids
             beams = [(tuple(p), s) for p, s in thought.prefixes]
             step = functools.partial(self.base.child_logprobs, head, banned=banned)

@@ -77,7 +77,7 @@ def build_store(model: Path, data: Path, sids: Path, out: Path, *, rationales: i
                                            do_sample=rationales > 1, max_think_tokens=max_think_tokens)[0]
             else:
                 rows = [tok.encode(prompt, add_special_tokens=False)]
-            searched = rows if not rationales or served.think_ranking == "rationale" else \
+            searched = rows if not rationales or served.ranks_after_rationale else \
                 [ids[:len(ids) - ids[::-1].index(open_id)] + [close_id] for ids in rows]  # "history": empty think
             thoughts = []
             exclude = [set(hist) if served.exclude_history else set()] * len(rows)

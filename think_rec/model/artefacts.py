@@ -31,6 +31,11 @@ class ServedConfig:
     follow_weight: float = 0.0  # weight of the rationale's claims in the thinking ranking (claims.ClaimChecker)
     notes: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def ranks_after_rationale(self) -> bool:
+        """Thinking ranks the items after the rationale (else after an empty think: the rationale explains)."""
+        return self.think_ranking == "rationale"
+
     def save(self, model_dir: str | Path) -> Path:
         path = Path(model_dir) / SERVED_FILE
         path.write_text(json.dumps(asdict(self), indent=1))
