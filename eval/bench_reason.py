@@ -7,17 +7,21 @@ of training and, when it ends, chooses its served thinking ranking on valid user
 ``think_ranking``, ``follow_weight``). Rows on the same seeded test users (2,000 by default): ``no_reasoning``
 (the **same stage-2 model decoded with an empty think**), ``reasoning`` (as served), ``reasoning_conditioned``
 (ranked after the rationale, not following its claims) and ``oracle_rationale`` (the teacher's rationale for the
-true target: the bound of what a rationale can give). Nothing is selected on test. The teachers (``template``,
-``self``) are compared on ``probe_examples`` training examples by what the filters and the top-10 rank check
-accept. With ``rejection_top_n=None`` the rank check is skipped in training: the stage-1 model ranks the target
-in its top 10 for only a few percent of examples whatever the rationale, so the check would leave almost only
-empty thinks.
+true target: the bound of what a rationale can give). Nothing is selected on test. With ``served_think`` the
+stage-2 model as served is also scored on every test user and written as the ``served_think`` row of the
+``bench rec`` table (``DATASET.json``) whose stage-1 model it was trained from (``add_served_think``). The
+teachers (``template``, ``self``) are compared on ``probe_examples`` training examples by what the filters and the
+top-10 rank check accept. With ``rejection_top_n=None`` the rank check is skipped in training: the stage-1 model
+ranks the target in its top 10 for only a few percent of examples whatever the rationale, so the check would leave
+almost only empty thinks.
 """
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from think_rec.data.split import leave_one_out, sample_users
 from think_rec.decoding.claims import ClaimChecker
@@ -27,14 +31,17 @@ from think_rec.finetune.reason import train_reason
 from think_rec.finetune.rationales import make_teacher
 from think_rec.finetune.reason_config import ReasonConfig
 from think_rec.finetune.reason_data import build_rationales, encode_citations, sample_examples
-from think_rec.finetune.run_state import MANIFEST
+from think_rec.finetune.run_state import MANIFEST, model_fingerprint
 from think_rec.model.artefacts import RecModel
 from think_rec.model.loading import load_model
 from think_rec.pipeline import RunDirs
 
 from .bench_rec import align_config, prepare_run
 from .reasoning import FAITHFULNESS, evaluate_reasoning, reasoning_ablation
-from .report import write_report
+from .rec import METRICS
+from .report import git_commit, write_report
+
+log = logging.getLogger(__name__)
 
 ROW_KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "ndcg@10_se", "grounding", "complete", "citations", "leakage",
             "mean_length", "readability", "closed_by_model", "consistency", "acceptance_rate", "eval_users",
@@ -77,10 +84,45 @@ def oracle_rationales(rec: RecModel, examples, dirs: RunDirs, prune_k: int = 10)
     return [encode_citations(r["rationale"], [items[i] for i in r["history"]], rec.codebook) for r in rows]
 
 
+def add_served_think(table: Path, row: dict[str, Any], stage1_fingerprint: str, stage2_fingerprint: str) -> bool:
+    """Put ``row`` (``served_think``) into the ``bench rec`` table ``table`` (its md and png re-drawn) when that
+    table scored the stage-1 model ``stage1_fingerprint`` on as many users; else leave it and say why. The row's
+    ``train_seconds`` gains the stage-1 seconds of the table's ``served`` row."""
+    if not table.exists():
+        log.warning("%s: no bench rec table; served_think not added", table)
+        return False
+    payload = json.loads(table.read_text())
+    if payload.get("model_fingerprint") != stage1_fingerprint or payload.get("eval_users") != row["eval_users"]:
+        log.warning("%s scored another stage-1 model or user set (fingerprint %s, %s users; stage 2 was trained "
+                    "from %s, scored on %s): served_think not added", table, payload.get("model_fingerprint"),
+                    payload.get("eval_users"), stage1_fingerprint, row["eval_users"])
+        return False
+    rows = [r for r in payload["rows"] if r["system"] != "served_think"]
+    at = next((n + 1 for n, r in enumerate(rows) if r["system"] == "served"), 0)
+    row["train_seconds"] = round(row["train_seconds"] + (rows[at - 1]["train_seconds"] if at else 0.0), 1)
+    payload["rows"] = [*rows[:at], row, *rows[at:]]
+    payload["served_think"] = {"model_fingerprint": stage2_fingerprint, "commit": git_commit(),
+                               "think_ranking": row.pop("think_ranking"), "follow_weight": row.pop("follow_weight")}
+    write_report(table.stem, payload, table.parent, metric_keys=METRICS)
+    return True
+
+
+def served_think_row(rec: RecModel, test, max_history: int, max_think_tokens: int, stage2_seconds: float
+                     ) -> dict[str, Any]:
+    """The stage-2 model as ``think-rec serve`` answers a chat (rationale, then items by its served thinking
+    ranking, with the prior) on ``test``; ``train_seconds``: stage 2's."""
+    metrics, _ = evaluate_reasoning(rec, test, max_history=max_history, max_think_tokens=max_think_tokens,
+                                    desc="served_think")
+    return {"system": "served_think", **{k: metrics[k] for k in METRICS}, "train_seconds": round(stage2_seconds, 1),
+            "eval_seconds": metrics["eval_seconds"], "eval_users": metrics["users"],
+            "faithful@1": metrics["faithful@1"], "think_ranking": rec.served.think_ranking,
+            "follow_weight": rec.served.follow_weight}
+
+
 def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: int | None = 2000,
         max_history: int = 10, work_dir: str | Path = "runs/bench-rec", out_dir: str | Path = "eval/results",
         num_examples: int = 4000, rejection_top_n: int | None = None, max_think_tokens: int = 64,
-        probe_examples: int = 100, codebook_size: int = 256, seed: int = 0) -> dict:
+        probe_examples: int = 100, codebook_size: int = 256, seed: int = 0, served_think: bool = True) -> dict:
     """Stage 1 (reused or trained), stage 2, the ablation on test users; writes ``DATASET_reason.*``."""
     dirs, data, codebook = prepare_run(dataset, work_dir, codebook_size, seed)
     stage1_reused = (dirs.align / "final" / MANIFEST).exists()
@@ -125,4 +167,9 @@ def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: in
                "rejection_top_n": rejection_top_n, "teacher_probe": probe,
                "train_steps": stats["steps"], "example": example}
     write_report(f"{dataset}_reason", payload, out_dir, metric_keys=ROW_KEYS)
+    if served_think:
+        row = served_think_row(rec, sample_users(split.test, None, seed), max_history, max_think_tokens,
+                               stage2_seconds)
+        add_served_think(Path(out_dir) / f"{dataset}.json", row, model_fingerprint(dirs.align / "final"),
+                         model_fingerprint(final))
     return payload
