@@ -12,13 +12,15 @@ import torch
 from trl import TrlParser
 
 from think_rec.data.schema import Interactions, RecDataset
+from think_rec.decoding.claims import ClaimChecker
+from think_rec.data.split import leave_one_out
 from think_rec.decoding.think import THINK_CLOSE
 from think_rec.decoding.trie import SIDTrie
 from think_rec.finetune.rationale_filters import citation_title
 from think_rec.finetune.reason import reason_fingerprint, train_reason
 from think_rec.finetune.reason_config import ReasonConfig
 from think_rec.finetune.reason_data import save_rows
-from think_rec.finetune.rl import train_rl
+from think_rec.finetune.rl import heldout_rewards, reward_rollout, rl_dataset, train_rl
 from think_rec.finetune.rl_config import RLConfig
 from think_rec.finetune.rl_rewards import BeamRollout, prefix_match, rank_reward
 from think_rec.model.loading import load_model
@@ -38,6 +40,8 @@ def test_rewards_on_hand_made_beams():
     assert rollout.closed([1, 7, 5]) == [1, 7] and rollout.closed([1, 2]) == [1, 2, 7]
     with pytest.raises(ValueError, match="unknown reward 'pass_fail'"):
         rollout.reward_functions({}, ["pass_fail"])
+    with pytest.raises(ValueError, match="needs BeamRollout.checker"):
+        rollout.reward_functions({}, ["faithful"])
     with pytest.raises(ValueError, match="unknown reward"):
         RLConfig(output_dir="x", rewards={"ndcg": 1.0})
 
@@ -45,7 +49,8 @@ def test_rewards_on_hand_made_beams():
 def test_rl_yaml_parses():
     config = Path(__file__).resolve().parents[1] / "finetune" / "configs" / "rl_tiny.yaml"
     (cfg,) = TrlParser((RLConfig,)).parse_args_and_config(["--config", str(config)])
-    assert cfg.rewards == {"rollout_beam": 1.0, "rank": 1.0, "format": 1.0} and cfg.reward_weights == [1.0] * 3
+    assert cfg.rewards == {"rollout_beam": 1.0, "rank": 1.0, "format": 1.0, "faithful": 0.5}
+    assert cfg.reward_weights == [1.0, 1.0, 1.0, 0.5] and cfg.prompt_split == "valid"
     assert (cfg.num_generations, cfg.num_beams, cfg.beta, cfg.epsilon) == (16, 32, 0.001, 0.2)
     assert (cfg.eval_examples, cfg.eval_strategy, cfg.eval_on_start) == (32, "steps", True)
 
@@ -98,6 +103,37 @@ def test_grpo_moves_the_policy_logs_and_resumes(reasoned, tmp_path):
     assert all(len(b) == 8 and set(b) <= set(codebook.codes) for b in beams)
 
 
+def test_valid_prompts_leave_heldout_users_out_and_rewards_read_served_rationales(reasoned, tmp_path):
+    dirs, codebook, stage2 = reasoned
+    rewards = {"rollout_beam": 1.0, "rank": 1.0, "format": 1.0, "faithful": 0.5}
+    config = rl_config(reasoned, tmp_path, prompt_split="valid", eval_examples=4, rewards=rewards)
+    data = RecDataset.load(dirs.data)
+    model, processor = load_model(stage2)
+    pairs = {n: {(tuple(r["history"]), r["target"]) for r in rl_dataset(config, data, codebook, processor, heldout=n)}
+             for n in (False, True)}
+    split = leave_one_out(data.interactions, max_history=5)
+    valid = {(tuple(h), t) for h, t in zip(split.valid["history"], split.valid["target"])}
+    assert len(pairs[True]) == 4 and not pairs[True] & pairs[False] and pairs[False] | pairs[True] <= valid
+    assert len(pairs[False]) == min(64, len(valid) - 4)
+
+    tok = processor.tokenizer
+    trie = SIDTrie.from_codebook(codebook, processor)
+    rollout = reward_rollout(config, tok, trie, data)
+    held = rl_dataset(config, data, codebook, processor, heldout=True)
+    first = heldout_rewards(model, tok, trie, held, rollout, rewards, codebook.codes, 16, progress=False)
+    assert first == heldout_rewards(model, tok, trie, held, rollout, rewards, codebook.codes, 16, progress=False)
+    assert len(first) == 4 and all(-1.0 <= r <= 3.5 for r in first)
+
+    # faithful: the share of the rationale's claims that hold for the top item; nothing claimed earns nothing
+    items = data.catalog.by_id
+    a, b = next((x, y) for x in items for y in items if items[x]["categories"] and items[y]["categories"]
+                and not set(items[x]["categories"]) & set(items[y]["categories"]))
+    said = tok(f"The next item is in {items[a]['categories'][-1]}.", add_special_tokens=False)["input_ids"]
+    assert isinstance(rollout.checker, ClaimChecker)
+    assert rollout.faithfulness(said, [], a) == 1.0 and rollout.faithfulness(said, [], b) == 0.0
+    assert rollout.faithfulness(tok("Nice.", add_special_tokens=False)["input_ids"], [], a) == 0.0
+
+
 def test_grpo_learns_which_item_to_cite(aligned_run, tmp_path):
     """A learnable rule: stage 2 answers with the item its rationale cites, citing a random history item; every
     RL user repeats a cycle of 5 items, so the first of the last 5 is always next. Citing it is what earns reward."""
@@ -114,7 +150,7 @@ def test_grpo_learns_which_item_to_cite(aligned_run, tmp_path):
         cited = rng.choice(history)
         title = citation_title(items[cited])
         rows.append({"user_id": f"u{n}", "history": history, "target": cited, "pruned": history,
-                     "teacher_rationale": title, "rationale": title})
+                     "teacher_rationale": f"{title}.", "rationale": f"{title}."})  # a sentence: rollouts keep it
     save_rows(rows, {"key": reason_fingerprint(stage2)["rationales"]}, tmp_path / "s2" / "rationales")
     cited_model = train_reason(stage2)
     cycles = [{"user_id": f"r{n}", "item_ids": (rng.sample(ids, 5) * 4)[:17]} for n in range(64)]

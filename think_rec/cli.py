@@ -477,6 +477,8 @@ def bench_rl(
     dataset: str = typer.Option("scientific", help="scientific | industrial | ml-100k"),
     budget_minutes: float = typer.Option(10.0, help="GRPO training budget."),
     eval_users: int = typer.Option(2000, help="Test users scored (0: all; else a seeded sample, the same for all)."),
+    heldout_users: int = typer.Option(500, help="Valid-split users never prompted in GRPO, whose reward before and "
+                                                "after measures the policy."),
     max_think_tokens: int = typer.Option(64, help="Rationale length ceiling, in training and at decoding."),
     work_dir: Path = typer.Option(Path("runs/bench-rec"), help="Reuses the `bench reason` run found here."),
     out_dir: Path = typer.Option(Path("eval/results")),
@@ -484,10 +486,12 @@ def bench_rl(
     """Stage 3 (GRPO) before vs after -> eval/results/DATASET_rl.json + .md + .png."""
     from think_rec.eval.bench_rl import run
 
-    payload = run(dataset, budget_minutes, eval_users or None, max_think_tokens=max_think_tokens, work_dir=work_dir,
-                  out_dir=out_dir)
-    print_dict(f"bench rl {dataset}", {r["system"]: {m: r[m] for m in ("ndcg@10", "recall@10", "mean_reward")}
+    payload = run(dataset, budget_minutes, eval_users or None, heldout_users=heldout_users,
+                  max_think_tokens=max_think_tokens, work_dir=work_dir, out_dir=out_dir)
+    print_dict(f"bench rl {dataset}", {r["system"]: {m: r[m] for m in ("ndcg@10", "recall@10", "heldout_reward")}
                                         for r in payload["rows"]})
+    print_dict("held-out reward", {k: payload[k] for k in ("heldout_reward_before", "heldout_reward_after",
+                                                          "heldout_reward_se", "reasoning_vs_none")})
 
 
 @bench_app.command("serve")
