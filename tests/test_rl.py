@@ -14,13 +14,14 @@ from trl import TrlParser
 from think_rec.data.schema import Interactions, RecDataset
 from think_rec.decoding.claims import ClaimChecker
 from think_rec.data.split import leave_one_out
-from think_rec.decoding.think import THINK_CLOSE
+from think_rec.decoding.think import THINK_CLOSE, RationaleMask, finish_rationale
 from think_rec.decoding.trie import SIDTrie
 from think_rec.finetune.rationale_filters import citation_title
 from think_rec.finetune.reason import reason_fingerprint, train_reason
 from think_rec.finetune.reason_config import ReasonConfig
 from think_rec.finetune.reason_data import save_rows
-from think_rec.finetune.rl import heldout_rewards, reward_rollout, rl_dataset, train_rl
+from think_rec.finetune.rl import (heldout_rewards, rationale_rule_in_rollouts, reward_rollout, rl_dataset,
+                                   train_rl)
 from think_rec.finetune.rl_config import RLConfig
 from think_rec.finetune.rl_rewards import BeamRollout, prefix_match, rank_reward
 from think_rec.model.loading import load_model
@@ -132,6 +133,34 @@ def test_valid_prompts_leave_heldout_users_out_and_rewards_read_served_rationale
     assert isinstance(rollout.checker, ClaimChecker)
     assert rollout.faithfulness(said, [], a) == 1.0 and rollout.faithfulness(said, [], b) == 0.0
     assert rollout.faithfulness(tok("Nice.", add_special_tokens=False)["input_ids"], [], a) == 0.0
+
+
+def test_rollouts_end_as_the_engines_end_a_rationale(aligned_run):
+    """GRPO's generate keeps what ``finish_rationale`` keeps (closed at the last sentence end) and closes it."""
+    dirs, codebook, model_dir = aligned_run
+    _, processor = load_model(model_dir)
+    tok = processor.tokenizer
+    trie = SIDTrie.from_codebook(codebook, processor)
+    close = tok.convert_tokens_to_ids(THINK_CLOSE)
+    pad = close if tok.pad_token_id is None else tok.pad_token_id
+    prompt = tok("<think>", add_special_tokens=False)["input_ids"]
+    sampled = [tok(t, add_special_tokens=False)["input_ids"] for t in (" Good pick. It is", " Fine.", " cut")]
+    width = max(map(len, sampled)) + 1
+
+    class Sampler:  # stands in for the policy's sampling: rows of prompt + sampled ids (+ </think>), padded
+        def generate(self, **kwargs):
+            rows = [prompt + s + [close] + [pad] * (width - len(s) - 1) for s in sampled]
+            return torch.tensor(rows)
+
+    sampler = Sampler()
+    rationale_rule_in_rollouts(sampler, tok, RationaleMask(tok, trie))
+    out = sampler.generate(input_ids=torch.tensor([prompt] * 3))
+    assert out[:, :len(prompt)].tolist() == [prompt] * 3
+    for row, s in zip(out[:, len(prompt):].tolist(), sampled):
+        kept, _ = finish_rationale(tok, s + [close], trie.first_token, trie.end_token)
+        assert row[:len(kept) + 1] == kept + [close] and set(row[len(kept) + 1:]) <= {pad}
+    assert tok.decode(out[0, len(prompt):].tolist()).startswith(" Good pick.")
+    assert out[2, len(prompt)] == close  # no sentence ended: an empty think
 
 
 def test_grpo_learns_which_item_to_cite(aligned_run, tmp_path):
