@@ -49,3 +49,12 @@ def aggregate(rankings: Sequence[Sequence[str]], targets: Sequence[str], ks: Seq
 def standard_error(values: Sequence[float]) -> float:
     """The standard error of the mean of ``values`` (0 for fewer than two)."""
     return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+
+
+def ranked_metrics(rankings: Sequence[Sequence[str]], targets: Sequence[str],
+                   keys: Sequence[str] | None = None) -> dict[str, float]:
+    """``aggregate`` at 5 and 10 (only ``keys`` when given) and ``ndcg@10_se``, the standard error of NDCG@10 over
+    users."""
+    metrics = aggregate(rankings, targets, (5, 10))
+    per_user = [ndcg_at_k(r, t, 10) for r, t in zip(rankings, targets)]
+    return {**{m: v for m, v in metrics.items() if keys is None or m in keys}, "ndcg@10_se": standard_error(per_user)}

@@ -39,7 +39,7 @@ from think_rec.finetune.rationale_filters import (citation_title, cited_items, c
 from think_rec.model.artefacts import RecModel
 from think_rec.prompts import served_prompt
 
-from .metrics import aggregate, ndcg_at_k, standard_error
+from .metrics import ndcg_at_k, ranked_metrics, standard_error
 
 FAITHFULNESS = ("faithful@1", "faithful@10", "contradictions", "claims", "shown_faithful@1", "shortened",
                 "rationale_accuracy")
@@ -131,10 +131,8 @@ def followed(results: Sequence[ThinkResult], histories: Sequence[Sequence[str]],
 
 
 def ranking_metrics(results: Sequence[ThinkResult], targets: Sequence[str]) -> dict[str, float]:
-    """Recall/NDCG@5/10, MRR and the standard error of NDCG@10 over users."""
-    rankings = [[i for i, _ in r.items] for r in results]
-    per_user = [ndcg_at_k(r, t, 10) for r, t in zip(rankings, targets)]
-    return {**aggregate(rankings, targets, (5, 10)), "ndcg@10_se": standard_error(per_user)}
+    """``ranked_metrics`` of the results' items."""
+    return ranked_metrics([[i for i, _ in r.items] for r in results], targets)
 
 
 def evaluate_reasoning(rec: RecModel, examples: datasets.Dataset, *, think: bool = True,

@@ -31,7 +31,7 @@ from think_rec.model.artefacts import RecModel
 
 from .evaluate import RankFn
 from .markov import MarkovModel, markov_ranker
-from .metrics import aggregate, ndcg_at_k, standard_error
+from .metrics import ranked_metrics
 from .popularity import popularity_ranker
 from .sasrec import SASRec, SASRecConfig, score_all, sasrec_ranker, train_sasrec
 
@@ -78,18 +78,11 @@ def think_rec_ranker(model_dir: str | Path, dataset: RecDataset, codebook: SIDCo
     return scorer.ranker(k, exclude_history)
 
 
-def ranked_metrics(rankings: Sequence[Sequence[str]], targets: Sequence[str]) -> dict[str, float]:
-    """``METRICS`` and the standard error of NDCG@10 over users."""
-    per_user = [ndcg_at_k(r, t, 10) for r, t in zip(rankings, targets)]
-    metrics = aggregate(rankings, targets)
-    return {**{m: metrics[m] for m in METRICS}, "ndcg@10_se": standard_error(per_user)}
-
-
 def fused_row(system: str, cands: Sequence[Candidates], weight: float, targets: Sequence[str], seconds: float,
               train_seconds: float, item_weight: float = 0.0, **extra: Any) -> dict[str, Any]:
     """One row: ``fuse(weight, item_weight)`` of each user's candidates, scored against ``targets``."""
     rankings = [[i for i, _ in fuse(c, weight, 10, item_weight)] for c in cands]
-    return {"system": system, **ranked_metrics(rankings, targets), "train_seconds": round(train_seconds, 1),
+    return {"system": system, **ranked_metrics(rankings, targets, METRICS), "train_seconds": round(train_seconds, 1),
             "eval_seconds": round(seconds, 1), "prior_weight": weight, "item_weight": item_weight, **extra}
 
 
@@ -159,7 +152,7 @@ def _timed_row(system: str, rank: RankFn, examples, train_seconds: float, **extr
     start = time.perf_counter()
     histories = column(examples, "history")
     rankings = [r for s in tqdm(range(0, len(histories), 256), desc=system) for r in rank(histories[s:s + 256])]
-    return {"system": system, **ranked_metrics(rankings, column(examples, "target")),
+    return {"system": system, **ranked_metrics(rankings, column(examples, "target"), METRICS),
             "train_seconds": round(train_seconds, 1), "eval_seconds": round(time.perf_counter() - start, 1), **extra}
 
 

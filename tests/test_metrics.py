@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from think_rec.eval.metrics import aggregate, mrr, ndcg_at_k, rank_of, recall_at_k
+from think_rec.eval.metrics import aggregate, mrr, ndcg_at_k, rank_of, ranked_metrics, recall_at_k
 from think_rec.eval.report import write_report
 
 
@@ -31,6 +31,11 @@ def test_aggregate_over_users():
     assert m["mrr"] == pytest.approx((1 + 0.5 + 1 / 6) / 4)
     with pytest.raises(ValueError, match="rankings"):
         aggregate(rankings, targets[:2])
+    per_user = [1.0, 1 / math.log2(3), 1 / math.log2(7), 0.0]
+    mean = sum(per_user) / 4
+    se = math.sqrt(sum((v - mean) ** 2 for v in per_user) / 3 / 4)
+    assert ranked_metrics(rankings, targets) == pytest.approx({**m, "ndcg@10_se": se})
+    assert set(ranked_metrics(rankings, targets, ("ndcg@10",))) == {"ndcg@10", "ndcg@10_se"}
 
 
 def test_write_report(tmp_path):
