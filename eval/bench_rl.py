@@ -80,6 +80,7 @@ def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: i
     rewards["after"] = reward(models["after"])
     log = json.loads((Path(config.output_dir) / "rl_log.json").read_text())
     first, last = window_means(log, window)
+    mean = {when: sum(r) / len(r) for when, r in rewards.items()}
     rows = []
     for when, think, w in (("before", True, first), ("before", False, first), ("after", True, last),
                            ("after", False, last)):
@@ -87,13 +88,13 @@ def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: i
         m, _ = evaluate_reasoning(models[when], test, think=think, condition=True, follow_weight=0.0, desc=system,
                                   max_history=max_history, max_think_tokens=max_think_tokens)
         rows.append({"system": system, "recall@10": m["recall@10"], "ndcg@10": m["ndcg@10"],
-                     "ndcg@10_se": m["ndcg@10_se"], "heldout_reward": sum(rewards[when]) / len(rewards[when]), **w,
+                     "ndcg@10_se": m["ndcg@10_se"], "heldout_reward": mean[when], **w,
                      "grounding": m["grounding"], "mean_length": m["mean_length"], "eval_seconds": m["eval_seconds"],
                      **{k: m[k] for k in FAITHFULNESS}})
     ndcg = {r["system"]: r["ndcg@10"] for r in rows}
-    before, after = (sum(rewards[w]) / len(rewards[w]) for w in ("before", "after"))
     payload = {"benchmark": "rl", "dataset": dataset, "budget_minutes": budget_minutes, "eval_users": len(test),
-               "heldout_users": len(heldout), "heldout_reward_before": before, "heldout_reward_after": after,
+               "heldout_users": len(heldout), "heldout_reward_before": mean["before"],
+               "heldout_reward_after": mean["after"],
                "heldout_reward_se": standard_error([a - b for a, b in zip(rewards["after"], rewards["before"])]),
                "ndcg@10_gain": (ndcg["after_grpo"] - ndcg["before_grpo"]) / ndcg["before_grpo"]
                if ndcg["before_grpo"] else None,

@@ -32,7 +32,8 @@ from think_rec.data.split import leave_one_out, sample_users
 from think_rec.decoding.claims import ClaimChecker
 from think_rec.decoding.search import encode
 from think_rec.decoding.think import (THINK_CLOSE, THINK_OPEN, RationaleLogitsProcessor, RationaleMask,
-                                      finish_rationale, generate_rationales, prompt_items)
+                                      close_and_pad, finish_rationale, generate_rationales,
+                                      prompt_items)
 from think_rec.decoding.trie import SIDTrie
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.adapters import make_trainable
@@ -122,8 +123,7 @@ def rationale_rule_in_rollouts(model, tok, mask: RationaleMask) -> None:
     written as at inference: the rationale rule (``RationaleMask``, each row citing the items its prompt shows) and
     the engines' ending (``finish_rationale``: closed at the last sentence end, then ``</think>``)."""
     generate = model.generate
-    close_id = tok.convert_tokens_to_ids(THINK_CLOSE)
-    pad_id = close_id if tok.pad_token_id is None else tok.pad_token_id
+    close_id, pad_id = close_and_pad(tok)
 
     def generate_with_rule(*args, **kwargs):
         prompts = kwargs["input_ids"]

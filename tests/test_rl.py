@@ -14,7 +14,7 @@ from trl import TrlParser
 from think_rec.data.schema import Interactions, RecDataset
 from think_rec.decoding.claims import ClaimChecker
 from think_rec.data.split import leave_one_out
-from think_rec.decoding.think import THINK_CLOSE, RationaleMask, finish_rationale
+from think_rec.decoding.think import THINK_CLOSE, RationaleMask, close_and_pad, finish_rationale
 from think_rec.decoding.trie import SIDTrie
 from think_rec.finetune.rationale_filters import citation_title
 from think_rec.finetune.reason import reason_fingerprint, train_reason
@@ -141,8 +141,7 @@ def test_rollouts_end_as_the_engines_end_a_rationale(aligned_run):
     _, processor = load_model(model_dir)
     tok = processor.tokenizer
     trie = SIDTrie.from_codebook(codebook, processor)
-    close = tok.convert_tokens_to_ids(THINK_CLOSE)
-    pad = close if tok.pad_token_id is None else tok.pad_token_id
+    close, pad = close_and_pad(tok)
     prompt = tok("<think>", add_special_tokens=False)["input_ids"]
     sampled = [tok(t, add_special_tokens=False)["input_ids"] for t in (" Good pick. It is", " Fine.", " cut")]
     width = max(map(len, sampled)) + 1

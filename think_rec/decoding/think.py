@@ -59,7 +59,7 @@ def _token_id(tok, token: str) -> int:
     return tid
 
 
-def _close_and_pad(tok) -> tuple[int, int]:
+def close_and_pad(tok) -> tuple[int, int]:
     """``</think>``'s id and the pad id (``</think>`` when the tokenizer has no pad)."""
     close_id = _token_id(tok, THINK_CLOSE)
     return close_id, tok.pad_token_id if tok.pad_token_id is not None else close_id
@@ -77,7 +77,7 @@ def rationale_banned_ids(tokenizer, trie: SIDTrie) -> list[int]:
     """Tokens a rationale may not hold: SID codes, special (chat/vision) tokens, pads and a second ``<think>``;
     ``</think>`` stays allowed (it ends the rationale)."""
     tok = getattr(tokenizer, "tokenizer", tokenizer)
-    close_id, pad_id = _close_and_pad(tok)
+    close_id, pad_id = close_and_pad(tok)
     return sorted({*(i for seq in trie.item_of for i in seq), *tok.all_special_ids, _token_id(tok, THINK_OPEN),
                    pad_id} - {close_id})
 
@@ -180,7 +180,7 @@ def finish_rationale(tokenizer, generated: Sequence[int], begin: int, end: int) 
     """What every engine keeps of a generated think: the ids before ``</think>`` (pads dropped) closed at their
     last sentence end (``close_at_sentence``), and whether the model itself closed it there."""
     tok = getattr(tokenizer, "tokenizer", tokenizer)
-    close_id, pad_id = _close_and_pad(tok)
+    close_id, pad_id = close_and_pad(tok)
     generated = list(generated)
     closed = close_id in generated
     think = generated[:generated.index(close_id)] if closed else [t for t in generated if t != pad_id]
@@ -255,7 +255,7 @@ def render_citations(text: str, titles: Mapping[str, tuple[str, str]]) -> tuple[
 def _sample(model, tok, bases: list[list[int]], mask: RationaleMask, cites: list[SIDTrie | None], num_rationales: int,
             sampling: dict, max_think_tokens: int) -> list[list[tuple[list[int], bool]]]:
     """Per prompt, ``num_rationales`` (rationale ids closed at a sentence end, closed by the model)."""
-    close_id, pad_id = _close_and_pad(tok)
+    close_id, pad_id = close_and_pad(tok)
     ids, attention = left_pad(bases, pad_id)
     width = ids.shape[1]
     rows_cite = [c for c in cites for _ in range(num_rationales)]  # generate repeats each prompt in place
