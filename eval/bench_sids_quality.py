@@ -67,7 +67,8 @@ def run(dataset: str = "scientific", budget_minutes: float = 4.0, shapes: tuple[
             start = time.perf_counter()
             model_dir = train_align(config)
             train_seconds = time.perf_counter() - start
-            scorer = ThinkRecScorer(model_dir, data, book, prompt="stream", max_history=history, num_beams=num_beams)
+            scorer = ThinkRecScorer(model_dir, data, book.with_item_inputs(config.item_inputs), prompt="stream",
+                                    max_history=history, num_beams=num_beams)
             metrics = evaluate_ranker(scorer.ranker(10, exclude), valid, progress=False)
             selection = json.loads((run_dir / "align" / "sequence" / "selection.json").read_text())
             stats = book.stats()

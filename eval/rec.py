@@ -27,7 +27,7 @@ from think_rec.finetune.align import phase_prompt
 from think_rec.finetune.served import (choose_weight, choose_weights, model_alone, selection_record,
                                        served_candidates)
 from think_rec.itemic.codebook import SIDCodebook
-from think_rec.model.artefacts import RecModel
+from think_rec.model.artefacts import RecModel, model_codebook
 
 from .evaluate import RankFn
 from .markov import MarkovModel, markov_ranker
@@ -40,7 +40,8 @@ PROMPTS = {"stream": "sequence", "chat": "multitask"}  # prompt kind -> the stag
 
 
 class ThinkRecScorer:
-    """A trained think_rec model with its trie and prompt: beams and served-ranking candidates for histories."""
+    """A trained think_rec model with its trie and prompt: beams and served-ranking candidates for histories.
+    Histories carry item tokens when ``codebook`` or the model's ``served.json`` says so (``item_inputs``)."""
 
     def __init__(self, model_dir: str | Path, dataset: RecDataset, codebook: SIDCodebook, *, prompt: str = "chat",
                  max_history: int = 20, num_beams: int = 20, batch_size: int = 64):
@@ -48,6 +49,7 @@ class ThinkRecScorer:
             raise ValueError(f"prompt must be one of {list(PROMPTS)}, got {prompt!r}")
         rec = RecModel.load(model_dir, codebook)
         self.model, self.processor, self.trie = rec.model, rec.processor, rec.trie
+        codebook = codebook.with_item_inputs(codebook.item_inputs or rec.served.item_inputs)
         self.prompt = phase_prompt(PROMPTS[prompt], dataset, codebook, self.processor, max_history)
         self.num_beams, self.batch_size = num_beams, batch_size
 
@@ -116,6 +118,7 @@ def stream_rows(model_dir: str | Path, dataset: RecDataset, codebook: SIDCodeboo
     has one, else ``model_dir``."""
     stream_dir = Path(model_dir).parent / "sequence" / "merged"
     stream_dir = stream_dir if (stream_dir / "config.json").exists() else Path(model_dir)
+    codebook = model_codebook(codebook, model_dir)  # the sequence phase read histories as the final model does
     scorer = ThinkRecScorer(stream_dir, dataset, codebook, prompt="stream", max_history=stream_history,
                             num_beams=num_beams)
     valid = sample_users(split.valid, valid_users, seed)

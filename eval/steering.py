@@ -28,7 +28,7 @@ from think_rec.finetune.align_config import load_align_config
 from think_rec.finetune.run_state import MANIFEST
 from think_rec.finetune.steering_data import Request, SteeringRequests, steering_templates
 from think_rec.itemic.codebook import SIDCodebook
-from think_rec.model.artefacts import RecModel
+from think_rec.model.artefacts import RecModel, model_codebook
 from think_rec.prompts import chat_example, render_recommend_prompt
 
 from .bench_rec import DATASETS
@@ -166,6 +166,7 @@ def run(dataset: str = "scientific", run_dir: str | Path = "runs/bench-rec/scien
     exclude = history_exclusion(folds)
     scored = sample_users(folds.valid if split == "valid" else folds.test, users, seed)
     start = time.perf_counter()
+    codebook = model_codebook(codebook, model_dir)
     ranker = Ranker(model_dir, codebook, k, num_beams)
     rows = evaluate(ranker, data, codebook, column(scored, "history"), column(scored, "target"),
                     exclude_history=exclude, seed=seed)

@@ -16,22 +16,22 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import datasets
 import torch
 from transformers import Trainer, TrainerCallback
 from trl import SFTTrainer, TrlParser
 
-from think_rec.data.schema import RecDataset
+from think_rec.data.schema import RecDataset, column
 from think_rec.data.split import history_exclusion, leave_one_out, sample_users
+from think_rec.decoding.prior import MarkovModel
+from think_rec.decoding.trie import SIDTrie
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.adapters import make_trainable, warmup_only
 from think_rec.model.dropout import add_dropout
 from think_rec.model.itemic_tokens import add_item_tokens, add_sid_tokens
 from think_rec.model.loading import load_model, require_vision
-
-from think_rec.decoding.trie import SIDTrie
 from think_rec.prompts import render_recommend_prompt
 
 from .align_config import AlignConfig, PHASES
@@ -83,9 +83,9 @@ class TimeBudget(TrainerCallback):
 class RecTrainer(SFTTrainer):
     """``SFTTrainer`` whose loss adds the item-level head's (``item_head.py``) when the model has item tokens."""
 
-    def __init__(self, *args, item_head: float | None = None, trie: SIDTrie | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.item_head = None if item_head is None else ItemHeadLoss(self.model, trie, item_head)
+    def __init__(self, *args, item_head: dict[str, Any] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)  # item_head: ItemHeadLoss's keyword arguments
+        self.item_head = None if item_head is None else ItemHeadLoss(self.model, **item_head)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.item_head is None:
@@ -190,7 +190,9 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
         add_dropout(model, config.model_dropout)
     if phase == "sequence":
         split = leave_one_out(data.interactions, max_history=config.sequence_max_items - 1)
-        train = build_sequence_dataset(split, item_token_ids(codebook, tokenizer), config.sequence_max_items)
+        unsupervised = tokenizer.convert_tokens_to_ids(codebook.item_tokens()) if codebook.item_inputs else ()
+        train = build_sequence_dataset(split, item_token_ids(codebook, tokenizer), config.sequence_max_items,
+                                       unsupervised)
     else:
         split = leave_one_out(data.interactions, max_history=config.max_history)
         mix = (config.warmup_task_mix if phase == "warmup" else None) or config.task_mix or PAPER_MIX
@@ -200,8 +202,9 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     compact_fused_lm_head_on_cpu()
     callbacks = [TimeBudget(deadline, config.lr_decay_share),
                  *_selection(config, phase, split, data, codebook, processor, out)]
-    head = dict(item_head=config.item_loss_weight, trie=SIDTrie.from_codebook(codebook, processor)) \
-        if config.item_head else {}
+    teacher = MarkovModel(column(split.train, "item_ids")) if config.item_distill else None
+    head = dict(item_head=dict(trie=SIDTrie.from_codebook(codebook, processor), weight=config.item_loss_weight,
+                               teacher=teacher, distill=config.item_distill)) if config.item_head else {}
     if phase == "sequence":
         sid_ids = tokenizer.convert_tokens_to_ids(vocab) if config.sequence_sid_softmax else None
         trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
@@ -222,7 +225,7 @@ def train_align(config: AlignConfig) -> Path:
     if config.disable_tqdm:  # also the per-phase tokenising / packing bars of `datasets`
         datasets.disable_progress_bars()
     data = RecDataset.load(config.data_dir)
-    codebook = SIDCodebook.load(config.sids_dir)
+    codebook = SIDCodebook.load(config.sids_dir).with_item_inputs(config.item_inputs)
     start = time.monotonic()
     budget = None if config.time_budget_minutes is None else 60 * config.time_budget_minutes
     phases = config.phases
@@ -240,7 +243,7 @@ def train_align(config: AlignConfig) -> Path:
         if not distributed or torch.distributed.get_rank() == 0:
             write_served(base, config.data_dir, codebook, max_history=config.max_history,
                          num_beams=config.served_num_beams, valid_users=config.prior_valid_users,
-                         exclude_history=config.exclude_history, seed=config.seed)
+                         exclude_history=config.exclude_history, item_inputs=config.item_inputs, seed=config.seed)
         if distributed:
             torch.distributed.barrier()
     return Path(base)

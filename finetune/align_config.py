@@ -39,6 +39,12 @@ class AlignConfig(StageConfig, SFTConfig):
     item_head: bool = field(default=False, metadata={
         "help": "Add one token per item whose lm_head row scores the next item over the whole catalog, trained "
                 "beside the SID loss (item-level memory, finetune/item_head.py) and fused into the served ranking."})
+    item_inputs: bool = field(default=False, metadata={
+        "help": "With item_head: history items are written with their item token after the SID, so the model reads "
+                "an item-level embedding (tied to the item head's row) beside the codes; recorded in served.json."})
+    item_distill: float = field(default=0.0, metadata={
+        "help": "Share of the item head's target given to the training split's successors of the previous item "
+                "(a bigram teacher: prior distillation into the model, finetune/item_head.py)."})
     item_loss_weight: float = field(default=1.0, metadata={
         "help": "Weight of the item head's mean cross-entropy per item beside the SID loss's mean per token."})
     select_every_steps: int = field(default=0, metadata={
@@ -86,6 +92,8 @@ class AlignConfig(StageConfig, SFTConfig):
             raise ValueError(f"lr_decay_share: expected a share in [0, 1], got {self.lr_decay_share!r}")
         if self.quantization not in (None, "4bit", "8bit"):
             raise ValueError(f"quantization: expected None, '4bit' or '8bit', got {self.quantization!r}")
+        if self.item_inputs and not self.item_head:
+            raise ValueError("item_inputs: true needs item_head: true (the item tokens it writes)")
         self.task_mix = json_mapping(self.task_mix, "task_mix")
         self.warmup_task_mix = json_mapping(self.warmup_task_mix, "warmup_task_mix")
         self.phase_overrides = json_mapping(self.phase_overrides, "phase_overrides") or {}

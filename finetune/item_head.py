@@ -6,12 +6,17 @@ the whole catalog by the item tokens' ``lm_head`` rows. Trained here as SASRec-C
 the SID loss: with ``weight`` 1 the mean cross-entropy per item weighs as much as the SID loss's mean per token
 (two means; the SID loss has about ``levels + 2`` tokens per item). The final hidden states are caught by a hook
 on the decoder's last norm, so the trainer's own loss path (TRL's fused LM head included) runs unchanged.
+
+With ``distill`` > 0 the label is softened by a bigram teacher (prior distillation): a share ``distill`` of the
+target goes to the training split's successor distribution of the item before it (``MarkovModel.transitions``),
+so the head learns which item follows which beyond the one observed successor.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from think_rec.decoding.prior import MarkovModel
 from think_rec.decoding.trie import SIDTrie
 
 
@@ -24,37 +29,70 @@ def final_norm(model) -> torch.nn.Module:
 class ItemHeadLoss:
     """Callable on a batch after the forward: the weighted item cross-entropy (0 when no SID is supervised)."""
 
-    def __init__(self, model, trie: SIDTrie, weight: float = 1.0):
+    def __init__(self, model, trie: SIDTrie, weight: float = 1.0, *, teacher: MarkovModel | None = None,
+                 distill: float = 0.0):
         if trie.item_token_ids is None:
             raise ValueError("the model has no item tokens: add_item_tokens first")
-        self.model, self.weight = model, weight
+        if not 0.0 <= distill <= 1.0 or (distill and teacher is None):
+            raise ValueError(f"distill must be in [0, 1] and needs a teacher, got {distill!r}")
+        self.model, self.weight, self.distill = model, weight, distill
         self.begin, self.levels = trie.first_token, trie.levels
         self.index = {seq[1:-1]: n for n, seq in enumerate(trie.tokens_of[i] for i in trie.items)}
         self.rows = trie.item_token_ids
+        self.successors = successor_rows(teacher, trie.items) if distill else {}
         self.hidden: torch.Tensor | None = None
         final_norm(model).register_forward_hook(self._catch)
 
     def _catch(self, module, args, output) -> None:
         self.hidden = output
 
-    def targets(self, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rows, positions and item indices of every ``<|sid_begin|>`` whose next token is supervised and whose
-        whole SID follows in ``input_ids`` (``labels`` unshifted, -100 = not supervised)."""
+    def _item_at(self, ids: list[int], begin: int) -> int | None:
+        return self.index.get(tuple(ids[begin + 1:begin + 1 + self.levels]))
+
+    def targets(self, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Rows, positions, item indices and previous item indices (-1: none in the row) of every
+        ``<|sid_begin|>`` whose next token is supervised and whose whole SID follows in ``input_ids`` (``labels``
+        unshifted, -100 = not supervised). The previous item is the whole SID after the row's previous
+        ``<|sid_begin|>``: in a packed row, a supervised item's predecessor is in its own sequence."""
         width = input_ids.shape[1]
-        rows, cols = ((input_ids[:, :-1] == self.begin) & (labels[:, 1:] != -100)).nonzero(as_tuple=True)
-        found = [(r, c, self.index.get(tuple(input_ids[r, c + 1:c + 1 + self.levels].tolist())))
-                 for r, c in zip(rows.tolist(), cols.tolist()) if c + self.levels < width]
-        found = [f for f in found if f[2] is not None]
-        return tuple(torch.tensor([f[n] for f in found], dtype=torch.long) for n in range(3))
+        supervised = (input_ids[:, :-1] == self.begin) & (labels[:, 1:] != -100)
+        found = []
+        for r in supervised.any(1).nonzero().flatten().tolist():
+            ids = input_ids[r].tolist()
+            begins = [c for c, t in enumerate(ids) if t == self.begin]
+            for before, c in zip([None, *begins], begins):
+                item = self._item_at(ids, c) if c + self.levels < width and supervised[r, c] else None
+                if item is not None:
+                    prev = None if before is None else self._item_at(ids, before)
+                    found.append((r, c, item, -1 if prev is None else prev))
+        return tuple(torch.tensor([f[n] for f in found], dtype=torch.long) for n in range(4))
 
     def __call__(self, input_ids: torch.Tensor, labels: torch.Tensor, denominator: torch.Tensor | int) -> torch.Tensor:
         """``weight`` x summed cross-entropy x SID length / ``denominator`` (the SID loss's token count: about
         ``weight`` x the mean cross-entropy per item)."""
         hidden, self.hidden = self.hidden, None
-        rows, cols, items = self.targets(input_ids, labels)
+        rows, cols, items, prev = self.targets(input_ids, labels)
         if not len(items):
             return hidden.sum() * 0.0
         head = self.model.get_output_embeddings()  # called, not read: peft's token rows apply
         logits = head(hidden[rows.to(hidden.device), cols.to(hidden.device)])[:, self.rows.to(hidden.device)]
-        loss = F.cross_entropy(logits.float(), items.to(hidden.device), reduction="sum")
+        target = F.one_hot(items, len(self.rows)).float()
+        for n, p in enumerate(prev.tolist()):
+            if p in self.successors:
+                succ, probs = self.successors[p]
+                target[n] *= 1 - self.distill
+                target[n, succ] += self.distill * probs
+        loss = -(target.to(hidden.device) * F.log_softmax(logits.float(), -1)).sum()
         return self.weight * loss * (self.levels + 2) / torch.as_tensor(denominator).clamp(min=1)
+
+
+def successor_rows(teacher: MarkovModel, items: list[str]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Item index -> (indices, probabilities) of its successors in the teacher's training sequences."""
+    index = {item: n for n, item in enumerate(items)}
+    out = {}
+    for item, counts in teacher.transitions.items():
+        succ = [(index[j], c) for j, c in counts.items() if j in index]
+        if item in index and succ:
+            idx, c = zip(*succ)
+            out[index[item]] = (torch.tensor(idx), torch.tensor(c, dtype=torch.float) / sum(c))
+    return out

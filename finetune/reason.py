@@ -22,7 +22,7 @@ from think_rec.data.split import leave_one_out
 from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.adapters import make_trainable
-from think_rec.model.artefacts import SERVED_FILE
+from think_rec.model.artefacts import SERVED_FILE, model_codebook
 from think_rec.model.loading import load_model
 
 from .align import TimeBudget
@@ -105,7 +105,7 @@ def train_reason(config: ReasonConfig) -> Path:
     """Build (or reuse) the rationales, train, merge; returns ``output_dir/final``."""
     config.require()
     data = RecDataset.load(config.data_dir)
-    codebook = SIDCodebook.load(config.sids_dir)
+    codebook = model_codebook(config.sids_dir, config.model)
     fingerprint = reason_fingerprint(config)
     out, final = Path(config.output_dir), Path(config.output_dir) / "final"
     last = resume_point(config, fingerprint, overwrite=config.overwrite, outputs=[final])

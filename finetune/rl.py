@@ -37,7 +37,7 @@ from think_rec.decoding.think import (THINK_CLOSE, THINK_OPEN, RationaleLogitsPr
 from think_rec.decoding.trie import SIDTrie
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.adapters import make_trainable
-from think_rec.model.artefacts import ServedConfig, load_prior
+from think_rec.model.artefacts import ServedConfig, load_prior, model_codebook
 from think_rec.model.loading import load_model
 
 from .align import TimeBudget
@@ -176,7 +176,7 @@ def train_rl(config: RLConfig) -> Path:
     """GRPO from the stage-2 model, merge; returns ``output_dir/final``."""
     config.require()
     data = RecDataset.load(config.data_dir)
-    codebook = SIDCodebook.load(config.sids_dir)
+    codebook = model_codebook(config.sids_dir, config.model)
     fingerprint = {"config": config_fingerprint(config), "data": data_fingerprint(config.data_dir),
                    "sids": sids_fingerprint(config.sids_dir), "base": model_fingerprint(config.model)}
     out, final = Path(config.output_dir), Path(config.output_dir) / "final"

@@ -32,7 +32,8 @@ def served_candidates(rec: RecModel, histories: Sequence[Sequence[str]], prior: 
     """The served ranking's candidates for ``histories`` (served prompt, beams, the prior's items, bans)."""
     tok = getattr(rec.processor, "tokenizer", rec.processor)
     items = rec.dataset.catalog
-    prompts = [served_prompt(tok, h, items, rec.codebook, served.max_history) for h in histories]
+    codebook = rec.codebook.with_item_inputs(served.item_inputs)
+    prompts = [served_prompt(tok, h, items, codebook, served.max_history) for h in histories]
     banned = [set(h) if served.exclude_history else set() for h in histories]
     return candidates(rec.model, rec.processor, prompts, [list(h) for h in histories], rec.trie, prior,
                       num_beams=served.num_beams, banned=banned, batch_size=batch_size)
@@ -81,14 +82,18 @@ def model_alone(scores: dict) -> float:
 
 def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path | SIDCodebook, *, max_history: int,
                  num_beams: int = 30, valid_users: int | None = 2000, exclude_history: bool | None = None,
-                 prior_top: int = 30, seed: int = 0, dtype: str = "float32", **notes: Any) -> ServedConfig:
+                 prior_top: int = 30, seed: int = 0, dtype: str = "float32", item_inputs: bool | None = None,
+                 **notes: Any) -> ServedConfig:
     """Build the prior from the training split, choose its weight on valid users, write ``prior.json`` and
-    ``served.json`` into ``model_dir``. ``exclude_history`` None: decided from train + valid."""
+    ``served.json`` into ``model_dir``. ``exclude_history`` None: decided from train + valid; ``item_inputs``
+    None: as the model's ``served.json`` records (a model reads its histories as it was trained to)."""
+    if item_inputs is None:
+        item_inputs = (Path(model_dir) / SERVED_FILE).is_file() and ServedConfig.load(model_dir).item_inputs
     data = RecDataset.load(data_dir)
     split = leave_one_out(data.interactions, max_history=max_history)
     served = ServedConfig(max_history=max_history, num_beams=num_beams, dtype=dtype,
                           exclude_history=history_exclusion(split) if exclude_history is None else exclude_history,
-                          notes=notes)
+                          item_inputs=item_inputs, notes=notes)
     prior = CollaborativePrior(MarkovModel(column(split.train, "item_ids")), top=prior_top,
                                data_fingerprint=data_fingerprint(data_dir))
     valid = sample_users(split.valid, valid_users, seed)

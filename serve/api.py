@@ -31,8 +31,7 @@ from think_rec.decoding.claims import ClaimChecker
 from think_rec.decoding.prior import CollaborativePrior
 from think_rec.decoding.think import CitationStream, render_citations
 from think_rec.finetune.rationale_filters import citation_title, title_mentioned
-from think_rec.itemic.codebook import SIDCodebook
-from think_rec.model.artefacts import ServedConfig
+from think_rec.model.artefacts import ServedConfig, model_codebook
 from think_rec.steering import Clause
 
 from .conversation import Conversation, Session
@@ -133,7 +132,7 @@ class RecService:
 
         self.config = config
         self.dataset = RecDataset.load(config.data)
-        self.codebook = SIDCodebook.load(config.sids)
+        self.codebook = model_codebook(config.sids, config.model)
         self.tokenizer = AutoTokenizer.from_pretrained(str(config.model))
         self.served, prior = ServedConfig.load(config.model), CollaborativePrior.load(config.model)
         self.settings = {**asdict(self.served), "prior_weight": prior.weight if prior else 0.0,

@@ -9,7 +9,7 @@ import torch
 from think_rec.decoding.search import prefix_search
 from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN
 from think_rec.decoding.trie import SIDTrie
-from think_rec.itemic.codebook import SIDCodebook
+from think_rec.model.artefacts import model_codebook
 
 from .think_ahead_store import FORMAT_VERSION, ThinkAheadStore, Thought, UserState, codebook_fingerprint
 
@@ -43,7 +43,7 @@ def build_store(model: Path, data: Path, sids: Path, out: Path, *, rationales: i
                          f"{max_history})")
     if history not in ("full", "test"):
         raise ValueError(f"history must be 'full' or 'test', not {history!r}")
-    dataset, codebook = RecDataset.load(data), SIDCodebook.load(sids)
+    dataset, codebook = RecDataset.load(data), model_codebook(sids, model)
     tok = AutoTokenizer.from_pretrained(str(model))
     trie = SIDTrie.from_codebook(codebook, tok)
     levels = trie.levels

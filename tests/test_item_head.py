@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
 import torch
 import torch.nn.functional as F
 from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -42,6 +43,28 @@ def test_item_loss_is_the_cross_entropy_over_item_rows_at_supervised_sid_begins(
     assert model.lm_head.weight.grad[[30, 31, 32]].abs().sum() > 0
 
 
+def test_distillation_softens_each_label_towards_the_successors_of_the_item_before_it():
+    from think_rec.decoding.prior import MarkovModel
+
+    model, trie = _toy()
+    teacher = MarkovModel([["a", "c"], ["a", "b"], ["a", "c"]])  # a -> c twice, a -> b once; c has no successor
+    head = ItemHeadLoss(model, trie, weight=1.0, teacher=teacher, distill=0.4)
+    ids = torch.tensor([[5, *SEQS["a"], *SEQS["c"], *SEQS["b"]]])
+    labels = ids.clone()
+    labels[0, :5] = -100
+    rows, cols, items, prev = head.targets(ids, labels)
+    assert cols.tolist() == [5, 9] and items.tolist() == [2, 1] and prev.tolist() == [0, 2]
+    out = model(input_ids=ids, output_hidden_states=True)
+    logp = F.log_softmax(out.hidden_states[-1][0, [5, 9]] @ model.lm_head.weight[[30, 31, 32]].T, -1)
+    soft = torch.tensor([[0.0, 0.4 / 3, 0.6 + 0.4 * 2 / 3],  # c after a: 0.6 on c, 0.4 on a's successors
+                         [0.0, 1.0, 0.0]])  # b after c: c never had a successor, the label alone
+    tokens = int((labels[:, 1:] != -100).sum())
+    expected = -(soft * logp).sum() * (trie.levels + 2) / tokens
+    assert torch.allclose(head(ids, labels, tokens), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="teacher"):
+        ItemHeadLoss(model, trie, distill=0.4)
+
+
 def test_no_supervised_sid_gives_zero_loss():
     model, trie = _toy()
     head = ItemHeadLoss(model, trie)
@@ -73,3 +96,52 @@ def test_item_tokens_round_trip_and_score_the_whole_catalog(aligned_run, synthet
     assert learned > aggregate([by_count] * 100, users["target"], (10,))["recall@10"]
     prior = json.loads((model_dir / "prior.json").read_text())
     assert "valid_ndcg@10_by_item_weight" in prior["selection"] and prior["item_weight"] == rec.prior.item_weight
+
+
+def test_item_inputs_write_each_history_item_with_its_item_token(aligned_run, synthetic_dataset, tmp_path):
+    from think_rec.finetune.align_config import AlignConfig
+    from think_rec.model.artefacts import ServedConfig, model_codebook
+    from think_rec.prompts import served_prompt
+
+    dirs, codebook, model_dir = aligned_run
+    first, second = list(codebook.codes)[:2]
+    reading = codebook.with_item_inputs()
+    assert reading.sid_string(second) == codebook.sid_string(second) == codebook.history_string(second)
+    assert reading.history_string(second) == codebook.sid_string(second) + "<|i_1|>"
+    assert reading.with_item_inputs(True) is reading and not reading.with_item_inputs(False).item_inputs
+
+    assert not model_codebook(codebook, tmp_path).item_inputs  # a model without served.json: SIDs only
+    ServedConfig(item_inputs=True).save(tmp_path)
+    assert model_codebook(dirs.sids, tmp_path).item_inputs
+
+    tok = __import__("transformers").AutoTokenizer.from_pretrained(str(model_dir))
+    history = [first, second]
+    plain, read = (tok(served_prompt(tok, history, synthetic_dataset.catalog, c, 5))["input_ids"]
+                   for c in (codebook, reading))
+    items = tok.convert_tokens_to_ids(codebook.item_tokens()[:2])
+    assert len(read) == len(plain) + 2 and [t for t in read if t in items] == items  # one id each, in order
+    with pytest.raises(ValueError, match="item_head"):
+        AlignConfig(output_dir=str(tmp_path), item_inputs=True)
+
+
+def test_stage1_with_item_inputs_and_distillation_records_and_serves_them(aligned_run, synthetic_dataset, tmp_path):
+    from think_rec.data.split import leave_one_out
+    from think_rec.finetune.align import train_align
+    from think_rec.finetune.align_config import AlignConfig
+    from think_rec.finetune.served import served_ranking
+    from think_rec.model.artefacts import RecModel
+
+    dirs, codebook, _ = aligned_run
+    config = AlignConfig(output_dir=str(tmp_path), model=str(dirs.tiny), data_dir=str(dirs.data),
+                         sids_dir=str(dirs.sids), phase="sequence,multitask", task_mix={"sequential": 1.0},
+                         with_images=False, max_history=5, sequence_max_items=8, item_head=True, item_inputs=True,
+                         item_distill=0.5, max_steps=15, num_examples=64, per_device_train_batch_size=8,
+                         learning_rate=3e-3, prior_valid_users=40, save_steps=1000, logging_steps=5,
+                         disable_tqdm=True)
+    rec = RecModel.load(train_align(config), dirs.sids, synthetic_dataset)
+    assert rec.served.item_inputs and rec.codebook.item_inputs
+    logs = json.loads((tmp_path / "sequence" / "log_history.json").read_text())
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in logs if "loss" in e)
+    users = leave_one_out(synthetic_dataset.interactions, max_history=5).test.select(range(8))
+    ranked = served_ranking(rec, users["history"])
+    assert all(len(r) == 10 and all(i in codebook.codes for i, _ in r) for r in ranked)

@@ -30,20 +30,27 @@ def test_windows_supervise_every_transition_once():
         windows(seq, 1)
 
 
+@pytest.mark.parametrize("item_inputs", [False, True])
 def test_sequence_labels_cover_every_item_after_the_first_and_nothing_of_valid_or_test(synthetic_dataset,
-                                                                                       aligned_run):
+                                                                                       aligned_run, item_inputs):
     _, codebook, model_dir = aligned_run
     _, processor = load_model(model_dir)
+    codebook = codebook.with_item_inputs(item_inputs)
     ids = item_token_ids(codebook, processor)
     item_of = {tuple(v): k for k, v in ids.items()}
     split = leave_one_out(synthetic_dataset.interactions)
-    ds = build_sequence_dataset(split, ids, max_items=8)
-    width = codebook.levels + 2
+    item_rows = processor.tokenizer.convert_tokens_to_ids(codebook.item_tokens())
+    ds = build_sequence_dataset(split, ids, max_items=8, unsupervised=item_rows if item_inputs else ())
+    sid = codebook.levels + 2
+    width = sid + item_inputs  # with item inputs each item is followed by its (never supervised) item token
+    per_item = [1] * sid + [0] * item_inputs
     streams = []
     for row in ds:
         tokens, mask = row["input_ids"], row["completion_mask"]
         items = [item_of[tuple(tokens[i:i + width])] for i in range(0, len(tokens), width)]
-        assert mask == [0] * width + [1] * (len(tokens) - width)  # every SID token after the first item
+        assert mask == [0] * width + per_item * (len(items) - 1)  # every SID token after the first item
+        if item_inputs:
+            assert tokens[sid::width] == [item_rows[list(codebook.codes).index(i)] for i in items]
         streams.append(items)
     per_user = []
     for seq in split.train["item_ids"]:

@@ -83,7 +83,7 @@ def _user_with_history(template: str, history: Sequence[str], catalog: Items, co
     first_image = len(history) - max_images  # only the most recent items carry pictures
     for n, item_id in enumerate(history):
         item = catalog[item_id]
-        line = tpl["history_item"].format(n=n + 1, sid=codebook.sid_string(item_id), title=item["title"])
+        line = tpl["history_item"].format(n=n + 1, sid=codebook.history_string(item_id), title=item["title"])
         parts.append(_text(line.rstrip()))  # no dangling space for an item without a title
         img = image_path(item, image_root) if with_images and n >= first_image else None
         if img is not None:

@@ -9,7 +9,7 @@ import json
 import re
 import string
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +31,19 @@ def item_token(index: int) -> str:
 
 @dataclass
 class SIDCodebook:
-    """Unique SIDs for a catalog; ``codebook_sizes[l]`` codes exist at level ``l``."""
+    """Unique SIDs for a catalog; ``codebook_sizes[l]`` codes exist at level ``l``. With ``item_inputs`` (a model
+    property, ``with_item_inputs``: never saved with the codebook) history items are written with their item token
+    after the SID (``history_tokens``), so the model reads an item-level embedding beside the codes."""
 
     codes: dict[str, tuple[int, ...]]
     codebook_sizes: list[int]
     meta: dict[str, Any] = field(default_factory=dict)
+    item_inputs: bool = False
 
     def __post_init__(self) -> None:
         self.codes = {str(k): tuple(int(c) for c in v) for k, v in self.codes.items()}
         self._item_of = {v: k for k, v in self.codes.items()}
+        self._index = {k: n for n, k in enumerate(self.codes)}
         if len(self._item_of) != len(self.codes):
             dup = Counter(self.codes.values()).most_common(1)[0][0]
             raise ValueError(f"SIDs are not unique: {dup} is shared by several items")
@@ -60,6 +64,17 @@ class SIDCodebook:
 
     def sid_string(self, item_id: str) -> str:
         return "".join(self.tokens(item_id))
+
+    def history_tokens(self, item_id: str) -> list[str]:
+        """How a history item is written in a prompt: its SID, then its item token when ``item_inputs``."""
+        return self.tokens(item_id) + ([item_token(self._index[item_id])] if self.item_inputs else [])
+
+    def history_string(self, item_id: str) -> str:
+        return "".join(self.history_tokens(item_id))
+
+    def with_item_inputs(self, item_inputs: bool = True) -> "SIDCodebook":
+        """This codebook writing history items with (or without) their item token."""
+        return self if item_inputs == self.item_inputs else replace(self, item_inputs=item_inputs)
 
     def item_of(self, sid: tuple[int, ...]) -> str | None:
         return self._item_of.get(tuple(sid))

@@ -29,6 +29,7 @@ class ServedConfig:
     exclude_history: bool = True  # never recommend a history item (decided from train + valid, never test)
     think_ranking: str = "rationale"  # thinking ranks after the rationale, or "history": after an empty think
     follow_weight: float = 0.0  # weight of the rationale's claims in the thinking ranking (claims.ClaimChecker)
+    item_inputs: bool = False  # history items are written with their item token (SIDCodebook.with_item_inputs)
     notes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -53,6 +54,14 @@ class ServedConfig:
         if unknown:
             raise ValueError(f"{path}: unknown field {sorted(unknown)[0]!r}")
         return cls(**values)
+
+
+def model_codebook(sids: str | Path | SIDCodebook, model_dir: str | Path) -> SIDCodebook:
+    """The codebook as the model at ``model_dir`` reads histories (its ``served.json``'s ``item_inputs``)."""
+    codebook = sids if isinstance(sids, SIDCodebook) else SIDCodebook.load(sids)
+    path = Path(model_dir) / SERVED_FILE
+    item_inputs = path.is_file() and bool(json.loads(path.read_text()).get("item_inputs"))
+    return codebook.with_item_inputs(item_inputs)
 
 
 def load_prior(model_dir: str | Path) -> CollaborativePrior | None:
@@ -84,10 +93,12 @@ class RecModel:
         """Each artefact once; ``sids`` and ``data`` are folders or already loaded."""
         model, processor = load_model(model_dir)
         model.eval()
-        codebook = sids if isinstance(sids, SIDCodebook) else SIDCodebook.load(sids)
+        served = ServedConfig.load(model_dir)
+        codebook = (sids if isinstance(sids, SIDCodebook) else SIDCodebook.load(sids)).with_item_inputs(
+            served.item_inputs)
         dataset = data if data is None or isinstance(data, RecDataset) else RecDataset.load(data)
         return cls(model, processor, codebook, SIDTrie.from_codebook(codebook, processor), dataset,
-                   load_prior(model_dir), ServedConfig.load(model_dir))
+                   load_prior(model_dir), served)
 
     @property
     def items(self) -> dict[str, dict[str, Any]]:
