@@ -35,7 +35,7 @@ from think_rec.model.loading import load_model, require_vision
 from think_rec.prompts import render_recommend_prompt
 
 from .align_config import AlignConfig, PHASES
-from .align_data import PAPER_MIX, build_align_dataset
+from .align_data import PAPER_MIX, build_align_dataset, supervise_history
 from .cpu_patches import compact_fused_lm_head_on_cpu
 from .item_head import ItemHeadLoss
 from .run_state import (config_fingerprint, data_fingerprint, model_fingerprint, resume_point, sids_fingerprint,
@@ -199,6 +199,8 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
         train = build_align_dataset(data, codebook, split, mix, config.num_examples, seed=config.seed,
                                     with_images=config.with_images, max_images=config.max_images,
                                     image_root=config.data_dir)
+        if phase == "multitask" and config.chat_history_loss:
+            train = supervise_history(train, processor, SIDTrie.from_codebook(codebook, processor))
     compact_fused_lm_head_on_cpu()
     callbacks = [TimeBudget(deadline, config.lr_decay_share),
                  *_selection(config, phase, split, data, codebook, processor, out)]

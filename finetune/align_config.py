@@ -39,6 +39,9 @@ class AlignConfig(StageConfig, SFTConfig):
     item_head: bool = field(default=False, metadata={
         "help": "Add one token per item whose lm_head row scores the next item over the whole catalog, trained "
                 "beside the SID loss (item-level memory, finetune/item_head.py) and fused into the served ranking."})
+    chat_history_loss: bool = field(default=False, metadata={
+        "help": "Chat phase: supervise the SID of every history item after the first in the prompt too (as the "
+                "sequence phase does), not only the answer (finetune/align_data.py supervise_history)."})
     item_inputs: bool = field(default=False, metadata={
         "help": "With item_head: history items are written with their item token after the SID, so the model reads "
                 "an item-level embedding (tied to the item head's row) beside the codes; recorded in served.json."})
@@ -92,6 +95,8 @@ class AlignConfig(StageConfig, SFTConfig):
             raise ValueError(f"lr_decay_share: expected a share in [0, 1], got {self.lr_decay_share!r}")
         if self.quantization not in (None, "4bit", "8bit"):
             raise ValueError(f"quantization: expected None, '4bit' or '8bit', got {self.quantization!r}")
+        if self.chat_history_loss and self.with_images:
+            raise ValueError("chat_history_loss: true needs with_images: false (its rows are tokenised text)")
         if self.item_inputs and not self.item_head:
             raise ValueError("item_inputs: true needs item_head: true (the item tokens it writes)")
         self.task_mix = json_mapping(self.task_mix, "task_mix")
@@ -128,6 +133,8 @@ class AlignConfig(StageConfig, SFTConfig):
                       packing_strategy="bfd", padding_free=True,
                       include_num_input_tokens_seen="all" if kw["include_num_input_tokens_seen"] != "no" else "no",
                       max_length=max(kw["max_length"] or 0, 8 * self.sequence_max_items))
+        if phase == "multitask" and self.chat_history_loss:  # pre-tokenized: loss on the completion mask
+            kw.update(assistant_only_loss=False, completion_only_loss=True)
         if phase == "warmup":
             kw["learning_rate"] = self.warmup_learning_rate
             if self.warmup_max_steps != -1:

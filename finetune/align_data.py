@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from think_rec import prompts
 from think_rec.data.schema import RecDataset
 from think_rec.data.split import LeaveOneOut
+from think_rec.decoding.trie import SIDTrie
 from think_rec.itemic.codebook import SIDCodebook
 
 from .steering_data import SteeringRequests, items_example, steering_example
@@ -113,3 +114,23 @@ def build_align_dataset(data: RecDataset, codebook: SIDCodebook, split: LeaveOne
     features = datasets.Features({k: v for k, v in FEATURES.items() if k != "images"})
     return datasets.Dataset.from_list([{k: v for k, v in r.items() if k != "images"} for r in rows],
                                       features=features)
+
+
+def supervise_history(rows: datasets.Dataset, processor, trie: SIDTrie) -> datasets.Dataset:
+    """``rows`` tokenised by the chat template as ``input_ids``/``completion_mask``: the assistant's answer and,
+    as in the sequence phase, the SID of every history item after the first in the user turn are supervised."""
+    begin, width = trie.first_token, trie.levels + 2
+
+    def encode(row: dict[str, Any]) -> dict[str, list[int]]:
+        out = processor.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        ids, mask = (out[k][0] if out[k] and isinstance(out[k][0], list) else out[k]
+                     for k in ("input_ids", "assistant_masks"))
+        mask = list(mask)
+        spans = [j for j, t in enumerate(ids) if t == begin and not mask[j]
+                 and trie.item_at(ids[j:j + width]) is not None]
+        for j in spans[1:]:  # the first history item is context
+            mask[j:j + width] = [1] * width
+        return {"input_ids": list(ids), "completion_mask": mask}
+
+    return rows.map(encode, remove_columns=rows.column_names, desc="supervising history SIDs")

@@ -189,3 +189,25 @@ def test_sequence_recipe_reaches_the_chat_recipe_with_less_compute(synthetic_dat
     reached = [e["tokens_seen"] for e in evaluations if e["valid_ndcg@10"] >= old_ndcg]
     assert old_ndcg > 0.1 and reached, (old_ndcg, evaluations)
     assert old_tokens >= 2 * reached[0], (old_tokens, reached[0], old_ndcg, evaluations)
+
+
+def test_chat_history_loss_supervises_each_history_sid_after_the_first_and_the_answer(synthetic_dataset,
+                                                                                     aligned_run):
+    from think_rec.finetune.align_data import build_align_dataset, supervise_history
+
+    _, codebook, model_dir = aligned_run
+    _, processor = load_model(model_dir)
+    split = leave_one_out(synthetic_dataset.interactions, max_history=5)
+    rows = build_align_dataset(synthetic_dataset, codebook, split, {"sequential": 1.0}, 6, with_images=False)
+    trie = SIDTrie.from_codebook(codebook, processor)
+    tok = processor.tokenizer
+    for row, enc in zip(rows, supervise_history(rows, processor, trie)):
+        history = codebook.parse(row["messages"][1]["content"][0]["text"])
+        answer = row["messages"][2]["content"][0]["text"]
+        ids, mask = enc["input_ids"], enc["completion_mask"]
+        assert len(ids) == len(mask) and len(history) >= 1
+        supervised = tok.decode([t for t, m in zip(ids, mask) if m])
+        expected = "".join(codebook.sid_string(i) for i in history[1:]) + answer
+        assert supervised.removesuffix("<|im_end|>").removesuffix("\n") == expected
+    with pytest.raises(ValueError, match="with_images"):
+        AlignConfig(output_dir="x", chat_history_loss=True)
