@@ -86,10 +86,12 @@ def oracle_rationales(rec: RecModel, examples, dirs: RunDirs, prune_k: int = 10)
     return [encode_citations(r["rationale"], [items[i] for i in r["history"]], rec.codebook) for r in rows]
 
 
-def add_served_think(table: Path, row: dict[str, Any], stage1_fingerprint: str, stage2_fingerprint: str) -> bool:
+def add_served_think(table: Path, row: dict[str, Any], stage1_fingerprint: str, stage2_fingerprint: str,
+                     think: dict[str, Any]) -> bool:
     """Put ``row`` (``served_think``) into the ``bench rec`` table ``table`` (its md and png re-drawn) when that
     table scored the stage-1 model ``stage1_fingerprint`` on as many users; else leave it and say why. The row's
-    ``train_seconds`` gains the stage-1 seconds of the table's ``served`` row."""
+    ``train_seconds`` gains the stage-1 seconds of the table's ``served`` row; ``think`` (the stage-2 model's
+    served thinking ranking) is recorded beside its fingerprint."""
     if not table.exists():
         log.warning("%s: no bench rec table; served_think not added", table)
         return False
@@ -103,8 +105,7 @@ def add_served_think(table: Path, row: dict[str, Any], stage1_fingerprint: str, 
     at = next((n + 1 for n, r in enumerate(rows) if r["system"] == "served"), 0)
     row["train_seconds"] = round(row["train_seconds"] + (rows[at - 1]["train_seconds"] if at else 0.0), 1)
     payload["rows"] = [*rows[:at], row, *rows[at:]]
-    payload["served_think"] = {"model_fingerprint": stage2_fingerprint, "commit": git_commit(),
-                               "think_ranking": row.pop("think_ranking"), "follow_weight": row.pop("follow_weight")}
+    payload["served_think"] = {"model_fingerprint": stage2_fingerprint, "commit": git_commit(), **think}
     write_report(table.stem, payload, table.parent, metric_keys=METRICS)
     return True
 
@@ -117,8 +118,7 @@ def served_think_row(rec: RecModel, test, max_history: int, max_think_tokens: in
                                     desc="served_think")
     return {"system": "served_think", **{k: metrics[k] for k in METRICS}, "train_seconds": round(stage2_seconds, 1),
             "eval_seconds": metrics["eval_seconds"], "eval_users": metrics["users"],
-            "faithful@1": metrics["faithful@1"], "think_ranking": rec.served.think_ranking,
-            "follow_weight": rec.served.follow_weight}
+            "faithful@1": metrics["faithful@1"]}
 
 
 def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: int | None = 2000,
@@ -181,5 +181,6 @@ def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: in
         row = served_think_row(rec, sample_users(split.test, None, seed), max_history, max_think_tokens,
                                stage2_seconds)
         add_served_think(Path(out_dir) / f"{dataset}.json", row, model_fingerprint(dirs.align / "final"),
-                         model_fingerprint(final))
+                         model_fingerprint(final), {"think_ranking": rec.served.think_ranking,
+                                                    "follow_weight": rec.served.follow_weight})
     return payload

@@ -154,22 +154,45 @@ def evaluate_reasoning(rec: RecModel, examples: datasets.Dataset, *, think: bool
 
 
 def choose_think(rec: RecModel, examples: datasets.Dataset, weights: Sequence[float] = FOLLOW_WEIGHTS,
-                 **kwargs) -> tuple[tuple[str, float], dict[str, Any]]:
+                 min_gain_se: float = 1.0, **kwargs) -> tuple[tuple[str, float], dict[str, Any]]:
     """The served thinking ranking chosen on ``examples`` (valid users): ``think_ranking`` (``rationale``: after the
     rationale; ``history``: after an empty think, the rationale only explains) and ``follow_weight``, by NDCG@10
-    (ties: ``rationale``, then the smaller weight). One rationale and two rankings per user; the grid is re-ranked
-    offline. Returns the choice and each pair's valid NDCG@10."""
+    (``think_choice``: a ranking other than the empty think's must gain ``min_gain_se`` paired standard errors
+    over it). One rationale and two rankings per user; the grid is re-ranked offline. Returns the choice and each
+    pair's valid NDCG@10."""
     pool = max(10, kwargs.get("num_beams") or rec.served.num_beams)
     cond, histories = think_results(rec, examples, think=True, condition=True, k=pool, desc="think: rationale",
                                     **kwargs)
     empty, _ = think_results(rec, examples, think=False, condition=True, k=pool, desc="think: history", **kwargs)
     explain = [ThinkResult(c.rationales, e.items, c.cited, c.closed_by_model) for c, e in zip(cond, empty)]
     checker, targets = ClaimChecker(rec.items), column(examples, "target")
-    scores = {(mode, w): ranking_metrics(followed(res, histories, checker, w), targets)["ndcg@10"]
-              for mode, res in (("rationale", cond), ("history", explain)) for w in weights}
-    best = max(scores, key=lambda p: (scores[p], p[0] == "rationale", -p[1]))
-    return best, {"valid_users": len(targets), "valid_ndcg@10": {f"{m}@{w:g}": s for (m, w), s in scores.items()},
-                  "valid_ndcg@10_no_reasoning": ranking_metrics(empty, targets)["ndcg@10"]}
+
+    def per_user(results: Sequence[ThinkResult]) -> list[float]:
+        return [ndcg_at_k([i for i, _ in r.items], t, 10) for r, t in zip(results, targets)]
+
+    ndcg = {(mode, w): per_user(followed(res, histories, checker, w))
+            for mode, res in (("rationale", cond), ("history", explain)) for w in weights}
+    none = per_user(empty)
+    best, gain_se = think_choice(ndcg, none, min_gain_se)
+    mean = {p: sum(v) / len(v) for p, v in ndcg.items()}
+    return best, {"valid_users": len(targets), "valid_ndcg@10": {f"{m}@{w:g}": s for (m, w), s in mean.items()},
+                  "valid_ndcg@10_no_reasoning": sum(none) / len(none), "min_gain_se": min_gain_se,
+                  "best_gain_in_se": gain_se}
+
+
+def think_choice(ndcg: dict[tuple[str, float], list[float]], none: Sequence[float],
+                 min_gain_se: float) -> tuple[tuple[str, float], float | None]:
+    """The pair with the best mean of ``ndcg`` (per-user NDCG@10; ties: ``rationale``, then the smaller weight) if
+    its gain over ``none`` (the empty think's, per user) is at least ``min_gain_se`` paired standard errors, else
+    ``("history", 0.0)``: a think step is served only where valid shows it helps. Returns the choice and the best
+    pair's gain in standard errors."""
+    mean = {p: sum(v) / len(v) for p, v in ndcg.items()}
+    best = max(mean, key=lambda p: (mean[p], p[0] == "rationale", -p[1]))
+    diff = [a - b for a, b in zip(ndcg[best], none)]
+    se, gain = standard_error(diff), sum(diff) / len(diff)
+    gain_se = gain / se if se else None  # None: every user gained the same
+    helps = gain > 0 if gain_se is None else gain_se >= min_gain_se
+    return (best if helps else ("history", 0.0)), gain_se
 
 
 def reasoning_ablation(rec: RecModel, examples: datasets.Dataset,

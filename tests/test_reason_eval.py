@@ -5,7 +5,8 @@ import pytest
 
 from think_rec.data.split import leave_one_out
 from think_rec.decoding import ThinkResult
-from think_rec.eval.reasoning import choose_think, evaluate_reasoning, rationale_quality, reasoning_ablation
+from think_rec.eval.reasoning import (choose_think, evaluate_reasoning, rationale_quality, reasoning_ablation,
+                                      think_choice)
 from think_rec.model.artefacts import RecModel
 
 ITEMS = {
@@ -60,10 +61,21 @@ def test_choose_think_grid_and_its_history_mode_is_the_empty_think(aligned_run, 
                                           batch_size=6, progress=False)
     scores = record["valid_ndcg@10"]
     assert set(scores) == {"rationale@0", "rationale@4", "history@0", "history@4"}
-    assert scores[f"{mode}@{weight:g}"] == max(scores.values())
+    assert scores[f"{mode}@{weight:g}"] == max(scores.values()) or (mode, weight) == ("history", 0.0)
     assert scores["history@0"] == record["valid_ndcg@10_no_reasoning"]  # the rationale only explains
     followed, _ = evaluate_reasoning(rec, valid, follow_weight=1e3, max_history=4, max_think_tokens=5, batch_size=6,
                                      progress=False)
     free, _ = evaluate_reasoning(rec, valid, follow_weight=0.0, max_history=4, max_think_tokens=5, batch_size=6,
                                  progress=False)
     assert followed["faithful@1"] >= free["faithful@1"]  # a dominant weight puts an item the claims fit first
+
+
+def test_a_thinking_ranking_is_served_only_when_valid_shows_it_helps():
+    none = [0.0, 1.0, 0.0, 0.5] * 25
+    noisy = {("rationale", 1.0): [1.0, 0.0, 0.0, 0.5] * 25,  # same mean, per-user swings: no evidence
+             ("history", 0.0): none}
+    assert think_choice(noisy, none, 1.0)[0] == ("history", 0.0)
+    better = {**noisy, ("rationale", 2.0): [0.2, 1.0, 0.3, 0.5] * 25}  # gains on half the users
+    choice, gain_se = think_choice(better, none, 1.0)
+    assert choice == ("rationale", 2.0) and gain_se > 1.0
+    assert think_choice(better, none, gain_se + 0.1)[0] == ("history", 0.0)  # a stricter rule keeps the plain one
