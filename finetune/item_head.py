@@ -76,13 +76,16 @@ class ItemHeadLoss:
             return hidden.sum() * 0.0
         head = self.model.get_output_embeddings()  # called, not read: peft's token rows apply
         logits = head(hidden[rows.to(hidden.device), cols.to(hidden.device)])[:, self.rows.to(hidden.device)]
-        target = F.one_hot(items, len(self.rows)).float()
-        for n, p in enumerate(prev.tolist()):
-            if p in self.successors:
-                succ, probs = self.successors[p]
-                target[n] *= 1 - self.distill
-                target[n, succ] += self.distill * probs
-        loss = -(target.to(hidden.device) * F.log_softmax(logits.float(), -1)).sum()
+        if not self.distill:
+            loss = F.cross_entropy(logits.float(), items.to(hidden.device), reduction="sum")
+        else:
+            target = F.one_hot(items, len(self.rows)).float()
+            for n, p in enumerate(prev.tolist()):
+                if p in self.successors:
+                    succ, probs = self.successors[p]
+                    target[n] *= 1 - self.distill
+                    target[n, succ] += self.distill * probs
+            loss = -(target.to(hidden.device) * F.log_softmax(logits.float(), -1)).sum()
         return self.weight * loss * (self.levels + 2) / torch.as_tensor(denominator).clamp(min=1)
 
 

@@ -135,8 +135,8 @@ def test_stage1_with_item_inputs_and_distillation_records_and_serves_them(aligne
     config = AlignConfig(output_dir=str(tmp_path), model=str(dirs.tiny), data_dir=str(dirs.data),
                          sids_dir=str(dirs.sids), phase="sequence,multitask", task_mix={"sequential": 1.0},
                          with_images=False, max_history=5, sequence_max_items=8, item_head=True, item_inputs=True,
-                         item_distill=0.5, max_steps=15, num_examples=64, per_device_train_batch_size=8,
-                         learning_rate=3e-3, prior_valid_users=40, save_steps=1000, logging_steps=5,
+                         item_distill=0.5, max_steps=4, num_examples=32, per_device_train_batch_size=8,
+                         learning_rate=3e-3, prior_valid_users=16, save_steps=1000, logging_steps=2,
                          disable_tqdm=True)
     rec = RecModel.load(train_align(config), dirs.sids, synthetic_dataset)
     assert rec.served.item_inputs and rec.codebook.item_inputs

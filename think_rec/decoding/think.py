@@ -74,13 +74,12 @@ def think_ids(tokenizer_or_processor, prompt: str, rationale: str) -> list[int]:
 
 
 def rationale_banned_ids(tokenizer, trie: SIDTrie) -> list[int]:
-    """Tokens a rationale may not hold: SID codes, item tokens, special (chat/vision) tokens, pads and a second
-    ``<think>``; ``</think>`` stays allowed (it ends the rationale)."""
+    """Tokens a rationale may not hold: SID codes, special (chat/vision) tokens, pads and a second ``<think>``;
+    ``</think>`` stays allowed (it ends the rationale)."""
     tok = getattr(tokenizer, "tokenizer", tokenizer)
     close_id, pad_id = close_and_pad(tok)
-    items = trie.item_token_ids.tolist() if trie.item_token_ids is not None else []
-    return sorted({*(i for seq in trie.item_of for i in seq), *items, *tok.all_special_ids,
-                   _token_id(tok, THINK_OPEN), pad_id} - {close_id})
+    return sorted({*(i for seq in trie.item_of for i in seq), *tok.all_special_ids, _token_id(tok, THINK_OPEN),
+                   pad_id} - {close_id})
 
 
 def merge_scores(per_rationale: Sequence[Sequence[tuple[str, float]]], k: int) -> list[tuple[str, float]]:
