@@ -21,7 +21,7 @@ from think_rec.decoding.prior import ITEM_WEIGHTS, PRIOR_FILE, PRIOR_WEIGHTS, Co
 from think_rec.decoding.ranking import Candidates, Ranked, candidates, fuse, fusion_weights
 from think_rec.eval.metrics import aggregate
 from think_rec.itemic.codebook import SIDCodebook
-from think_rec.model.artefacts import SERVED_FILE, RecModel, ServedConfig
+from think_rec.model.artefacts import SERVED_FILE, RecModel, ServedConfig, reads_item_inputs
 from think_rec.prompts import served_prompt
 
 from .run_state import data_fingerprint
@@ -88,7 +88,7 @@ def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path |
     ``served.json`` into ``model_dir``. ``exclude_history`` None: decided from train + valid; ``item_inputs``
     None: as the model's ``served.json`` records (a model reads its histories as it was trained to)."""
     if item_inputs is None:
-        item_inputs = (Path(model_dir) / SERVED_FILE).is_file() and ServedConfig.load(model_dir).item_inputs
+        item_inputs = reads_item_inputs(model_dir)
     data = RecDataset.load(data_dir)
     split = leave_one_out(data.interactions, max_history=max_history)
     served = ServedConfig(max_history=max_history, num_beams=num_beams, dtype=dtype,

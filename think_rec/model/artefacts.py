@@ -59,9 +59,13 @@ class ServedConfig:
 def model_codebook(sids: str | Path | SIDCodebook, model_dir: str | Path) -> SIDCodebook:
     """The codebook as the model at ``model_dir`` reads histories (its ``served.json``'s ``item_inputs``)."""
     codebook = sids if isinstance(sids, SIDCodebook) else SIDCodebook.load(sids)
+    return codebook.with_item_inputs(reads_item_inputs(model_dir))
+
+
+def reads_item_inputs(model_dir: str | Path) -> bool:
+    """Whether the model's ``served.json`` records ``item_inputs`` (False for a model without one)."""
     path = Path(model_dir) / SERVED_FILE
-    item_inputs = path.is_file() and bool(json.loads(path.read_text()).get("item_inputs"))
-    return codebook.with_item_inputs(item_inputs)
+    return path.is_file() and bool(json.loads(path.read_text()).get("item_inputs"))
 
 
 def load_prior(model_dir: str | Path) -> CollaborativePrior | None:
