@@ -133,7 +133,8 @@ def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: in
         train_align(align_config(dirs, budget_minutes, seed, max_history=max_history))
     probe = teacher_probe(dirs, data, codebook, max_history, probe_examples, seed) if probe_examples else None
     start = time.perf_counter()
-    final = train_reason(reason_config(dirs, budget_minutes, max_history, num_examples, rejection_top_n, seed))
+    cfg = reason_config(dirs, budget_minutes, max_history, num_examples, rejection_top_n, seed)
+    final = train_reason(cfg)
     stage2_seconds = time.perf_counter() - start
     stats = json.loads((dirs.root / "reason" / "reason_stats.json").read_text())
 
@@ -167,13 +168,14 @@ def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: in
                                 "selection": rec.served.notes.get("think_selection")},
                "ablation": "no_reasoning = the same stage-2 model decoded with an empty think; reasoning = as served "
                            "(think_ranking, follow_weight chosen on valid); reasoning_conditioned = ranked after the "
-                           "rationale, not following it; oracle_rationale = the teacher's rationale for the true "
-                           "target (reads test targets: a bound, never a choice); reasoning_sampled = ranked after "
-                           "each of num_rationales sampled rationales (temperature 0.8, top-p 0.95, seeded), merged by "
-                           "mean probability (measured, not served; faithfulness of the first)",
+                           "rationale, not following it; oracle_rationale = the template teacher's rationale (all its "
+                           "claims) for the true target (reads test targets: a bound, never a choice); "
+                           "reasoning_sampled = ranked after each of num_rationales sampled rationales (temperature "
+                           "0.8, top-p 0.95, seeded), merged by mean probability (measured, not served; faithfulness "
+                           "of the first)",
                "budget_minutes": budget_minutes, "stage1_reused": stage1_reused, "eval_users": len(test),
-               "max_history": max_history, "max_think_tokens": max_think_tokens, "teacher": "template",
-               "rationales": {k: stats[k] for k in (*STATS, "seconds")},
+               "max_history": max_history, "max_think_tokens": max_think_tokens, "teacher": cfg.teacher,
+               "teacher_kwargs": cfg.teacher_kwargs, "rationales": {k: stats[k] for k in (*STATS, "seconds")},
                "rejection_top_n": rejection_top_n, "teacher_probe": probe,
                "train_steps": stats["steps"], "example": example}
     write_report(f"{dataset}_reason", payload, out_dir, metric_keys=ROW_KEYS)

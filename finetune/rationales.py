@@ -134,10 +134,12 @@ def _year(item: Item) -> int | None:
 class TemplateTeacher:
     """Deterministic rationale in short, complete sentences: the history items that lead to the target,
     cited by title in quotes (stage 2 trains them as the items' SIDs), and what the target shares with
-    them: category path (genres and decade for films), brand, title words and price band."""
+    them: category path (genres and decade for films), brand, title words and price band. ``grounded``: only the
+    claims a cited history item backs (it shares the category, brand or words claimed); a category no history item
+    shares, a decade or a price band is left out, so the rationale never claims what the history cannot tell."""
 
-    def __init__(self, max_cited: int = 2):
-        self.max_cited = max_cited
+    def __init__(self, max_cited: int = 2, grounded: bool = False):
+        self.max_cited, self.grounded = max_cited, grounded
 
     def generate(self, requests: list[RationaleRequest]) -> list[str]:
         return [self.rationale(r.history, r.target) for r in requests]
@@ -157,45 +159,48 @@ class TemplateTeacher:
 
     def _reasons(self, history: list[Item], target: Item) -> tuple[list[str], set[int]]:
         """Sentences on what the target shares with the history, each citing the latest item sharing it
-        (an item already cited is not repeated), and the ids of the cited items."""
+        (an item already cited is not repeated), and the ids of the cited items; with ``grounded``, only the
+        sentences a history item backs."""
         cited: set[int] = set()
+        out: list[tuple[str, bool]] = []  # (sentence, a history item backs it)
 
-        def like(pred) -> str:
+        def like(pred) -> str | None:
+            """The latest item sharing it, quoted; "" when it is already cited; None when no item shares it."""
             h = next((h for h in reversed(history) if pred(h)), None)
             if h is None or id(h) in cited:
-                return ""
+                return None if h is None else ""
             cited.add(id(h))
             return _quote(h)
 
-        out, cats, year = [], target.get("categories") or [], _year(target)
+        cats, year = target.get("categories") or [], _year(target)
         if year is not None:
             genres = Counter(g for h in history for g in set(h.get("categories") or []) if g in cats)
             if genres:
                 genre = genres.most_common(1)[0][0]
                 src = like(lambda h: genre in (h.get("categories") or []))
-                out.append(f"{f'Like {src}, t' if src else 'T'}he next film is {_article(genre)} {genre} film.")
+                out.append((f"{f'Like {src}, t' if src else 'T'}he next film is {_article(genre)} {genre} film.", True))
             decade = year // 10 * 10
             src = like(lambda h: (_year(h) or 0) // 10 * 10 == decade)
-            out.append(f"It is from the {decade}s{f', like {src}' if src else ''}.")
+            out.append((f"It is from the {decade}s{f', like {src}' if src else ''}.", src is not None))
         elif len(cats) > 1:
             path = " > ".join(cats[1:3])  # below the catalog's root
             src = like(lambda h: len(common_prefix(h.get("categories") or [], cats)) >= 2)
-            out.append(f"{f'Like {src}, t' if src else 'T'}he next item is in {path}.")
+            out.append((f"{f'Like {src}, t' if src else 'T'}he next item is in {path}.", src is not None))
         brand = target.get("brand") or ""
         if brand and any(h.get("brand") == brand for h in history):
             src = like(lambda h: h.get("brand") == brand)
-            out.append(f"It is made by {brand}{f', like {src}' if src else ' too'}.")
+            out.append((f"It is made by {brand}{f', like {src}' if src else ' too'}.", True))
         brand_words = set(content_tokens(brand))
         words = [w for w in dict.fromkeys(content_tokens(target.get("title", ""))) if w not in brand_words]
         sharing = [h for h in history if set(words) & set(content_tokens(h.get("title", "")))]
         if sharing and year is None:
             shared = [w for w in words if w in content_tokens(sharing[-1]["title"])][:2]
             src = like(lambda h: h is sharing[-1])
-            out.append(f"It is also about {_join(shared)}{f', like {src}' if src else ''}.")
+            out.append((f"It is also about {_join(shared)}{f', like {src}' if src else ''}.", True))
         usual = usual_price(history)
         if target.get("price") and usual:
-            out.append(PRICE_SENTENCES[price_band(target["price"], usual)])
-        return out, cited
+            out.append((PRICE_SENTENCES[price_band(target["price"], usual)], False))
+        return [text for text, backed in out if backed or not self.grounded], cited
 
 
 PRICE_SENTENCES = {"like": "It is priced like what they usually pay.",

@@ -94,6 +94,20 @@ def test_template_teacher_never_cites_a_title_containing_the_target():
     assert not leakage(text, target, hist) and "Sci-Fi" in text and "Alien 3" not in text
 
 
+def test_grounded_template_teacher_claims_only_what_a_cited_history_item_backs():
+    target = make_item("9", "Acme torque wrench", brand="Acme", price=40.0,
+                       categories=["Tools", "Hand Tools", "Wrenches"])
+    hist = [make_item("1", "Acme drill bits", brand="Acme", price=20.0, categories=["Tools", "Power Tools", "Bits"]),
+            make_item("2", "Brass hinge", brand="Hingeco", price=30.0, categories=["Home", "Hardware", "Hinges"])]
+    full, grounded = TemplateTeacher().rationale(hist, target), TemplateTeacher(grounded=True).rationale(hist, target)
+    assert "Hand Tools" in full and "pay" in full  # the target's category and price band, which no item shares
+    assert grounded == 'It is made by Acme, like "Acme drill bits".'
+    hist[1]["categories"] = ["Tools", "Hand Tools", "Pliers"]  # now a history item shares the category path
+    assert 'Like "Brass hinge", the next item is in Hand Tools > Wrenches.' in TemplateTeacher(
+        grounded=True).rationale(hist, target)
+    assert make_teacher("template", grounded=True).grounded
+
+
 FILM = make_item("5", "Star Wars: The Empire Strikes Back", categories=["Action", "Sci-Fi"],
                  description="Released 1980")
 HIST = [make_item("1", "Star Wars", categories=["Action", "Sci-Fi"]),
