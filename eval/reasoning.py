@@ -154,7 +154,7 @@ def evaluate_reasoning(rec: RecModel, examples: datasets.Dataset, *, think: bool
 
 
 def choose_think(rec: RecModel, examples: datasets.Dataset, weights: Sequence[float] = FOLLOW_WEIGHTS,
-                 min_gain_se: float = 1.0, **kwargs) -> tuple[tuple[str, float], dict[str, Any]]:
+                 min_gain_se: float = 2.0, **kwargs) -> tuple[tuple[str, float], dict[str, Any]]:
     """The served thinking ranking chosen on ``examples`` (valid users): ``think_ranking`` (``rationale``: after the
     rationale; ``history``: after an empty think, the rationale only explains) and ``follow_weight``, by NDCG@10
     (``think_choice``: a ranking other than the empty think's must gain ``min_gain_se`` paired standard errors

@@ -29,11 +29,11 @@ class ReasonConfig(StageConfig, SFTConfig):
     rejection_batch_size: int = field(default=16, metadata={"help": "Prompts per rank-check batch."})
     rationale_loss_weight: float = field(default=1.0, metadata={"help": "Loss weight of rationale tokens."})
     item_loss_weight: float = field(default=1.0, metadata={"help": "Loss weight of SID (item) tokens."})
-    think_valid_users: int = field(default=500, metadata={
+    think_valid_users: int = field(default=2000, metadata={
         "help": "Valid users the served thinking ranking (think_ranking, follow_weight) is chosen on when training "
                 "ends (0: keep stage 1's served.json as it is)."})
     think_max_tokens: int = field(default=64, metadata={"help": "Rationale length ceiling of that choice."})
-    think_min_gain_se: float = field(default=1.0, metadata={
+    think_min_gain_se: float = field(default=2.0, metadata={
         "help": "A ranking that follows the rationale is served only when its valid NDCG@10 gain over the empty "
                 "think's is at least this many paired standard errors (else the rationale only explains)."})
 

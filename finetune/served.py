@@ -108,7 +108,7 @@ def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path |
 
 
 def write_think(model_dir: str | Path, data_dir: str | Path, sids: str | Path | SIDCodebook, *, valid_users: int,
-                max_think_tokens: int = 64, min_gain_se: float = 1.0, seed: int = 0) -> ServedConfig:
+                max_think_tokens: int = 64, min_gain_se: float = 2.0, seed: int = 0) -> ServedConfig:
     """Choose the thinking ranking of a stage-2 model on valid users (``eval.reasoning.choose_think``: after the
     rationale or after an empty think, and how much the items follow its claims) and record it in ``served.json``."""
     from think_rec.eval.reasoning import choose_think
