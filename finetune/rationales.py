@@ -135,8 +135,9 @@ class TemplateTeacher:
     """Deterministic rationale in short, complete sentences: the history items that lead to the target,
     cited by title in quotes (stage 2 trains them as the items' SIDs), and what the target shares with
     them: category path (genres and decade for films), brand, title words and price band. ``grounded``: only the
-    claims a cited history item backs (it shares the category, brand or words claimed); a category no history item
-    shares, a decade or a price band is left out, so the rationale never claims what the history cannot tell."""
+    claims a cited history item backs (it shares the category, decade, brand or words claimed); a category or decade
+    no history item shares, and the price band, are left out, so the rationale never claims what the history cannot
+    tell."""
 
     def __init__(self, max_cited: int = 2, grounded: bool = False):
         self.max_cited, self.grounded = max_cited, grounded
