@@ -177,12 +177,14 @@ def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: in
                "max_history": max_history, "max_think_tokens": max_think_tokens, "teacher": cfg.teacher,
                "teacher_kwargs": cfg.teacher_kwargs, "rationales": {k: stats[k] for k in (*STATS, "seconds")},
                "rejection_top_n": rejection_top_n, "teacher_probe": probe,
-               "train_steps": stats["steps"], "example": example}
+               "train_steps": stats["steps"], "example": example,
+               "model_fingerprint": model_fingerprint(final),
+               "stage1_fingerprint": model_fingerprint(dirs.align / "final")}
     write_report(f"{dataset}_reason", payload, out_dir, metric_keys=ROW_KEYS)
     if served_think:
         row = served_think_row(rec, sample_users(split.test, None, seed), max_history, max_think_tokens,
                                stage2_seconds)
-        add_served_think(Path(out_dir) / f"{dataset}.json", row, model_fingerprint(dirs.align / "final"),
-                         model_fingerprint(final), {"think_ranking": rec.served.think_ranking,
-                                                    "follow_weight": rec.served.follow_weight})
+        add_served_think(Path(out_dir) / f"{dataset}.json", row, payload["stage1_fingerprint"],
+                         payload["model_fingerprint"], {"think_ranking": rec.served.think_ranking,
+                                                        "follow_weight": rec.served.follow_weight})
     return payload
