@@ -26,6 +26,7 @@ import httpx
 
 from think_rec.data.schema import RecDataset
 from think_rec.data.split import leave_one_out, sample_users
+from think_rec.finetune.run_state import model_fingerprint
 from think_rec.serve.launch import start_server, stop_server
 
 from .metrics import recall_at_k
@@ -162,6 +163,7 @@ def run(model: Path, data: Path, sids: Path, out_dir: Path = Path("eval/results"
         finally:
             stop_server(proc)
     payload = {"benchmark": "serve", "dataset": f"{ds.name} ({len(ds.catalog)} items)",
+               "model_fingerprint": model_fingerprint(model),
                "setup": {"model": str(model), "chats": len(examples), "first_message": message,
                          "users": f"seeded sample of test users (seed {seed})", "turns_per_chat": 2, "k": 10,
                          "max_history": max_history,

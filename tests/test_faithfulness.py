@@ -52,6 +52,15 @@ def test_brand_attributed_to_a_cited_item_lacking_it_is_a_contradiction():
     assert quality('It is made by Arex, like "Mitutoyo Digital Caliper".', ["gauge"])["contradictions"] == 1.0
 
 
+def test_category_attributed_to_a_cited_item_lacking_it_is_a_contradiction():
+    bad = claims('Like "Arex Digital Thermometer", the next item is in Measure & Inspect.')
+    assert bad.categories == {"Measure & Inspect"} and len(bad.contradictions) == 1
+    assert not claims('Like "Mitutoyo Digital Caliper", the next item is in Test > Measure & Inspect.').contradictions
+    checker = ClaimChecker(ITEMS)  # the page drops the sentence, keeps the rest
+    text = 'Like "Arex Digital Thermometer", the next item is in Measure & Inspect. It is made by Arex.'
+    assert checker.shorten(text, HISTORY, "gauge") == "It is made by Arex."
+
+
 def test_two_brands_are_a_contradiction():
     assert claims("It is made by Arex. It is made by Hoser.").contradictions
 
@@ -128,6 +137,7 @@ def test_a_name_inside_a_longer_name_is_not_claimed():
              "v": item("v", "Brass Nipple", "Dixon Valve & Coupling", ["Garden", "Valves"], 9.0)}
     vocab, history = ClaimVocabulary(items.values()), [ITEMS[i] for i in HISTORY]
     c = rationale_claims('Like "Arex Digital Thermometer", the next item is in 3D Printing Supplies.', vocab, history)
-    assert c.categories == {"3D Printing Supplies"} and not c.brands and not c.contradictions
+    assert c.categories == {"3D Printing Supplies"} and not c.brands  # no "3D" brand attributed to the thermometer
+    assert c.contradictions == ['3D Printing Supplies attributed to "Arex Digital Thermometer"']
     c = rationale_claims("The next item is in Garden. It is made by Dixon Valve & Coupling too.", vocab, history)
     assert c.categories == {"Garden"} and c.brands == {"Dixon Valve & Coupling"} and not c.contradictions

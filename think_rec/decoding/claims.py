@@ -3,7 +3,8 @@
 ``rationale_claims`` reads every brand and category a rationale names outside its citations, the words it says the
 item is "about", its price band against what the user usually pays, and "like <cited item>" when a sentence names
 nothing else; and why it contradicts itself (two brands, two price bands, categories no one catalog item carries
-together, a brand attributed to a cited item that does not carry it). ``faithful``: every claim holds for an item.
+together, a brand attributed to a cited item that does not carry it, categories attributed to a cited item that
+carries none of them). ``faithful``: every claim holds for an item.
 
 ``ClaimChecker`` is what the think step uses so that the answer follows its reasoning: ``follow`` adds
 ``weight`` x the share of the claims an item satisfies to its served score (the weight chosen on valid users when
@@ -102,6 +103,9 @@ def _sentence_claims(claims: Claims, plain: str, cited: Sequence[Item], vocab: C
     for item in cited if brands else ():
         if (item.get("brand") or "").casefold() not in {b.casefold() for b in brands}:
             claims.contradictions.append(f'{"/".join(sorted(brands))} attributed to "{citation_title(item)}"')
+    for item in cited if cats else ():
+        if not {c.casefold() for c in cats} & {c.casefold() for c in item.get("categories") or []}:
+            claims.contradictions.append(f'{"/".join(sorted(cats))} attributed to "{citation_title(item)}"')
     if not (about or prices or brands or cats) and LIKE.search(plain):
         claims.like += cited
 
