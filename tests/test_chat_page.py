@@ -122,14 +122,16 @@ def test_remove_constraints(server):
 
 
 def _citing_user(url: str, ds: RecDataset, category: str) -> tuple[str, dict]:
-    """The first user whose answer to ``ASK`` cites a history item, with that answer (greedy decoding: the
-    page's turn, with the same request, answers the same)."""
+    """The first user whose answer to ``ASK`` shows a rationale that cites a history item and claims a category
+    for the next item, with that answer (greedy decoding: the page's turn, with the same request, answers the
+    same)."""
+    checker = ClaimChecker(ds.catalog.by_id)
     for user in ds.interactions.users[:40]:
         rec = _chat(url, messages=_say(ASK.format(category=category)), user=user, k=8,
                     max_think_tokens=64)["recommendation"]  # as the page asks
-        if rec["cited"]:
+        if rec["cited"] and checker.claims(rec["rationale"], [h["id"] for h in rec["history"]]).categories:
             return user, rec
-    pytest.fail("no user's rationale cites a history item")
+    pytest.fail("no user's shown rationale cites a history item and claims a category")
 
 
 @pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
@@ -159,7 +161,7 @@ def test_chat_page_shows_history_citations_and_chips(server, chrome):
     assert driver.find_elements(By.CSS_SELECTOR, ".msg.assistant")[-1].text.startswith(shown)  # the final one
     claims = ClaimChecker(ds.catalog.by_id).claims(shown, [h["id"] for h in expected["history"]])
     top = {c.casefold() for c in ds.catalog[expected["items"][0]["id"]]["categories"]}
-    assert {c.casefold() for c in claims.categories} <= top and not claims.contradictions
+    assert claims.categories and {c.casefold() for c in claims.categories} <= top and not claims.contradictions
     cited_cards = driver.find_elements(By.CSS_SELECTOR, "#user-history .history-card.cited")
     assert {c.get_attribute("data-item-id") for c in cited_cards} == set(expected["cited"])
     chips = driver.find_elements(By.CSS_SELECTOR, "#constraints .chip")

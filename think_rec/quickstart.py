@@ -49,8 +49,9 @@ def quiet_libraries() -> None:
 def reasoning_example(root: str | Path, examples, budget_minutes: float = 2.0, max_history: int = 10,
                       num_examples: int = 1000, seed: int = 0) -> dict:
     """Stage 2 (template teacher, no rank check) on the run under ``root``, then the first of ``examples`` whose
-    shown rationale cites a history item (else the first): its history, the rationale as the chat page shows it
-    (following and kept to what holds for the first item, ``ClaimChecker.answer``) and its top items, as titles."""
+    shown rationale cites a history item and claims something of the next item (else the first that cites, else the
+    first): its history, the rationale as the chat page shows it (following and kept to what holds for the first
+    item, ``ClaimChecker.answer``) and its top items, as titles."""
     from think_rec.decoding import think_then_recommend
     from think_rec.decoding.claims import ClaimChecker
     from think_rec.eval.bench_reason import reason_config
@@ -75,7 +76,8 @@ def reasoning_example(root: str | Path, examples, budget_minutes: float = 2.0, m
     shown = [checker.answer(r.rationales[0], h, r.items, served.follow_weight, 5) for r, h in zip(results, histories)]
     cites = [n for n, ((text, _), h) in enumerate(zip(shown, histories))
              if any(title_mentioned(text, items[i]["title"]) for i in h)]
-    n = cites[0] if cites else 0
+    claiming = [n for n in cites if len(checker.claims(shown[n][0], histories[n]))]
+    n = (claiming or cites or [0])[0]
     (text, ranked), history = shown[n], histories[n]
     return {"user_id": examples["user_id"][n], "history": [items[i]["title"] for i in history],
             "target": items[examples["target"][n]]["title"], "rationale": text,
@@ -125,7 +127,8 @@ def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 3.0, e
             console.print(f"  {n}. {codebook.sid_string(item)} {data.catalog[item]['title']}")
 
     with stage(console, log, f"stage 2 (reasoning, {min(2.0, budget_minutes):g} min)"):
-        shown = reasoning_example(root, test, budget_minutes=min(2.0, budget_minutes),
+        shown = reasoning_example(root, leave_one_out(data.interactions).test.select(range(20)),
+                                  budget_minutes=min(2.0, budget_minutes),
                                   max_history=payload["served"]["max_history"])
     console.rule(f"stage 2 (reasoning), user {shown['user_id']}: the rationale as served (kept to what holds for "
                  "the first item)")
