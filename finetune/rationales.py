@@ -31,7 +31,7 @@ from .rationale_filters import attributes, citation_title, content_tokens, displ
 log = logging.getLogger(__name__)
 Item = dict[str, Any]
 YEAR = re.compile(r"\bReleased (\d{4})\b")
-TEACHER_VERSION = 3  # bump when teacher_prompt or TemplateTeacher change what a teacher writes
+TEACHER_VERSION = 2  # bump when teacher_prompt or TemplateTeacher change what a teacher writes
 TRANSPORT = ("concurrency", "cache_dir", "timeout", "max_retries", "api_key_env", "batch_size")  # not in the output
 
 
@@ -159,10 +159,9 @@ class TemplateTeacher:
         return " ".join(s for s in sentences if not leakage(s, target, history))
 
     def _reasons(self, history: list[Item], target: Item) -> tuple[list[str], set[int]]:
-        """Sentences on what the target shares with the history, each naming the claim first and then citing the
-        latest item sharing it (a model trained on them picks its citation after its claim; an item already cited
-        is not repeated), and the ids of the cited items; with ``grounded``, only the sentences a history item
-        backs."""
+        """Sentences on what the target shares with the history, each citing the latest item sharing it
+        (an item already cited is not repeated), and the ids of the cited items; with ``grounded``, only the
+        sentences a history item backs."""
         cited: set[int] = set()
         out: list[tuple[str, bool]] = []  # (sentence, a history item backs it)
 
@@ -180,14 +179,14 @@ class TemplateTeacher:
             if genres:
                 genre = genres.most_common(1)[0][0]
                 src = like(lambda h: genre in (h.get("categories") or []))
-                out.append((f"The next film is {_article(genre)} {genre} film{f', like {src}' if src else ''}.", True))
+                out.append((f"{f'Like {src}, t' if src else 'T'}he next film is {_article(genre)} {genre} film.", True))
             decade = year // 10 * 10
             src = like(lambda h: (_year(h) or 0) // 10 * 10 == decade)
             out.append((f"It is from the {decade}s{f', like {src}' if src else ''}.", src is not None))
         elif len(cats) > 1:
             path = " > ".join(cats[1:3])  # below the catalog's root
             src = like(lambda h: len(common_prefix(h.get("categories") or [], cats)) >= 2)
-            out.append((f"The next item is in {path}{f', like {src}' if src else ''}.", src is not None))
+            out.append((f"{f'Like {src}, t' if src else 'T'}he next item is in {path}.", src is not None))
         brand = target.get("brand") or ""
         if brand and any(h.get("brand") == brand for h in history):
             src = like(lambda h: h.get("brand") == brand)

@@ -76,7 +76,7 @@ def check_template(reqs):
 
 def test_template_teacher_passes_filters_on_synthetic(synthetic_dataset):
     texts = check_template(requests_from(synthetic_dataset))
-    assert any("The next item is in" in t for t in texts) and any("usually pay" in t for t in texts)
+    assert any("the next item is in" in t for t in texts) and any("usually pay" in t for t in texts)
 
 
 def test_template_teacher_passes_filters_on_movielens():
@@ -103,7 +103,7 @@ def test_grounded_template_teacher_claims_only_what_a_cited_history_item_backs()
     assert "Hand Tools" in full and "pay" in full  # the target's category and price band, which no item shares
     assert grounded == 'It is made by Acme, like "Acme drill bits".'
     hist[1]["categories"] = ["Tools", "Hand Tools", "Pliers"]  # now a history item shares the category path
-    assert 'The next item is in Hand Tools > Wrenches, like "Brass hinge".' in TemplateTeacher(
+    assert 'Like "Brass hinge", the next item is in Hand Tools > Wrenches.' in TemplateTeacher(
         grounded=True).rationale(hist, target)
     assert make_teacher("template", grounded=True).grounded
 
