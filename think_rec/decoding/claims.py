@@ -100,12 +100,11 @@ def _sentence_claims(claims: Claims, plain: str, cited: Sequence[Item], vocab: C
     claims.prices |= prices
     claims.brands |= brands
     claims.categories |= cats
-    for item in cited if brands else ():
-        if (item.get("brand") or "").casefold() not in {b.casefold() for b in brands}:
-            claims.contradictions.append(f'{"/".join(sorted(brands))} attributed to "{citation_title(item)}"')
-    for item in cited if cats else ():
-        if not {c.casefold() for c in cats} & {c.casefold() for c in item.get("categories") or []}:
-            claims.contradictions.append(f'{"/".join(sorted(cats))} attributed to "{citation_title(item)}"')
+    for names, carried in ((brands, lambda it: [it.get("brand") or ""]), (cats, lambda it: it.get("categories") or [])):
+        wanted = {name.casefold() for name in names}
+        for item in cited if names else ():  # a cited item must carry one of the names its sentence claims
+            if not wanted & {c.casefold() for c in carried(item)}:
+                claims.contradictions.append(f'{"/".join(sorted(names))} attributed to "{citation_title(item)}"')
     if not (about or prices or brands or cats) and LIKE.search(plain):
         claims.like += cited
 
