@@ -115,7 +115,8 @@ def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 3.0, e
     console.print(table)
 
     codebook = SIDCodebook.load(root / "sids")
-    test = leave_one_out(data.interactions).test.select(range(show_users))
+    split_test = leave_one_out(data.interactions).test
+    test = split_test.select(range(show_users))
     with stage(console, log, f"recommendations for {show_users} users (the served ranking)"):
         rec = RecModel.load(root / "align" / "final", codebook, data)
         ranked_lists = [[i for i, _ in ranked] for ranked in served_ranking(rec, test["history"])]
@@ -127,8 +128,7 @@ def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 3.0, e
             console.print(f"  {n}. {codebook.sid_string(item)} {data.catalog[item]['title']}")
 
     with stage(console, log, f"stage 2 (reasoning, {min(2.0, budget_minutes):g} min)"):
-        shown = reasoning_example(root, leave_one_out(data.interactions).test.select(range(20)),
-                                  budget_minutes=min(2.0, budget_minutes),
+        shown = reasoning_example(root, split_test.select(range(20)), budget_minutes=min(2.0, budget_minutes),
                                   max_history=payload["served"]["max_history"])
     console.rule(f"stage 2 (reasoning), user {shown['user_id']}: the rationale as served (kept to what holds for "
                  "the first item)")
