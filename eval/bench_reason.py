@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from think_rec.data.split import leave_one_out, sample_users
 from think_rec.decoding.claims import ClaimChecker
 from think_rec.finetune.align import train_align
@@ -145,10 +143,9 @@ def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: in
     oracle, _ = evaluate_reasoning(rec, test, max_history=max_history, condition=True, follow_weight=0.0,
                                    rationales=oracle_rationales(rec, test, dirs), desc="oracle_rationale")
     rows.append({"system": "oracle_rationale", **oracle})
-    torch.manual_seed(seed)  # sampled rationales: the same draws on every run
     sampled, _ = evaluate_reasoning(rec, test, max_history=max_history, max_think_tokens=max_think_tokens,
                                     condition=True, follow_weight=0.0, num_rationales=sampled_rationales,
-                                    do_sample=True, desc="reasoning_sampled")
+                                    desc="reasoning_sampled")
     rows.append({"system": "reasoning_sampled", **sampled, "num_rationales": sampled_rationales})
     for row in rows:
         row["eval_users"] = len(test)
@@ -165,14 +162,17 @@ def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: in
                          **{k: v for k, v in r.items() if k not in ROW_KEYS and k != "system"}} for r in rows],
                "ndcg@10_gain": (think - base) / base if base else None, "ndcg@10_se": rows[1]["ndcg@10_gain_se"],
                "served_think": {"think_ranking": rec.served.think_ranking, "follow_weight": rec.served.follow_weight,
+                                "rationale_samples": rec.served.rationale_samples,
                                 "selection": rec.served.notes.get("think_selection")},
                "ablation": "no_reasoning = the same stage-2 model decoded with an empty think; reasoning = as served "
-                           "(think_ranking, follow_weight chosen on valid); reasoning_conditioned = ranked after the "
-                           "rationale, not following it; oracle_rationale = the template teacher's rationale (all its "
-                           "claims) for the true target (reads test targets: a bound, never a choice); "
-                           "reasoning_sampled = ranked after each of num_rationales sampled rationales (temperature "
-                           "0.8, top-p 0.95, seeded), merged by mean probability (measured, not served; faithfulness "
-                           "of the first)",
+                           "(think_ranking, follow_weight chosen on valid; of rationale_samples rationales drawn, the "
+                           "greedy one first, the one ClaimChecker.choose picks: no self-contradiction, claims its "
+                           "first item satisfies); reasoning_greedy = as served with the greedy rationale alone (the "
+                           "model's first draft); reasoning_conditioned = ranked after the greedy rationale, not "
+                           "following it; oracle_rationale = the template teacher's rationale (all its claims) for the "
+                           "true target (reads test targets: a bound, never a choice); reasoning_sampled = ranked "
+                           "after each of num_rationales rationales (the greedy one and seeded draws at temperature "
+                           "0.8, top-p 0.95), merged by mean probability, not following them (measured, not served)",
                "budget_minutes": budget_minutes, "stage1_reused": stage1_reused, "eval_users": len(test),
                "max_history": max_history, "max_think_tokens": max_think_tokens, "teacher": cfg.teacher,
                "teacher_kwargs": cfg.teacher_kwargs, "rationales": {k: stats[k] for k in (*STATS, "seconds")},
@@ -186,5 +186,6 @@ def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: in
                                stage2_seconds)
         add_served_think(Path(out_dir) / f"{dataset}.json", row, payload["stage1_fingerprint"],
                          payload["model_fingerprint"], {"think_ranking": rec.served.think_ranking,
-                                                        "follow_weight": rec.served.follow_weight})
+                                                        "follow_weight": rec.served.follow_weight,
+                                                        "rationale_samples": rec.served.rationale_samples})
     return payload

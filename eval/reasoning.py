@@ -1,12 +1,12 @@
 """Reasoning evaluation: Recall/NDCG@5/10 of think-then-recommend, rationale quality, and the ablation.
 
-Rationale quality, averaged over users (each user's first rationale as the model wrote it, citations shown as
-titles): ``grounding``: share of rationales naming a history item (title or a significant part) or an
-attribute (brand/category) of one; ``citations``: history items named; ``complete``: share ending a
-sentence; ``closed_by_model``: share the model itself closed at a sentence end (the rest were cut back
-to one at ``max_think_tokens``); ``consistency``: mean share of the top-k items having an attribute the
-rationale names; ``leakage``: share naming the target's title; ``readability``: Flesch reading ease;
-``mean_length``: words.
+Rationale quality, averaged over users (each user's rationale as the model wrote it, the one
+``ClaimChecker.choose`` shows where several were drawn, citations shown as titles): ``grounding``: share of
+rationales naming a history item (title or a significant part) or an attribute (brand/category) of one;
+``citations``: history items named; ``complete``: share ending a sentence; ``closed_by_model``: share the model
+itself closed at a sentence end (the rest were cut back to one at ``max_think_tokens``); ``consistency``: mean
+share of the top-k items having an attribute the rationale names; ``leakage``: share naming the target's title;
+``readability``: Flesch reading ease; ``mean_length``: words.
 
 Faithfulness (``think_rec.decoding.claims``) checks what the rationale claims about the next item against the
 recommended items, which follow the rationale's claims with the served ``follow_weight``: ``faithful@1``: share of
@@ -20,7 +20,9 @@ rationales with claims whose claims all hold for the **target** (does the model 
 The ablation scores one model on the same examples: ``no_reasoning`` decodes with an empty think
 (``<think></think>`` then the SID, ``max_think_tokens=0``), ``reasoning`` writes the rationale first and ranks as
 served (``served.json``: ``think_ranking``, ``follow_weight``, chosen on valid users when stage 2 ends,
-``choose_think``); ``reasoning_conditioned`` ranks after the rationale without following it (the stage-2 model as
+``choose_think``) with the rationale ``ClaimChecker.choose`` picks of the ``rationale_samples`` drawn;
+``reasoning_greedy`` is the same with the greedy rationale alone (the model's first draft: what ``choose`` improves
+on); ``reasoning_conditioned`` ranks after the greedy rationale without following it (the stage-2 model as
 trained); ``oracle_rationale`` (``bench reason``) gives it the teacher's rationale for the true target.
 """
 from __future__ import annotations
@@ -93,14 +95,16 @@ def _faithfulness(claims: Claims, ranked: Sequence[Item]) -> dict[str, float]:
 
 def think_results(rec: RecModel, examples: datasets.Dataset, *, think: bool = True, condition: bool | None = None,
                   k: int = 10, max_history: int | None = None, num_beams: int | None = None, batch_size: int = 16,
-                  max_think_tokens: int = 96, num_rationales: int = 1, do_sample: bool = False,
+                  max_think_tokens: int = 96, num_rationales: int | None = None,
                   exclude_history: bool | None = None, rationales: Sequence[str] | None = None,
                   progress: bool = True, desc: str = "reasoning") -> tuple[list[ThinkResult], list[list[str]]]:
     """``think_then_recommend`` with ``rec`` (loaded with its data) on ``examples`` (history, target) as served (the
-    served prompt, beam width, history exclusion, prior and ``think_ranking`` of the artefact where an argument is
-    None), top ``k`` before following; ``think=False``: an empty think. Returns the results and the histories."""
+    served prompt, beam width, history exclusion, prior, ``think_ranking`` and ``rationale_samples`` of the artefact
+    where an argument is None), top ``k`` before following; ``think=False``: an empty think. Returns the results
+    and the histories."""
     model, processor, items, served = rec.model, rec.processor, rec.items, rec.served
     max_history = max_history or served.max_history
+    num_rationales = (num_rationales or served.rationale_samples) if think and rationales is None else 1
     exclude = served.exclude_history if exclude_history is None else exclude_history
     condition = served.ranks_after_rationale if condition is None else condition
     histories = [list(h[-max_history:]) for h in column(examples, "history")]
@@ -112,7 +116,7 @@ def think_results(rec: RecModel, examples: datasets.Dataset, *, think: bool = Tr
         citations = [{i: citation_title(items[i]) for i in h} for h in batch]
         results += think_then_recommend(
             model, processor, prompts, rec.trie, k=k, num_beams=num_beams or served.num_beams, citations=citations,
-            num_rationales=num_rationales if think else 1, do_sample=do_sample and think,
+            num_rationales=num_rationales, do_sample=num_rationales > 1,
             max_think_tokens=max_think_tokens if think else 0, exclude=[set(h) for h in batch] if exclude else None,
             histories=batch, prior=rec.prior, condition=condition,
             rationales=None if rationales is None else rationales[s:s + batch_size])
@@ -121,12 +125,17 @@ def think_results(rec: RecModel, examples: datasets.Dataset, *, think: bool = Tr
 
 def followed(results: Sequence[ThinkResult], histories: Sequence[Sequence[str]], checker: ClaimChecker,
              weight: float, k: int = 10) -> list[ThinkResult]:
-    """Each result's items following its first rationale (``ClaimChecker.follow``), top ``k``."""
+    """Each result as served: the rationale ``ClaimChecker.choose`` shows moved first, the top ``k`` items following
+    it (``ClaimChecker.follow``)."""
     out = []
     for res, hist in zip(results, histories):
-        claims = checker.claims(res.rationales[0] if res.rationales else "", hist)
-        out.append(ThinkResult(res.rationales, checker.follow(res.items, claims, weight, k), res.cited,
-                               res.closed_by_model))
+        n, items = checker.choose(res.rationales, hist, res.items, weight, k)
+        first = [n, *(i for i in range(len(res.rationales)) if i != n)]
+
+        def order(values: list) -> list:
+            return [values[i] for i in first] if len(values) == len(first) else values
+
+        out.append(ThinkResult(order(res.rationales), items, order(res.cited), order(res.closed_by_model)))
     return out
 
 
@@ -198,12 +207,16 @@ def think_choice(ndcg: dict[tuple[str, float], list[float]], none: Sequence[floa
 def reasoning_ablation(rec: RecModel, examples: datasets.Dataset,
                        **kwargs) -> tuple[list[dict[str, Any]], list[ThinkResult]]:
     """Rows ``no_reasoning`` (empty think), ``reasoning`` (as served; with ``ndcg@10_gain_se``, the standard error
-    of its per-user NDCG@10 gain over ``no_reasoning`` relative to that row's mean) and ``reasoning_conditioned``
-    (after the rationale, not following it) on the same examples, plus the served reasoning results."""
+    of its per-user NDCG@10 gain over ``no_reasoning`` relative to that row's mean), ``reasoning_greedy`` (as served
+    but the greedy rationale alone: the model's first draft, before ``ClaimChecker.choose`` has others to pick from)
+    and ``reasoning_conditioned`` (the greedy rationale, ranked after it, not following it) on the same examples,
+    plus the served reasoning results."""
     rows, per_user, shown = [], {}, []
     targets = column(examples, "target")
+    greedy = {"num_rationales": 1}
     for system, think, extra in (("no_reasoning", False, {}), ("reasoning", True, {}),
-                                 ("reasoning_conditioned", True, {"condition": True, "follow_weight": 0.0})):
+                                 ("reasoning_greedy", True, greedy),
+                                 ("reasoning_conditioned", True, {"condition": True, "follow_weight": 0.0, **greedy})):
         metrics, results = evaluate_reasoning(rec, examples, think=think, desc=system, **kwargs, **extra)
         per_user[system] = [ndcg_at_k([i for i, _ in r.items], t, 10) for r, t in zip(results, targets)]
         rows.append({"system": system, **metrics})

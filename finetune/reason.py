@@ -134,7 +134,8 @@ def train_reason(config: ReasonConfig) -> Path:
     final = inherit_served(config.model, train_and_merge(trainer, processor, last, final, fingerprint, write_logs))
     if config.think_valid_users and (final / SERVED_FILE).is_file():
         write_think(final, config.data_dir, codebook, valid_users=config.think_valid_users,
-                    max_think_tokens=config.think_max_tokens, min_gain_se=config.think_min_gain_se, seed=config.seed)
+                    max_think_tokens=config.think_max_tokens, min_gain_se=config.think_min_gain_se,
+                    rationale_samples=config.think_samples, seed=config.seed)
     return final
 
 

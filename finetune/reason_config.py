@@ -33,6 +33,9 @@ class ReasonConfig(StageConfig, SFTConfig):
         "help": "Valid users the served thinking ranking (think_ranking, follow_weight) is chosen on when training "
                 "ends (0: keep stage 1's served.json as it is)."})
     think_max_tokens: int = field(default=64, metadata={"help": "Rationale length ceiling of that choice."})
+    think_samples: int = field(default=1, metadata={
+        "help": "Rationales drawn per request when served (the greedy one, then seeded samples): the page shows one "
+                "that does not contradict itself and whose claims its first item satisfies (ClaimChecker.choose)."})
     think_min_gain_se: float = field(default=2.0, metadata={
         "help": "A ranking that follows the rationale is served only when its valid NDCG@10 gain over the empty "
                 "think's is at least this many paired standard errors (else the rationale only explains)."})

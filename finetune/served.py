@@ -108,14 +108,17 @@ def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path |
 
 
 def write_think(model_dir: str | Path, data_dir: str | Path, sids: str | Path | SIDCodebook, *, valid_users: int,
-                max_think_tokens: int = 64, min_gain_se: float = 2.0, seed: int = 0) -> ServedConfig:
+                max_think_tokens: int = 64, min_gain_se: float = 2.0, rationale_samples: int = 1,
+                seed: int = 0) -> ServedConfig:
     """Choose the thinking ranking of a stage-2 model on valid users (``eval.reasoning.choose_think``: after the
-    rationale or after an empty think, and how much the items follow its claims) and record it in ``served.json``."""
+    rationale or after an empty think, and how much the items follow its claims), with ``rationale_samples``
+    rationales drawn per user as they will be served, and record both in ``served.json``."""
     from think_rec.eval.reasoning import choose_think
 
     data = RecDataset.load(data_dir)
     valid = sample_users(leave_one_out(data.interactions).valid, valid_users, seed)
     rec = RecModel.load(model_dir, sids, data)
+    rec.served.rationale_samples = rationale_samples
     choice, record = choose_think(rec, valid, min_gain_se=min_gain_se, max_think_tokens=max_think_tokens)
     rec.served.think_ranking, rec.served.follow_weight = choice
     rec.served.notes["think_selection"] = {**record, "seed": seed, "max_think_tokens": max_think_tokens}

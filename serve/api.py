@@ -220,10 +220,11 @@ class RecService:
                 except EngineBusy as e:
                     raise Busy(str(e)) from None
                 if isinstance(event, Recommendation):
-                    event = replace(event, rationale=render_citations(event.rationale, titles)[0].strip())
+                    rationales = [render_citations(r, titles)[0].strip() for r in [event.rationale, *event.samples]]
+                    event = replace(event, rationale=rationales[0], samples=[])
                     if turn.think:
                         history = turn.session.history[-self.max_history:]
-                        event = Recommendation(*self.claims.answer(event.rationale, history, event.items,
+                        event = Recommendation(*self.claims.answer(rationales, history, event.items,
                                                                    self.served.follow_weight, turn.k))
                     self.finish(turn.session, event)
                     await asyncio.to_thread(self.sessions.put, turn.session)

@@ -27,10 +27,12 @@ class EngineBusy(RuntimeError):
 
 @dataclass
 class Recommendation:
-    """A rationale (empty when thinking is off) and ``(item_id, score)`` pairs, best first."""
+    """A rationale (empty when thinking is off) and ``(item_id, score)`` pairs, best first; ``samples``: the
+    request's further rationales (``served.json`` ``rationale_samples``), which the API may show instead."""
 
     rationale: str
     items: list[tuple[str, float]] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -78,11 +78,13 @@ class HFEngine:
              history: Sequence[str]) -> Recommendation:
         if think:  # citations stay SID strings, as from vLLM: the API shows them as titles
             sids = sid_citations(self.processor, self.trie, history)
+            samples = self.served.rationale_samples
             res = think_then_recommend(self.model, self.processor, [prompt], self.trie, k=k,
                                        num_beams=self.served.num_beams, max_think_tokens=max_think_tokens,
+                                       num_rationales=samples, do_sample=samples > 1,
                                        exclude=[banned], citations=[sids], histories=[history], prior=self.prior,
                                        condition=self.served.ranks_after_rationale)[0]
-            return Recommendation(res.rationales[0], res.items)
+            return Recommendation(res.rationales[0], res.items, res.rationales[1:])
         return Recommendation("", rank(self.model, self.processor, [prompt], [history], self.trie, self.prior, k=k,
                                        num_beams=self.served.num_beams, banned=[banned])[0])
 

@@ -4,7 +4,9 @@ The rationale is one streamed request under ``SIDTrieLogitsProcessor`` in ``thin
 stops at ``</think>``), kept as on transformers (``finish_rationale``: closed at its last sentence end when the
 model did not close it) and shown as there (``show_rationale``, citations left as SIDs): ``SentenceStream`` lets
 the deltas out a sentence at a time, so they add up to the rationale the final ``Recommendation`` carries and the
-beam search continues.
+beam search continues. A model served with ``rationale_samples`` > 1 draws the others beside it (the same
+``decoding.think.Draw`` as on transformers, so the same texts), each ranked after as the greedy one is, the
+rankings merged by mean probability (``merge_scores``).
 
 Top-K items come from ``trie_beam_search`` over ``child_logprobs``, written as single-token requests: per SID
 level, one request per beam whose prompt is ``prompt [<think>…</think>] <|sid_begin|> codes-so-far``, constrained
@@ -26,7 +28,8 @@ from typing import TYPE_CHECKING, AsyncIterator, Sequence
 import torch
 
 from think_rec.decoding.ranking import rank_steps
-from think_rec.decoding.think import SentenceStream, citation_titles, sid_citations
+from think_rec.decoding.think import (Draw, SentenceStream, citation_titles, draws, finish_rationale,
+                                      merge_scores, show_rationale, sid_citations)
 from think_rec.decoding.trie_beam import Children, ranked_items, trie_beam_search
 from think_rec.model.artefacts import ServedConfig, load_prior
 
@@ -126,30 +129,55 @@ class VLLMEngine:
         beams = await trie_beam_search(functools.partial(self.child_logprobs, ids, banned=banned), self.trie, k)
         return ranked_items(self.trie, beams)
 
-    async def stream(self, prompt: str, *, k: int, banned: set[str], think: bool, max_think_tokens: int,
-                     history: Sequence[str] = ()) -> AsyncIterator[str | Recommendation]:
+    def _think_params(self, max_think_tokens: int, history: Sequence[str], draw: Draw, delta: bool):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        return SamplingParams(max_tokens=max_think_tokens, min_tokens=1, temperature=0.0,
+                              stop_token_ids=[self.close_id], detokenize=False,
+                              output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
+                              extra_args={KEY: {"mode": "think", "citable": list(history), "draw": vars(draw)}})
+
+    async def _draw(self, ids: list[int], max_think_tokens: int, history: Sequence[str], draw: Draw) -> list[int]:
+        """One further rationale (``draw``), kept as the greedy one is (``finish_rationale``)."""
+        final = None
+        async for final in self._generate(ids, self._think_params(max_think_tokens, history, draw, False)):
+            pass
+        return finish_rationale(self.tok, final.outputs[0].token_ids, self.trie.first_token, self.trie.end_token)[0]
+
+    async def _rank(self, ids: list[int], k: int, banned: set[str], history: Sequence[str]) -> list[tuple[str, float]]:
+        return await rank_steps(functools.partial(self.child_logprobs, ids, banned=banned), self.trie, history,
+                                self.prior, k=k, num_beams=self.served.num_beams, banned=banned,
+                                item_logprobs=functools.partial(self.item_logprobs, ids) if self.items else None)
+
+    async def stream(self, prompt: str, *, k: int, banned: set[str], think: bool, max_think_tokens: int,
+                     history: Sequence[str] = ()) -> AsyncIterator[str | Recommendation]:
         ids = self.tok.encode(prompt, add_special_tokens=False)
-        rationale = ""
-        if think:
-            titles = citation_titles(self.tok, self.trie, sid_citations(self.tok, self.trie, history))
-            lines = SentenceStream(self.tok, self.trie.first_token, self.trie.end_token, titles)
+        if not think:
+            yield Recommendation("", await self._rank(ids, k, banned, history))
+            return
+        titles = citation_titles(self.tok, self.trie, sid_citations(self.tok, self.trie, history))
+        lines = SentenceStream(self.tok, self.trie.first_token, self.trie.end_token, titles)
+        samples = self.served.rationale_samples
+        greedy, *others = draws(samples, samples > 1)
+        head = ids + [self.open_id]
+        drawn = [asyncio.ensure_future(self._draw(head, max_think_tokens, history, d))
+                 for d in (others if max_think_tokens > 0 else [])]
+        try:
             if max_think_tokens > 0:
-                params = SamplingParams(max_tokens=max_think_tokens, min_tokens=1, temperature=0.0,
-                                        stop_token_ids=[self.close_id], detokenize=False,
-                                        output_kind=RequestOutputKind.DELTA,
-                                        extra_args={KEY: {"mode": "think", "citable": list(history)}})
-                async for out in self._generate(ids + [self.open_id], params):
+                async for out in self._generate(head, self._think_params(max_think_tokens, history, greedy, True)):
                     if text := lines.feed(out.outputs[0].token_ids):
                         yield text
             kept, _, rest = lines.finish()
             if rest:
                 yield rest
-            after = kept if self.served.ranks_after_rationale else []  # "history": after an empty think
-            rationale, ids = lines.shown, ids + [self.open_id] + after + [self.close_id]
-        items = await rank_steps(functools.partial(self.child_logprobs, ids, banned=banned), self.trie, history,
-                                 self.prior, k=k, num_beams=self.served.num_beams, banned=banned,
-                                 item_logprobs=functools.partial(self.item_logprobs, ids) if self.items else None)
-        yield Recommendation(rationale, items)
+            thinks = [kept, *[await d for d in drawn]] if drawn else [kept]
+        finally:
+            for d in drawn:
+                d.cancel()
+        if self.served.ranks_after_rationale:
+            ranked = await asyncio.gather(*(self._rank(head + t + [self.close_id], k, banned, history) for t in thinks))
+            items = merge_scores(ranked, k)
+        else:  # "history": one ranking, after an empty think
+            items = await self._rank(head + [self.close_id], k, banned, history)
+        yield Recommendation(lines.shown, items, [show_rationale(self.tok, t, titles)[0] for t in thinks[1:]])

@@ -4,7 +4,8 @@ The engine core builds it once from ``additional_config["think_rec_sids"]`` (the
 the model's tokenizer. A request opts in with ``SamplingParams(extra_args={"think_rec": {...}})``:
 
 - ``mode="think"``: the rationale under ``RationaleMask`` (free text and citations of the ``citable`` item
-  ids, as in HF decoding) until ``</think>``, then only trie continuations;
+  ids, as in HF decoding) until ``</think>``, then only trie continuations; ``draw`` (the fields of
+  ``decoding.think.Draw``; absent: greedy) perturbs its logits as HF decoding does, for a request at temperature 0;
 - ``mode="sid"``: trie continuations from the first output token, after the SID tokens ``prefix``
   that already end the prompt (one step of the engine's beam search), each set to its log-probability over
   the SID tokens (``trie_beam.sid_logprobs``): under ``logprobs_mode="processed_logits"`` vLLM reports the
@@ -22,7 +23,7 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor, RequestLogitsProcessor
 
-from think_rec.decoding.think import RationaleMask
+from think_rec.decoding.think import Draw, RationaleMask
 from think_rec.decoding.trie import SIDTrie
 from think_rec.decoding.trie_beam import sid_logprobs
 from think_rec.itemic.codebook import SIDCodebook
@@ -44,7 +45,7 @@ class _Request:
     """One request's constraint: see the module docstring."""
 
     def __init__(self, owner: "SIDTrieLogitsProcessor", mode: str, prefix: list[int], banned: list[str],
-                 citable: list[str]):
+                 citable: list[str], draw: dict | None = None):
         if mode not in ("think", "sid", "items"):
             raise ValueError(f"think_rec mode must be 'think', 'sid' or 'items', not {mode!r}")
         if mode == "items" and owner.item_ids is None:
@@ -52,6 +53,7 @@ class _Request:
         self.owner, self.mode, self.prefix = owner, mode, tuple(prefix)
         self.banned: Counter | None = owner.trie.banned_counts(banned) if banned else None
         self.cite = owner.rationale.citable(citable) if mode == "think" else None
+        self.draw = Draw(**draw) if draw else None
 
     def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
         o = self.owner
@@ -60,7 +62,7 @@ class _Request:
             return torch.full_like(logits, float("-inf")).index_copy(0, items, logits[items].log_softmax(-1))
         if self.mode == "think":
             if o.close_id not in output_ids:
-                return o.rationale.apply(output_ids, logits, self.cite)
+                return o.rationale.apply(output_ids, logits, self.cite, self.draw)
             prefix = tuple(output_ids[len(output_ids) - output_ids[::-1].index(o.close_id):])
         else:
             prefix = self.prefix + tuple(output_ids)
@@ -97,4 +99,4 @@ class SIDTrieLogitsProcessor(AdapterLogitsProcessor):
         if args is None:
             return None
         return _Request(self, args.get("mode", "sid"), args.get("prefix", []), args.get("banned", []),
-                        args.get("citable", []))
+                        args.get("citable", []), args.get("draw"))

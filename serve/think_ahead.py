@@ -70,6 +70,10 @@ class ThinkAheadEngine:
             if self.store.meta[key] != ours:
                 raise ValueError(f"{config.think_ahead}: built with {key}={self.store.meta[key]!r}, but the server "
                                  f"has {ours!r}")
+        if self.store.think and self.store.meta["rationales"] != self.served.rationale_samples:
+            log.warning("%s holds %d rationales per user, the model is served with %d (rationale_samples): stored "
+                        "users get other rationales than the live engine", config.think_ahead,
+                        self.store.meta["rationales"], self.served.rationale_samples)
         if self.store.meta["history"] != "full":
             log.warning("%s holds %s histories (for evaluation): dataset users are served by the live engine",
                         config.think_ahead, self.store.meta["history"])
@@ -140,4 +144,4 @@ class ThinkAheadEngine:
         rationale = state.thoughts[0].text if think else ""
         if rationale:
             yield rationale
-        yield Recommendation(rationale, items)
+        yield Recommendation(rationale, items, [t.text for t in state.thoughts[1:]] if think else [])

@@ -119,7 +119,7 @@ def test_shorten_keeps_the_sentences_that_hold_for_the_top_item():
     assert checker.shorten(text, HISTORY, "gauge") == kept
     assert checker.shorten(text, HISTORY, "hose") == "It is made by Hoser."
     assert checker.shorten("It is made by Arex, like \"Mitutoyo Digital Caliper\".", HISTORY, "gauge") == ""
-    shown, items = checker.answer(text, HISTORY, [("hose", -1.0), ("gauge", -1.2)], 1.0, 2)
+    shown, items = checker.answer([text], HISTORY, [("hose", -1.0), ("gauge", -1.2)], 1.0, 2)
     assert [i for i, _ in items] == ["gauge", "hose"] and "Hoser" not in shown and "Measure & Inspect" in shown
 
 
@@ -141,3 +141,18 @@ def test_a_name_inside_a_longer_name_is_not_claimed():
     assert c.contradictions == ['3D Printing Supplies attributed to "Arex Digital Thermometer"']
     c = rationale_claims("The next item is in Garden. It is made by Dixon Valve & Coupling too.", vocab, history)
     assert c.categories == {"Garden"} and c.brands == {"Dixon Valve & Coupling"} and not c.contradictions
+
+
+def test_choose_shows_a_drawn_rationale_that_holds_over_the_greedy_one():
+    checker = ClaimChecker(ITEMS)
+    ranked = [("hose", -1.0), ("gauge", -1.2)]
+    contradicts = 'Like "Arex Digital Thermometer", the next item is in Measure & Inspect.'
+    wrong = 'Like "Mitutoyo Digital Caliper", the next item is in Measure & Inspect.'  # clean, the hose lacks it
+    holds = "The next item is in Hoses."
+    assert checker.choose([contradicts, wrong, holds], HISTORY, ranked, 0.0, 2) == (2, ranked)
+    assert checker.choose([contradicts, wrong], HISTORY, ranked, 0.0, 2)[0] == 1  # clean beats contradictory
+    assert checker.choose([contradicts, "They bought a caliper."], HISTORY, ranked, 0.0, 2)[0] == 1
+    n, items = checker.choose([contradicts, wrong], HISTORY, ranked, 1.0, 2)  # followed, the wrong one holds
+    assert n == 1 and items[0][0] == "gauge"
+    assert checker.choose([holds, "They bought a caliper."], HISTORY, ranked, 0.0, 2)[0] == 0  # a claim beats none
+    assert checker.answer([contradicts, holds], HISTORY, ranked, 0.0, 2) == (holds, ranked)

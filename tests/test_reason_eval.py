@@ -37,10 +37,12 @@ def test_ablation_rows_on_aligned_model(aligned_run, synthetic_dataset):
     _, codebook, model_dir = aligned_run
     rec = RecModel.load(model_dir, codebook, synthetic_dataset)
     test = leave_one_out(synthetic_dataset.interactions).test.select(range(6))
+    rec.served.rationale_samples = 3  # served: the greedy rationale and two draws
     rows, results = reasoning_ablation(rec, test, max_history=4, max_think_tokens=5, batch_size=3, progress=False)
-    assert [r["system"] for r in rows] == ["no_reasoning", "reasoning", "reasoning_conditioned"]
-    empty, think, conditioned = rows
-    assert think["ndcg@10"] == conditioned["ndcg@10"]  # served as trained: after the rationale, weight 0
+    assert [r["system"] for r in rows] == ["no_reasoning", "reasoning", "reasoning_greedy", "reasoning_conditioned"]
+    empty, think, greedy, conditioned = rows
+    assert greedy["ndcg@10"] == conditioned["ndcg@10"]  # served as trained: after the rationale, weight 0
+    assert all(len(r.rationales) == 3 for r in results)
     assert empty["mean_length"] == 0 and empty["grounding"] == empty["leakage"] == 0
     assert think["mean_length"] <= 5 and all(0 <= think[m] <= 1 for m in ("recall@10", "ndcg@10", "grounding",
                                                                          "complete", "closed_by_model"))

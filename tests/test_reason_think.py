@@ -8,8 +8,9 @@ import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from think_rec.decoding import SIDTrie, think_then_recommend
-from think_rec.decoding.think import (SENTENCE_END, SentenceStream, close_at_sentence, finish_rationale,
-                                      generate_rationales, merge_scores, show_rationale)
+from think_rec.decoding.think import (SENTENCE_END, Draw, RationaleLogitsProcessor, RationaleMask, SentenceStream,
+                                      close_at_sentence, finish_rationale, generate_rationales, merge_scores,
+                                      show_rationale)
 from think_rec.finetune.rationale_filters import complete
 from think_rec.model.loading import load_model
 from think_rec.model.tokenizer import train_tokenizer
@@ -169,8 +170,66 @@ def test_sampled_rationales_are_merged(think_setup):
                                    max_think_tokens=5)
     check_items(results, trie, 6)
     assert all(len(r.rationales) == 3 for r in results)
+    greedy = think_then_recommend(model, processor, prompts[:2], trie, k=6, max_think_tokens=5)
+    again = think_then_recommend(model, processor, prompts[:2], trie, k=6, num_rationales=3, do_sample=True,
+                                 max_think_tokens=5)
+    assert [r.rationales[0] for r in results] == [r.rationales[0] for r in greedy]  # the greedy one first
+    assert [r.rationales for r in results] == [r.rationales for r in again]  # seeded draws
     with pytest.raises(ValueError, match="do_sample"):
         think_then_recommend(model, processor, prompts, trie, num_rationales=2)
+
+
+def test_a_draw_samples_the_tempered_nucleus():
+    """Greedy decoding of a draw's perturbed logits picks each token with its tempered softmax probability inside
+    the top-p nucleus; draw 0 is greedy; the same (draw, position) perturbs the same way."""
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, float("-inf")])
+    draw = Draw(index=3, temperature=0.8, top_p=0.95)
+    picks = torch.tensor([int(draw.perturb(logits, pos).argmax()) for pos in range(4000)])
+    probs = (logits / 0.8).softmax(-1)
+    kept = probs[:3] / probs[:3].sum()  # 0.72 + 0.21 < 0.95: the third token is in the nucleus, the fourth out
+    freq = torch.bincount(picks, minlength=5).float() / len(picks)
+    assert freq[:3] == pytest.approx(kept.tolist(), abs=0.03) and freq[3:].sum() == 0
+    assert torch.equal(draw.perturb(logits, 7), Draw(3, 0.8, 0.95).perturb(logits, 7))
+    assert not torch.equal(draw.perturb(logits, 7), Draw(4, 0.8, 0.95).perturb(logits, 7))
+    assert torch.equal(Draw(0).perturb(logits, 7), logits)
+
+
+def test_draws_are_rows_of_one_greedy_generate(think_setup):
+    """A draw is reproducible (the same text twice), draw 0 is the greedy rationale, and draws differ from it."""
+    model, processor, trie, prompts, _ = think_setup
+    tok = processor.tokenizer
+    mask = RationaleMask(tok, trie)
+    ids = torch.tensor([tok.encode(prompts[0], add_special_tokens=False) + [tok.convert_tokens_to_ids("<think>")]])
+
+    def generate(draws):
+        rule = RationaleLogitsProcessor(mask, [None] * len(draws), ids.shape[1], draws)
+        out = model.generate(input_ids=ids.repeat(len(draws), 1), max_new_tokens=12, do_sample=False, num_beams=1,
+                             logits_processor=[rule], pad_token_id=tok.pad_token_id, eos_token_id=None)
+        return out[:, ids.shape[1]:].tolist()
+
+    greedy = generate([None])[0]
+    rows = generate([Draw(0), Draw(1), Draw(2), Draw(1)])
+    assert rows[0] == greedy and rows[1] == rows[3] and rows[1] != greedy and rows[2] != rows[1]
+
+
+def test_vllm_and_hf_apply_the_same_draw(think_setup):
+    """The vLLM logits processor (``think`` mode with a ``draw``) and HF's perturb the same logits the same way."""
+    pytest.importorskip("vllm")
+    from types import SimpleNamespace
+
+    from think_rec.serve.logits_vllm import _Request
+
+    _, processor, trie, _, ids = think_setup
+    tok = processor.tokenizer
+    mask = RationaleMask(tok, trie)
+    owner = SimpleNamespace(trie=trie, rationale=mask, close_id=tok.convert_tokens_to_ids("</think>"), item_ids=None)
+    draw = Draw(index=2, temperature=0.7, top_p=0.9, seed=5)
+    request = _Request(owner, "think", [], [], ids[:3], vars(draw))
+    hf = RationaleLogitsProcessor(mask, [mask.citable(ids[:3])], 1, [draw])
+    generated = tok.encode("They liked", add_special_tokens=False)
+    logits = torch.randn(len(tok))
+    expected = hf(torch.tensor([[0, *generated]]), logits.clone().unsqueeze(0))[0]
+    assert torch.equal(request(generated, logits.clone()), expected)
 
 
 def test_merge_scores_is_mean_probability():

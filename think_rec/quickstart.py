@@ -72,8 +72,9 @@ def reasoning_example(root: str | Path, examples, budget_minutes: float = 2.0, m
                                    citations=[{i: citation_title(items[i]) for i in h} for h in histories],
                                    exclude=[set(h) for h in histories] if served.exclude_history else None,
                                    histories=histories, prior=rec.prior,
-                                   condition=served.ranks_after_rationale)
-    shown = [checker.answer(r.rationales[0], h, r.items, served.follow_weight, 5) for r, h in zip(results, histories)]
+                                   condition=served.ranks_after_rationale,
+                                   num_rationales=served.rationale_samples, do_sample=served.rationale_samples > 1)
+    shown = [checker.answer(r.rationales, h, r.items, served.follow_weight, 5) for r, h in zip(results, histories)]
     cites = [n for n, ((text, _), h) in enumerate(zip(shown, histories))
              if any(title_mentioned(text, items[i]["title"]) for i in h)]
     claiming = [n for n in cites if len(checker.claims(shown[n][0], histories[n]))]

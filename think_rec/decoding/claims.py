@@ -8,8 +8,10 @@ carries none of them). ``faithful``: every claim holds for an item.
 
 ``ClaimChecker`` is what the think step uses so that the answer follows its reasoning: ``follow`` adds
 ``weight`` x the share of the claims an item satisfies to its served score (the weight chosen on valid users when
-stage 2 ends, ``served.json`` ``follow_weight``), and ``shorten`` keeps the sentences whose claims hold for the
-top item, so a page never shows a claim its first item contradicts.
+stage 2 ends, ``served.json`` ``follow_weight``); of several rationales drawn for a request (``rationale_samples``)
+``choose`` keeps one that does not contradict itself and that its first item satisfies (a rationale the items
+cannot satisfy is re-sampled), and ``shorten`` keeps the sentences whose claims hold for the top item, so a page
+never shows a claim its first item contradicts.
 """
 from __future__ import annotations
 
@@ -191,9 +193,25 @@ class ClaimChecker:
                 kept.append(original)
         return " ".join(s.strip() for s in kept if s.strip())
 
-    def answer(self, rationale: str, history: Sequence[str], ranked: Sequence[tuple[str, float]], weight: float,
-               k: int) -> tuple[str, list[tuple[str, float]]]:
-        """What a think step shows: the top ``k`` of ``ranked`` following ``rationale`` (``follow``) and the
-        rationale kept to what holds for their first item (``shorten``). Eval and the API both call it."""
-        items = self.follow(ranked, self.claims(rationale, history), weight, k)
-        return self.shorten(rationale, history, items[0][0] if items else None), items
+    def choose(self, rationales: Sequence[str], history: Sequence[str], ranked: Sequence[tuple[str, float]],
+               weight: float, k: int) -> tuple[int, list[tuple[str, float]]]:
+        """Of a request's rationales (the greedy one first), the one to show and the top ``k`` of ``ranked`` following
+        it (``follow``): the first that does not contradict itself and whose claims (some, else none) all hold for
+        its first item; else the first that does not contradict itself; else the first."""
+        best: tuple[tuple[bool, bool, bool, int], int, list[tuple[str, float]]] | None = None
+        for n, text in enumerate(rationales or [""]):
+            claims = self.claims(text, history)
+            items = self.follow(ranked, claims, weight, k)
+            holds = bool(items) and faithful(claims, self.items[items[0][0]])
+            key = (not claims.contradictions, holds, len(claims) > 0, -n)
+            if best is None or key > best[0]:
+                best = (key, n, items)
+        return best[1], best[2]
+
+    def answer(self, rationales: Sequence[str], history: Sequence[str], ranked: Sequence[tuple[str, float]],
+               weight: float, k: int) -> tuple[str, list[tuple[str, float]]]:
+        """What a think step shows: the rationale ``choose`` picks, kept to what holds for the first of its items
+        (``shorten``), and those items. Eval and the API both call it."""
+        n, items = self.choose(rationales, history, ranked, weight, k)
+        text = rationales[n] if rationales else ""
+        return self.shorten(text, history, items[0][0] if items else None), items

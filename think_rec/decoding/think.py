@@ -2,8 +2,9 @@
 
 Two phases, one code path for eval and serving:
 
-1. the prompt gets ``<think>`` appended and the model writes the rationale (greedy, or
-   ``num_rationales`` samples) under ``RationaleMask``: free text (no SID codes, special tokens or a second
+1. the prompt gets ``<think>`` appended and the model writes the rationale (greedy; with ``num_rationales`` > 1
+   the greedy one and sampled ones, each a ``Draw``: greedy decoding of seeded Gumbel-perturbed logits, the same
+   text in every engine) under ``RationaleMask``: free text (no SID codes, special tokens or a second
    ``<think>``) and **citations**, ``<|sid_begin|>`` followed by the SID of one of the prompt's history
    items, token by token (the model names an item in its own item vocabulary; ``render_citations`` shows
    the item's title). It stops at ``</think>``; ``max_think_tokens`` is a ceiling, not a cut: the rationale
@@ -109,9 +110,45 @@ class CitationStream:
         return render_citations(text, self.titles)[0]
 
 
+@dataclass(frozen=True)
+class Draw:
+    """Rationale ``index`` of a request drawn as an argmax: index 0 is the greedy rationale; index ``i`` > 0 adds
+    seeded Gumbel noise to the temperature-scaled logits of the top-p nucleus (``perturb``), which samples from
+    them. Greedy decoding of the perturbed logits gives the same draw in every engine (HF, vLLM, Think-Ahead's
+    store) for the same logits, so several rationales per request stay reproducible."""
+
+    index: int = 0
+    temperature: float = 0.8
+    top_p: float = 0.95
+    seed: int = 0
+
+    def perturb(self, logits: torch.Tensor, position: int) -> torch.Tensor:
+        """``logits`` (one row) at rationale ``position`` as this draw decodes them greedily."""
+        if self.index == 0:
+            return logits
+        scaled = logits.float() / self.temperature
+        if self.top_p < 1.0:
+            order = scaled.argsort(descending=True)
+            mass = scaled[order].softmax(-1).cumsum(-1)
+            outside = order[1:][mass[:-1] >= self.top_p]  # past the nucleus (the top token always stays)
+            scaled = scaled.index_fill(0, outside, float("-inf"))
+        key = ((self.seed * 1_000_003 + self.index) * 1_000_003 + position) % (2 ** 62)
+        u = torch.rand(scaled.shape[0], generator=torch.Generator().manual_seed(key), dtype=torch.float64)
+        gumbel = -torch.log(-torch.log(u.clamp(1e-12, 1 - 1e-12)))
+        return (scaled + gumbel.to(scaled.device, scaled.dtype)).to(logits.dtype)
+
+
+def draws(num_rationales: int, do_sample: bool, temperature: float = 0.8, top_p: float = 0.95,
+          seed: int = 0) -> list[Draw]:
+    """The draws of ``num_rationales`` rationales: the greedy one first, then sampled ones (``do_sample``)."""
+    _check(num_rationales, do_sample, 1)
+    return [Draw(i, temperature, top_p, seed) for i in range(num_rationales)]
+
+
 class RationaleMask:
     """The token rule of a rationale, shared by HF generation and the vLLM logits processor: free text
-    (``rationale_banned_ids`` are out) and citations of the request's citable items (``citable``)."""
+    (``rationale_banned_ids`` are out) and citations of the request's citable items (``citable``); a ``Draw``
+    other than the greedy one then perturbs what is allowed."""
 
     def __init__(self, tokenizer, trie: SIDTrie):
         tok = getattr(tokenizer, "tokenizer", tokenizer)
@@ -125,16 +162,21 @@ class RationaleMask:
         seqs = {i: self.trie.tokens_of[i] for i in dict.fromkeys(item_ids) if i in self.trie.tokens_of}
         return SIDTrie(seqs) if seqs else None
 
-    def apply(self, rationale_ids: Sequence[int], logits: torch.Tensor, cite: SIDTrie | None) -> torch.Tensor:
-        """``logits`` (one row) with every token the rule forbids after ``rationale_ids`` at ``-inf``."""
+    def apply(self, rationale_ids: Sequence[int], logits: torch.Tensor, cite: SIDTrie | None,
+              draw: Draw | None = None) -> torch.Tensor:
+        """``logits`` (one row) with every token the rule forbids after ``rationale_ids`` at ``-inf``, perturbed by
+        ``draw`` (None: as they are, e.g. for a sampler of its own)."""
         ids = list(rationale_ids)
+        ruled = None
         if cite is not None and self.begin in ids:
             prefix = tuple(ids[len(ids) - 1 - ids[::-1].index(self.begin):])
             if prefix in cite.node_of and cite.item_at(prefix) is None:  # inside a citation: its continuations
                 allowed = cite.allowed(prefix).to(logits.device)
-                return torch.full_like(logits, float("-inf")).index_copy(0, allowed, logits[allowed])
-        banned = self.text_banned if cite is None else self.text_banned_citing
-        return logits.index_fill(0, banned.to(logits.device), float("-inf"))
+                ruled = torch.full_like(logits, float("-inf")).index_copy(0, allowed, logits[allowed])
+        if ruled is None:
+            banned = self.text_banned if cite is None else self.text_banned_citing
+            ruled = logits.index_fill(0, banned.to(logits.device), float("-inf"))
+        return ruled if draw is None else draw.perturb(ruled, len(ids))
 
 
 def prompt_items(trie: SIDTrie, prompt_ids: Sequence[int]) -> list[str]:
@@ -145,15 +187,17 @@ def prompt_items(trie: SIDTrie, prompt_ids: Sequence[int]) -> list[str]:
 
 
 class RationaleLogitsProcessor(LogitsProcessor):
-    """``RationaleMask`` for ``model.generate``: row ``b`` generates after ``prompt_width`` tokens and may
-    cite ``cites[b]``."""
+    """``RationaleMask`` for ``model.generate``: row ``b`` generates after ``prompt_width`` tokens, may
+    cite ``cites[b]`` and is decoded as ``row_draws[b]`` (None: the logits as ruled)."""
 
-    def __init__(self, mask: RationaleMask, cites: Sequence[SIDTrie | None], prompt_width: int):
+    def __init__(self, mask: RationaleMask, cites: Sequence[SIDTrie | None], prompt_width: int,
+                 row_draws: Sequence[Draw | None] | None = None):
         self.mask, self.cites, self.width = mask, list(cites), prompt_width
+        self.draws = list(row_draws) if row_draws is not None else [None] * len(self.cites)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for b in range(scores.shape[0]):
-            scores[b] = self.mask.apply(input_ids[b, self.width:].tolist(), scores[b], self.cites[b])
+            scores[b] = self.mask.apply(input_ids[b, self.width:].tolist(), scores[b], self.cites[b], self.draws[b])
         return scores
 
 
@@ -252,19 +296,20 @@ def render_citations(text: str, titles: Mapping[str, tuple[str, str]]) -> tuple[
     return CITATION.sub(title, text), list(dict.fromkeys(cited))
 
 
-def _sample(model, tok, bases: list[list[int]], mask: RationaleMask, cites: list[SIDTrie | None], num_rationales: int,
-            sampling: dict, max_think_tokens: int) -> list[list[tuple[list[int], bool]]]:
-    """Per prompt, ``num_rationales`` (rationale ids closed at a sentence end, closed by the model)."""
+def _sample(model, tok, bases: list[list[int]], mask: RationaleMask, cites: list[SIDTrie | None],
+            prompt_draws: list[Draw], max_think_tokens: int) -> list[list[tuple[list[int], bool]]]:
+    """Per prompt, one (rationale ids closed at a sentence end, closed by the model) per draw: every draw is a
+    row of one greedy ``generate``."""
     close_id, pad_id = close_and_pad(tok)
-    ids, attention = left_pad(bases, pad_id)
+    n = len(prompt_draws)
+    ids, attention = left_pad([b for b in bases for _ in range(n)], pad_id)
     width = ids.shape[1]
-    rows_cite = [c for c in cites for _ in range(num_rationales)]  # generate repeats each prompt in place
-    rule = RationaleLogitsProcessor(mask, rows_cite, width)
+    rule = RationaleLogitsProcessor(mask, [c for c in cites for _ in range(n)], width, prompt_draws * len(bases))
     out = model.generate(input_ids=ids.to(model.device), attention_mask=attention.to(model.device),
-                         max_new_tokens=max_think_tokens, num_return_sequences=num_rationales, eos_token_id=close_id,
-                         pad_token_id=pad_id, logits_processor=LogitsProcessorList([rule]), num_beams=1, **sampling)
+                         max_new_tokens=max_think_tokens, eos_token_id=close_id, pad_token_id=pad_id,
+                         logits_processor=LogitsProcessorList([rule]), num_beams=1, do_sample=False)
     rows = [finish_rationale(tok, row, mask.trie.first_token, mask.trie.end_token) for row in out[:, width:].tolist()]
-    return [rows[i * num_rationales:(i + 1) * num_rationales] for i in range(len(bases))]
+    return [rows[i * n:(i + 1) * n] for i in range(len(bases))]
 
 
 def _check(num_rationales: int, do_sample: bool, max_think_tokens: int) -> None:
@@ -290,8 +335,8 @@ def _rationales(model, tokenizer_or_processor, prompts: Sequence[str], trie: SID
         return bases, [[([], False)] * num_rationales for _ in bases]
     mask = RationaleMask(tok, trie)
     cites = [mask.citable(list(c)) for c in citable] if citable is not None else [None] * len(bases)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
-    return bases, _sample(model, tok, bases, mask, cites, num_rationales, sampling, max_think_tokens)
+    prompt_draws = draws(num_rationales, do_sample, temperature, top_p)
+    return bases, _sample(model, tok, bases, mask, cites, prompt_draws, max_think_tokens)
 
 
 def generate_rationales(model, tokenizer_or_processor, prompts: Sequence[str], trie: SIDTrie, *,

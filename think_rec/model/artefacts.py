@@ -29,6 +29,7 @@ class ServedConfig:
     exclude_history: bool = True  # never recommend a history item (decided from train + valid, never test)
     think_ranking: str = "rationale"  # thinking ranks after the rationale, or "history": after an empty think
     follow_weight: float = 0.0  # weight of the rationale's claims in the thinking ranking (claims.ClaimChecker)
+    rationale_samples: int = 1  # rationales drawn per request (the greedy one, then decoding.think.Draw samples)
     item_inputs: bool = False  # history items are written with their item token (SIDCodebook.with_item_inputs)
     notes: dict[str, Any] = field(default_factory=dict)
 
