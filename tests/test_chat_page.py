@@ -83,6 +83,40 @@ def test_cheaper_without_prices_is_answered_with_its_reason(aligned_run, reason_
     assert rec["items"] and all(category not in ds.catalog[it["id"]]["categories"] for it in rec["items"])
 
 
+def test_api_shows_the_rationale_the_eval_chooses_of_several(aligned_run, reason_model, tmp_path):
+    """Served with three rationales per request (the greedy one and two draws) and a follow weight: the API's
+    rationale and items are those ``bench reason`` scores (``eval.reasoning``: the draws, ``ClaimChecker.choose``,
+    ``shorten``) for the same users."""
+    from fastapi.testclient import TestClient
+
+    from think_rec.data.split import leave_one_out, sample_users
+    from think_rec.eval.reasoning import followed, think_results
+    from think_rec.model.artefacts import RecModel, ServedConfig
+    from think_rec.serve.api import RecService, ServeConfig, create_app
+
+    dirs, codebook, _ = aligned_run
+    model = tmp_path / "model"
+    shutil.copytree(reason_model, model)
+    served = ServedConfig.load(model)
+    served.rationale_samples, served.follow_weight = 3, 1.0
+    served.save(model)
+    rec = RecModel.load(model, codebook, dirs.data)
+    users = sample_users(leave_one_out(rec.dataset.interactions, max_history=served.max_history).test, 8)
+    raw, histories = think_results(rec, users, k=max(10, served.num_beams), max_think_tokens=48, progress=False)
+    assert all(len(r.rationales) == 3 for r in raw)
+    checker = ClaimChecker(rec.items)
+    expected = followed(raw, histories, checker, served.follow_weight, 10)
+    service = RecService(ServeConfig(model, dirs.data, dirs.sids, backend="hf", session_db=tmp_path / "s.sqlite"))
+    with TestClient(create_app(service)) as client:
+        for history, want in zip(histories, expected):
+            r = client.post("/v1/chat/completions", json={"messages": _say(""), "history": history, "k": 10,
+                                                          "think": True, "max_think_tokens": 48})
+            assert r.status_code == 200, r.text
+            got = r.json()["recommendation"]
+            assert [it["id"] for it in got["items"]] == [i for i, _ in want.items]
+            assert got["rationale"] == checker.shorten(want.rationales[0], history, want.items[0][0])
+
+
 def test_clauses_history_and_citations(server, reason_model):
     from think_rec.model.artefacts import ServedConfig
 

@@ -15,6 +15,7 @@ never shows a claim its first item contradicts.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -166,12 +167,17 @@ class ClaimChecker:
     """A catalog's claims machinery: what a rationale claims, a ranking that follows it, a rationale shortened to
     what holds for an item. ``items``: ``item_id -> catalog row``; histories are item ids."""
 
-    def __init__(self, items: Mapping[str, Item]):
+    def __init__(self, items: Mapping[str, Item], cache_size: int = 65536):
         self.items = items
         self.vocab = ClaimVocabulary(items.values())
+        self._claims = functools.lru_cache(maxsize=cache_size)(self._read)  # a rationale is read once per history
+
+    def _read(self, text: str, history: tuple[str, ...]) -> Claims:
+        return rationale_claims(text, self.vocab, [self.items[i] for i in history])
 
     def claims(self, text: str, history: Sequence[str]) -> Claims:
-        return rationale_claims(text, self.vocab, [self.items[i] for i in history])
+        """What ``text`` claims about the next item after ``history`` (``rationale_claims``; not to be modified)."""
+        return self._claims(text, tuple(history))
 
     def follow(self, ranked: Sequence[tuple[str, float]], claims: Claims, weight: float,
                k: int) -> list[tuple[str, float]]:
