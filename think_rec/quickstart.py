@@ -61,7 +61,9 @@ def reasoning_example(root: str | Path, examples, budget_minutes: float = 2.0, m
     from think_rec.prompts import served_prompt
 
     dirs = RunDirs(Path(root))
-    final = train_reason(reason_config(dirs, budget_minutes, max_history, num_examples, None, seed))
+    config = reason_config(dirs, budget_minutes, max_history, num_examples, None, seed)
+    config.think_valid_users = min(config.think_valid_users, 500)  # 8 rationales each: the choice in ~2 CPU minutes
+    final = train_reason(config)
     rec = RecModel.load(final, dirs.sids, dirs.data)
     items, served, checker = rec.items, rec.served, ClaimChecker(rec.items)
     tok = getattr(rec.processor, "tokenizer", rec.processor)
