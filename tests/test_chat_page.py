@@ -36,10 +36,19 @@ def reason_model(aligned_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(aligned_run, reason_model, tmp_path_factory):
-    """``(base_url, dataset)`` of ``think-rec serve --backend hf --think`` on the stage-2 model."""
+    """``(base_url, dataset)`` of ``think-rec serve --backend hf --think`` on the stage-2 model, served as
+    ``reason_tiny.yaml`` serves it: 8 rationales per request, the page shows the one ``ClaimChecker.choose`` picks."""
+    from think_rec.model.artefacts import ServedConfig
+
     dirs = aligned_run[0]
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    proc, url = start_server(reason_model, dirs.data, dirs.sids, "hf", log, timeout_s=300, extra_args=["--think"])
+    root = tmp_path_factory.mktemp("serve")
+    model = root / "model"
+    shutil.copytree(reason_model, model)
+    served = ServedConfig.load(model)
+    served.rationale_samples = 8
+    served.save(model)
+    proc, url = start_server(model, dirs.data, dirs.sids, "hf", root / "server.log", timeout_s=300,
+                             extra_args=["--think"])
     try:
         yield url, RecDataset.load(dirs.data)
     finally:
