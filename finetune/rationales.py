@@ -126,7 +126,8 @@ def common_prefix(a: Sequence[str], b: Sequence[str]) -> tuple[str, ...]:
     return tuple(a[:n])
 
 
-def _year(item: Item) -> int | None:
+def release_year(item: Item) -> int | None:
+    """The year a film was released ("Released 1995" in its description), else None."""
     m = YEAR.search(item.get("description") or "")
     return int(m.group(1)) if m else None
 
@@ -153,7 +154,7 @@ class TemplateTeacher:
         if not cited:  # no shared attribute names an item: cite the closest ones
             overlap = [len(attributes(h) & attributes(target)) for h in safe]
             best = sorted(range(len(safe)), key=lambda i: (-overlap[i], -i))[:self.max_cited]
-            film = _year(target) is not None
+            film = release_year(target) is not None
             titles = _join([_quote(safe[i]) for i in sorted(best)])
             sentences.insert(0, f"They recently {'watched' if film else 'bought'} {titles}.")
         return " ".join(s for s in sentences if not leakage(s, target, history))
@@ -173,7 +174,7 @@ class TemplateTeacher:
             cited.add(id(h))
             return _quote(h)
 
-        cats, year = target.get("categories") or [], _year(target)
+        cats, year = target.get("categories") or [], release_year(target)
         if year is not None:
             genres = Counter(g for h in history for g in set(h.get("categories") or []) if g in cats)
             if genres:
@@ -181,7 +182,7 @@ class TemplateTeacher:
                 src = like(lambda h: genre in (h.get("categories") or []))
                 out.append((f"{f'Like {src}, t' if src else 'T'}he next film is {_article(genre)} {genre} film.", True))
             decade = year // 10 * 10
-            src = like(lambda h: (_year(h) or 0) // 10 * 10 == decade)
+            src = like(lambda h: (release_year(h) or 0) // 10 * 10 == decade)
             out.append((f"It is from the {decade}s{f', like {src}' if src else ''}.", src is not None))
         elif len(cats) > 1:
             path = " > ".join(cats[1:3])  # below the catalog's root

@@ -156,3 +156,19 @@ def test_choose_shows_a_drawn_rationale_that_holds_over_the_greedy_one():
     assert n == 1 and items[0][0] == "gauge"
     assert checker.choose([holds, "They bought a caliper."], HISTORY, ranked, 0.0, 2)[0] == 0  # a claim beats none
     assert checker.answer([contradicts, holds], HISTORY, ranked, 0.0, 2) == (holds, ranked)
+
+
+def test_a_decade_holds_for_a_film_released_then_and_is_checked_on_its_citation():
+    released = (("nutty", "Nutty Professor, The", 1996), ("santa", "Santa Clause, The", 1994),
+                ("ghost", "Ghostbusters", 1984))
+    films = {i: {"item_id": i, "title": t, "brand": "", "categories": ["Comedy"], "price": None,
+                 "description": f"Released {y}"} for i, t, y in released}
+    checker = ClaimChecker(films)
+    claims = checker.claims('Like "The Nutty Professor", the next film is a Comedy film. It is from the 1980s.',
+                            ["nutty"])
+    assert claims.decades == {1980} and len(claims) == 2 and not claims.contradictions
+    assert not faithful(claims, films["santa"]) and faithful(claims, films["ghost"])
+    text = 'Like "The Nutty Professor", the next film is a Comedy film. It is from the 1980s.'
+    assert checker.shorten(text, ["nutty"], "santa") == 'Like "The Nutty Professor", the next film is a Comedy film.'
+    assert checker.claims('It is from the 1980s, like "The Nutty Professor".', ["nutty"]).contradictions
+    assert checker.claims("It is from the 1980s. It is from the 1990s.", ["nutty"]).contradictions

@@ -1,10 +1,10 @@
 """What a rationale claims about the next item, and whether catalog items satisfy it.
 
 ``rationale_claims`` reads every brand and category a rationale names outside its citations, the words it says the
-item is "about", its price band against what the user usually pays, and "like <cited item>" when a sentence names
-nothing else; and why it contradicts itself (two brands, two price bands, categories no one catalog item carries
-together, a brand attributed to a cited item that does not carry it, categories attributed to a cited item that
-carries none of them). ``faithful``: every claim holds for an item.
+item is "about", its price band against what the user usually pays, a film's decade ("from the 1990s": its
+release year), and "like <cited item>" when a sentence names nothing else; and why it contradicts itself (two
+brands, two price bands, two decades, categories no one catalog item carries together, a brand, a decade or
+categories attributed to a cited item that does not carry it). ``faithful``: every claim holds for an item.
 
 ``ClaimChecker`` is what the think step uses so that the answer follows its reasoning: ``follow`` adds
 ``weight`` x the share of the claims an item satisfies to its served score (the weight chosen on valid users when
@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from think_rec.finetune.rationale_filters import citation_title, content_tokens, mentions
-from think_rec.finetune.rationales import common_prefix, price_band, usual_price
+from think_rec.finetune.rationales import common_prefix, price_band, release_year, usual_price
 from think_rec.steering import Vocabulary
 
 Item = dict[str, Any]
 QUOTED = re.compile(r'"([^"]*)"')
 ABOUT = re.compile(r"\babout\s+(.+?)\s*(?:,|[.!?;]|$)", re.I)
+DECADE = re.compile(r"\bfrom the (\d{3}0)s\b", re.I)
 LIKE = re.compile(r"\blike\b", re.I)
 PRICE_CLAIMS = {"like": re.compile(r"\bpriced like\b", re.I), "cheaper": re.compile(r"\bcheaper\b", re.I),
                 "more": re.compile(r"\b(?:costs? more|more expensive)\b", re.I)}
@@ -56,12 +57,14 @@ class Claims:
     brands: set[str] = field(default_factory=set)
     words: set[str] = field(default_factory=set)
     prices: set[str] = field(default_factory=set)
+    decades: set[int] = field(default_factory=set)
     like: list[Item] = field(default_factory=list)
     usual_price: float | None = None
     contradictions: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.categories) + len(self.brands) + len(self.words) + len(self.prices) + len(self.like)
+        return (len(self.categories) + len(self.brands) + len(self.words) + len(self.prices) + len(self.decades)
+                + len(self.like))
 
 
 def _sentences(text: str) -> list[tuple[str, str, list[str]]]:
@@ -99,16 +102,19 @@ def _sentence_claims(claims: Claims, plain: str, cited: Sequence[Item], vocab: C
         claims.words.update(content_tokens(about.group(1)))
         plain = plain[:about.start()] + plain[about.end():]
     prices = {band for band, pattern in PRICE_CLAIMS.items() if pattern.search(plain)}
+    decades = {int(d) for d in DECADE.findall(plain)}
     brands, cats = _names(vocab, plain)
     claims.prices |= prices
+    claims.decades |= decades
     claims.brands |= brands
     claims.categories |= cats
-    for names, carried in ((brands, lambda it: [it.get("brand") or ""]), (cats, lambda it: it.get("categories") or [])):
+    for names, carried in ((brands, lambda it: [it.get("brand") or ""]), (cats, lambda it: it.get("categories") or []),
+                           ({f"{d}s" for d in decades}, lambda it: [f"{_decade(it)}s"])):
         wanted = {name.casefold() for name in names}
         for item in cited if names else ():  # a cited item must carry one of the names its sentence claims
             if not wanted & {c.casefold() for c in carried(item)}:
                 claims.contradictions.append(f'{"/".join(sorted(names))} attributed to "{citation_title(item)}"')
-    if not (about or prices or brands or cats) and LIKE.search(plain):
+    if not (about or prices or decades or brands or cats) and LIKE.search(plain):
         claims.like += cited
 
 
@@ -125,11 +131,18 @@ def rationale_claims(text: str, vocab: ClaimVocabulary, history: Sequence[Item])
         _sentence_claims(claims, plain, cited, vocab)
     if len({b.casefold() for b in claims.brands}) > 1:
         claims.contradictions.append("brands " + ", ".join(sorted(claims.brands)))
+    if len(claims.decades) > 1:
+        claims.contradictions.append("decades " + ", ".join(f"{d}s" for d in sorted(claims.decades)))
     if len(claims.prices) > 1:
         claims.contradictions.append("price bands " + ", ".join(sorted(claims.prices)))
     if not vocab.carried_together(claims.categories):
         claims.contradictions.append("categories " + ", ".join(sorted(claims.categories)))
     return claims
+
+
+def _decade(item: Item) -> int | None:
+    year = release_year(item)
+    return None if year is None else year // 10 * 10
 
 
 def _alike(cited: Item, item: Item) -> bool:
@@ -149,6 +162,7 @@ def _checks(claims: Claims, item: Item) -> list[bool]:
     title = set(content_tokens(item.get("title", "")))
     return [*(c.casefold() in cats for c in claims.categories), *(b.casefold() == brand for b in claims.brands),
             *(w in title for w in claims.words), *(p == band for p in claims.prices),
+            *(d == _decade(item) for d in claims.decades),
             *(_alike(c, item) for c in claims.like)]
 
 
