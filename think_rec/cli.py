@@ -3,6 +3,7 @@ quickstart); commands are defined and listed in that order."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -569,6 +570,7 @@ def quickstart(
     eval_users: int = typer.Option(0, help="Test users scored (0: all; the same for every system)."),
 ) -> None:
     """Offline end to end on MovieLens-100k: prepare -> SIDs -> tiny preset -> align -> eval vs Markov, SASRec."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # on AVX512-BF16 CPUs it warns of an optional kernel
     from think_rec.quickstart import run
 
     run(work_dir, budget_minutes, eval_users or None)
