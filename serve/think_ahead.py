@@ -117,7 +117,8 @@ class ThinkAheadEngine:
             return await fuse_steps(step, self.trie, items, state.history, self.prior, k=k, banned=banned,
                                     item_logprobs=scores, item_top=width)
 
-        return merge_scores(await asyncio.gather(*(ranked(t) for t in state.thoughts)), k)
+        thoughts = state.thoughts if self.served.ranks_after_rationale else state.thoughts[:1]  # "history": one ranking
+        return merge_scores(await asyncio.gather(*(ranked(t) for t in thoughts)), k)
 
     async def stream(self, prompt: str, *, k: int, banned: set[str], think: bool, max_think_tokens: int,
                      history: Sequence[str] = ()) -> AsyncIterator[str | Recommendation]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from think_rec.decoding.search import prefix_search
 from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN
 from think_rec.decoding.trie import SIDTrie
@@ -16,7 +14,7 @@ from .think_ahead_store import FORMAT_VERSION, ThinkAheadStore, Thought, UserSta
 
 def build_store(model: Path, data: Path, sids: Path, out: Path, *, rationales: int = 0, beam: int | None = None,
                 max_think_tokens: int = 64, history: str = "full", max_history: int | None = None,
-                users: Sequence[str] | None = None, seed: int = 0, progress: bool = True) -> int:
+                users: Sequence[str] | None = None, progress: bool = True) -> int:
     """Precompute ``UserState``s into ``out`` (see ``serve.think_ahead``); returns how many were added.
 
     ``beam`` (prefixes kept per rationale) and ``max_history`` default to the model's ``served.json``, and the
@@ -67,7 +65,6 @@ def build_store(model: Path, data: Path, sids: Path, out: Path, *, rationales: i
         net.eval()
         conversation = Conversation(dataset, codebook, tok, max_history)
         open_id, close_id = tok.convert_tokens_to_ids([THINK_OPEN, THINK_CLOSE])
-        torch.manual_seed(seed)
         for user in tqdm(todo, desc="think-ahead", unit="user", disable=not progress):
             seq = histories[user] if history == "full" else histories[user][:-1]
             hist = seq[-max_history:]
@@ -77,12 +74,12 @@ def build_store(model: Path, data: Path, sids: Path, out: Path, *, rationales: i
                                            do_sample=rationales > 1, max_think_tokens=max_think_tokens)[0]
             else:
                 rows = [tok.encode(prompt, add_special_tokens=False)]
-            searched = rows if not rationales or served.ranks_after_rationale else \
-                [ids[:len(ids) - ids[::-1].index(open_id)] + [close_id] for ids in rows]  # "history": empty think
+            after_empty = rationales and not served.ranks_after_rationale  # "history": one search, after an empty think
+            searched = [rows[0][:len(rows[0]) - rows[0][::-1].index(open_id)] + [close_id]] if after_empty else rows
+            exclude = [set(hist) if served.exclude_history else set()] * len(searched)
+            found = prefix_search(net, tok, searched, trie, levels - 1, num_beams=beam, exclude=exclude)
             thoughts = []
-            exclude = [set(hist) if served.exclude_history else set()] * len(rows)
-            for ids, prefixes in zip(rows, prefix_search(net, tok, searched, trie, levels - 1, num_beams=beam,
-                                                         exclude=exclude)):
+            for ids, prefixes in zip(rows, found * len(rows) if after_empty else found):
                 body = ids[len(ids) - ids[::-1].index(open_id):-1] if rationales else []
                 text = tok.decode(body, skip_special_tokens=False).strip() if body else ""
                 thoughts.append(Thought(text, body, [(list(p), s) for p, s in prefixes]))

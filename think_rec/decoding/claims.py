@@ -109,7 +109,7 @@ def _sentence_claims(claims: Claims, plain: str, cited: Sequence[Item], vocab: C
     claims.brands |= brands
     claims.categories |= cats
     for names, carried in ((brands, lambda it: [it.get("brand") or ""]), (cats, lambda it: it.get("categories") or []),
-                           ({f"{d}s" for d in decades}, lambda it: [f"{_decade(it)}s"])):
+                           ({f"{d}s" for d in decades}, lambda it: [f"{d}s" for d in [_decade(it)] if d])):
         wanted = {name.casefold() for name in names}
         for item in cited if names else ():  # a cited item must carry one of the names its sentence claims
             if not wanted & {c.casefold() for c in carried(item)}:
