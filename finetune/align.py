@@ -1,5 +1,5 @@
-"""Stage 1, itemic alignment: phases (token warm-up, itemic sequence pre-training, multi-task chat), each an
-``SFTTrainer`` run.
+"""Stage 1, itemic alignment: phases (token warm-up, item-token warm start, itemic sequence pre-training, multi-task
+chat), each an ``SFTTrainer`` run.
 
     python -m think_rec.finetune.align --config finetune/configs/rec_tiny.yaml
     accelerate launch -m think_rec.finetune.align --config finetune/configs/align_multitask.yaml
@@ -42,7 +42,7 @@ from .run_state import (config_fingerprint, data_fingerprint, model_fingerprint,
                         train_and_merge)
 from .selection import ValidSelection
 from .served import write_served
-from .sequence_data import build_sequence_dataset, item_token_ids, sid_stream
+from .sequence_data import build_sequence_dataset, item_stream_ids, item_token_ids, sid_stream
 
 
 class TimeBudget(TrainerCallback):
@@ -101,26 +101,26 @@ class RecTrainer(SFTTrainer):
 
 
 class SequenceTrainer(RecTrainer):
-    """``RecTrainer`` for packed SID streams. Nearly every position is labelled, so TRL's fused LM-head path
-    (built for sparse labels, plus per-token metrics) only adds work; the loss is the causal-LM cross-entropy,
-    over the whole vocabulary or, with ``sid_token_ids``, a softmax over the SID tokens alone (every label is
-    one: the output head then costs a fraction of the full one). The forward runs without a KV cache:
-    transformers finds the packed sequences' boundaries in ``position_ids`` only then."""
+    """``RecTrainer`` for packed SID (or item-token) streams. Nearly every position is labelled, so TRL's fused
+    LM-head path (built for sparse labels, plus per-token metrics) only adds work; the loss is the causal-LM
+    cross-entropy, over the whole vocabulary or, with ``label_token_ids``, a softmax over the tokens a label can be
+    (the SID tokens, or the item tokens: the output head then costs a fraction of the full one). The forward runs
+    without a KV cache: transformers finds the packed sequences' boundaries in ``position_ids`` only then."""
 
-    def __init__(self, *args, sid_token_ids: list[int] | None = None, **kwargs):
+    def __init__(self, *args, label_token_ids: list[int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.sid_token_ids = torch.tensor(sorted(sid_token_ids)) if sid_token_ids else None
+        self.label_token_ids = torch.tensor(sorted(label_token_ids)) if label_token_ids else None
 
     def rec_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {**inputs, "use_cache": False}
-        if self.sid_token_ids is None:
+        if self.label_token_ids is None:
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")[:, 1:]
         outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
         keep = labels != -100
         hidden = outputs.hidden_states[-1][:, :-1][keep]
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        ids = self.sid_token_ids.to(hidden.device)
+        ids = self.label_token_ids.to(hidden.device)
         logits = hidden @ head.weight[ids].T + (head.bias[ids] if head.bias is not None else 0)
         column = torch.searchsorted(ids, labels[keep])
         loss = torch.nn.functional.cross_entropy(logits.float(), column, reduction="sum")
@@ -142,7 +142,7 @@ def phase_prompt(phase: str, data: RecDataset, codebook: SIDCodebook, processor,
 
 def _selection(config: AlignConfig, phase: str, split, data: RecDataset, codebook: SIDCodebook, processor,
                out: Path) -> list[ValidSelection]:
-    if not config.select_every_steps or phase == "warmup":
+    if not config.select_every_steps or phase in ("warmup", "items"):
         return []
     valid = sample_users(split.valid, config.select_users, config.seed)
     history_len = config.sequence_max_items - 1 if phase == "sequence" else config.max_history
@@ -186,9 +186,13 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
         new_ids += tokenizer.convert_tokens_to_ids(codebook.item_tokens())
     model = warmup_only(model, new_ids) if phase == "warmup" else make_trainable(
         model, new_ids, r=config.lora_r, alpha=config.lora_alpha)
-    if config.model_dropout and phase != "warmup":
-        add_dropout(model, config.model_dropout)
-    if phase == "sequence":
+    dropout = config.items_dropout if phase == "items" and config.items_dropout is not None else config.model_dropout
+    if dropout and phase != "warmup":
+        add_dropout(model, dropout)
+    if phase == "items":
+        split = leave_one_out(data.interactions, max_history=config.sequence_max_items - 1)
+        train = build_sequence_dataset(split, item_stream_ids(codebook, tokenizer), config.sequence_max_items)
+    elif phase == "sequence":
         split = leave_one_out(data.interactions, max_history=config.sequence_max_items - 1)
         unsupervised = tokenizer.convert_tokens_to_ids(codebook.item_tokens()) if codebook.item_inputs else ()
         train = build_sequence_dataset(split, item_token_ids(codebook, tokenizer), config.sequence_max_items,
@@ -207,10 +211,14 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     teacher = MarkovModel(column(split.train, "item_ids")) if config.item_distill else None
     head = dict(item_head=dict(trie=SIDTrie.from_codebook(codebook, processor), weight=config.item_loss_weight,
                                teacher=teacher, distill=config.item_distill)) if config.item_head else {}
-    if phase == "sequence":
+    if phase == "items":  # the labels are item tokens: their softmax is the item head's loss itself
+        trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
+                                  callbacks=callbacks, label_token_ids=tokenizer.convert_tokens_to_ids(
+                                      codebook.item_tokens()))
+    elif phase == "sequence":
         sid_ids = tokenizer.convert_tokens_to_ids(vocab) if config.sequence_sid_softmax else None
         trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                                  callbacks=callbacks, sid_token_ids=sid_ids, **head)
+                                  callbacks=callbacks, label_token_ids=sid_ids, **head)
     else:
         trainer = RecTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                              callbacks=callbacks, **head)

@@ -9,7 +9,7 @@ from trl import SFTConfig
 
 from .base_config import StageConfig, json_mapping, load_config
 
-PHASES = ("warmup", "sequence", "multitask")
+PHASES = ("warmup", "items", "sequence", "multitask")
 ALIASES = {"both": "warmup,multitask"}
 
 
@@ -18,6 +18,8 @@ class AlignConfig(StageConfig, SFTConfig):
     """Itemic alignment, as a list of phases run in order, each from the previous one's merged weights:
 
     - ``warmup``: only the new SID rows of embed_tokens/lm_head train (pretrained bases);
+    - ``items``: item-level warm start (needs ``item_head``): each user's training sequence as a stream of item
+      tokens, one per item, trained with a softmax over the item tokens (SASRec-CE's objective in the LLM);
     - ``sequence``: itemic sequence pre-training, each user's training sequence as a bare SID stream with
       loss on every item after the first, packed without padding (``finetune/sequence_data.py``);
     - ``multitask``: the chat tasks of ``task_mix`` (the served prompt is the ``sequential`` task).
@@ -73,6 +75,8 @@ class AlignConfig(StageConfig, SFTConfig):
     warmup_learning_rate: float = field(default=1e-3, metadata={"help": "Warm-up lr (new rows only)."})
     model_dropout: float = field(default=0.0, metadata={
         "help": "Dropout on embeddings, attention and residual branches while training (models from scratch)."})
+    items_dropout: float | None = field(default=None, metadata={
+        "help": "model_dropout of the items phase (default: model_dropout)."})
     quantization: str | None = field(default=None, metadata={"help": "None | 4bit | 8bit (QLoRA)."})
     lr_decay_share: float = field(default=0.0, metadata={
         "help": "With a time budget: the last share of each phase's time decays the learning rate linearly to 0 "
@@ -97,6 +101,8 @@ class AlignConfig(StageConfig, SFTConfig):
             raise ValueError(f"quantization: expected None, '4bit' or '8bit', got {self.quantization!r}")
         if self.chat_history_loss and self.with_images:
             raise ValueError("chat_history_loss: true needs with_images: false (its rows are tokenised text)")
+        if "items" in self.phases and not self.item_head:
+            raise ValueError("phase items needs item_head: true (the item tokens it trains)")
         if self.item_inputs and not self.item_head:
             raise ValueError("item_inputs: true needs item_head: true (the item tokens it writes)")
         self.task_mix = json_mapping(self.task_mix, "task_mix")
@@ -128,7 +134,7 @@ class AlignConfig(StageConfig, SFTConfig):
         """Plain ``SFTConfig`` for one phase, writing to ``output_dir/<phase>``."""
         kw: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(SFTConfig) if f.init}
         kw["output_dir"] = str(Path(self.output_dir) / phase)
-        if phase == "sequence":  # pre-tokenized SID streams: loss on the completion mask, packed, no pads
+        if phase in ("items", "sequence"):  # pre-tokenized item / SID streams: completion-mask loss, packed, no pads
             kw.update(assistant_only_loss=False, completion_only_loss=True, packing=True,
                       packing_strategy="bfd", padding_free=True,
                       include_num_input_tokens_seen="all" if kw["include_num_input_tokens_seen"] != "no" else "no",

@@ -2,6 +2,8 @@
 
 A stream is ``<|sid_begin|> <s_a_..> ... <|sid_end|>`` per item (then its item token, for a model with
 ``item_inputs``: read, never supervised), oldest first, with no chat text.
+The ``items`` phase's stream is the item tokens alone (``item_stream_ids``: one token per item, item-level memory
+trained as SASRec-CE is, several times the epochs of the SID stream in the same time).
 Every item after the first of a window is supervised (``completion_mask`` 1 on its SID tokens), so
 one pass trains every next-item transition, as SASRec does. Only ``split.train`` is read: the valid
 and test items of a user are never in a stream. Sequences longer than ``max_items`` are cut into
@@ -30,6 +32,15 @@ def item_token_ids(codebook: SIDCodebook, tokenizer) -> dict[str, list[int]]:
     if any(i is None or i == tok.unk_token_id for i in id_of.values()):
         raise ValueError("the tokenizer lacks the SID (or item) tokens; run add_sid_tokens (add_item_tokens) first")
     return {item: [id_of[t] for t in codebook.history_tokens(item)] for item in codebook.codes}
+
+
+def item_stream_ids(codebook: SIDCodebook, tokenizer) -> dict[str, list[int]]:
+    """``item_id -> [its item token's id]``: the ``items`` phase writes each item as its item token alone."""
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    ids = tok.convert_tokens_to_ids(codebook.item_tokens())
+    if any(i is None or i == tok.unk_token_id for i in ids):
+        raise ValueError("the tokenizer lacks the item tokens; run add_item_tokens first")
+    return {item: [ids[n]] for n, item in enumerate(codebook.codes)}
 
 
 def sid_stream(items: Sequence[str], token_ids: dict[str, list[int]]) -> list[int]:

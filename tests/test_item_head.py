@@ -145,3 +145,50 @@ def test_stage1_with_item_inputs_and_distillation_records_and_serves_them(aligne
     users = leave_one_out(synthetic_dataset.interactions, max_history=5).test.select(range(8))
     ranked = served_ranking(rec, users["history"])
     assert all(len(r) == 10 and all(i in codebook.codes for i, _ in r) for r in ranked)
+
+
+def test_items_phase_streams_item_tokens_and_trains_the_item_softmax(aligned_run, synthetic_dataset, tmp_path):
+    """The ``items`` warm start: one item token per item, every item after the first supervised, its loss the
+    cross-entropy over the item rows alone (SASRec-CE's); a short run lowers it, and the sequence and chat
+    phases after it train from its weights."""
+    from think_rec.data.split import leave_one_out
+    from think_rec.finetune import align
+    from think_rec.finetune.align_config import AlignConfig
+    from think_rec.finetune.sequence_data import build_sequence_dataset, item_stream_ids
+    from think_rec.model.loading import load_model
+
+    dirs, codebook, model_dir = aligned_run
+    model, processor = load_model(model_dir)
+    rows = processor.tokenizer.convert_tokens_to_ids(codebook.item_tokens())
+    ids = item_stream_ids(codebook, processor)
+    assert ids == {item: [rows[n]] for n, item in enumerate(codebook.codes)}
+    split = leave_one_out(synthetic_dataset.interactions, max_history=7)
+    ds = build_sequence_dataset(split, ids, max_items=8)
+    first = next(r for r in ds if len(r["input_ids"]) >= 3)
+    assert first["completion_mask"] == [0] + [1] * (len(first["input_ids"]) - 1)
+    assert set(first["input_ids"]) <= set(rows)
+
+    config = AlignConfig(output_dir=str(tmp_path), model=str(dirs.tiny), data_dir=str(dirs.data),
+                         sids_dir=str(dirs.sids), phase="items,sequence,multitask", task_mix={"sequential": 1.0},
+                         with_images=False, max_history=5, sequence_max_items=8, item_head=True, item_inputs=True,
+                         max_steps=30, num_examples=32, per_device_train_batch_size=8, learning_rate=3e-3,
+                         prior_valid_users=0, save_steps=1000, logging_steps=1, disable_tqdm=True,
+                         phase_overrides={"sequence": {"max_steps": 2}, "multitask": {"max_steps": 2}})
+    trainer = align.SequenceTrainer(model=model, args=config.phase_args("items"), train_dataset=ds.select(range(4)),
+                                    processing_class=processor, label_token_ids=rows)
+    batch = trainer.data_collator([{"input_ids": first["input_ids"], "labels": [-100] + first["input_ids"][1:]}])
+    model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch)
+        hidden = model(input_ids=batch["input_ids"], output_hidden_states=True).hidden_states[-1][0, :-1]
+    logits = hidden @ model.get_output_embeddings().weight[rows].T
+    labels = torch.tensor([rows.index(t) for t in first["input_ids"][1:]])
+    torch.testing.assert_close(loss, F.cross_entropy(logits.float(), labels), rtol=1e-4, atol=1e-4)
+
+    final = align.train_align(config)
+    logs = [e["loss"] for e in json.loads((tmp_path / "items" / "log_history.json").read_text()) if "loss" in e]
+    assert len(logs) == 30 and all(torch.isfinite(torch.tensor(logs)))
+    assert sum(logs[-5:]) < sum(logs[:5])  # the item softmax is learnt
+    assert (tmp_path / "sequence" / "log_history.json").exists() and (final / "config.json").exists()
+    with pytest.raises(ValueError, match="phase items needs item_head"):
+        AlignConfig(output_dir=str(tmp_path), phase="items,sequence")

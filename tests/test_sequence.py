@@ -69,7 +69,7 @@ def test_packing_changes_no_loss(synthetic_dataset, aligned_run, tmp_path):
     config = AlignConfig(output_dir=str(tmp_path), model=str(model_dir), data_dir=str(dirs.data),
                          sids_dir=str(dirs.sids), phase="sequence", per_device_train_batch_size=3, max_length=64)
     trainer = align.SequenceTrainer(model=model, args=config.phase_args("sequence"), train_dataset=rows,
-                                    processing_class=processor, sid_token_ids=SIDTrie.from_codebook(
+                                    processing_class=processor, label_token_ids=SIDTrie.from_codebook(
                                         codebook, processor).token_ids.tolist())
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"].shape == (1, sum(len(r) for r in rows["input_ids"]))  # one row, no pads
@@ -113,7 +113,7 @@ def test_cached_beam_search_finds_the_best_items_and_its_own_scores(synthetic_da
 
 def test_recipe_yaml_loads_with_overrides(tmp_path):
     cfg = load_align_config(CONFIGS / "rec_tiny.yaml", output_dir=str(tmp_path), time_budget_minutes=3)
-    assert cfg.phases == ["sequence", "multitask"] and cfg.lora_r == 0 and cfg.time_budget_minutes == 3
+    assert cfg.phases == ["items", "sequence", "multitask"] and cfg.lora_r == 0 and cfg.time_budget_minutes == 3
     seq = cfg.phase_args("sequence")
     assert seq.packing and seq.padding_free and not seq.assistant_only_loss
     assert cfg.phase_args("multitask").learning_rate == cfg.phase_overrides["multitask"]["learning_rate"]
