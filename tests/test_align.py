@@ -189,7 +189,7 @@ def test_time_budget_anneals_the_lr_over_its_last_share():
 @pytest.mark.parametrize("name", ["rec_tiny", "align_warmup", "align_multitask"])
 def test_yaml_configs_parse(name):
     (cfg,) = TrlParser((AlignConfig,)).parse_args_and_config(["--config", str(CONFIGS / f"{name}.yaml")])
-    assert cfg.phases in (["warmup"], ["warmup", "multitask"], ["sequence", "multitask"])
+    assert cfg.phases in (["warmup"], ["warmup", "multitask"], ["items", "sequence", "multitask"])
     assert cfg.assistant_only_loss and cfg.report_to == []
     assert abs(sum(cfg.task_mix.values()) - 1) < 1e-9 and cfg.model and cfg.data_dir and cfg.sids_dir
 
