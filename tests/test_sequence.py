@@ -161,7 +161,8 @@ def test_model_selection_reads_valid_histories_only_and_keeps_the_best(synthetic
     _, codebook, _ = aligned_run
     out, _, seen = sequence_run
     _, processor = load_model(out / "final")
-    ids = item_token_ids(codebook, processor)
+    recipe = load_align_config(CONFIGS / "rec_tiny.yaml")
+    ids = item_token_ids(codebook.with_item_inputs(recipe.item_inputs), processor)  # as the recipe writes histories
     split = leave_one_out(synthetic_dataset.interactions, max_history=11)
     valid = {tuple(sid_stream(h, ids)) for h in split.valid["history"]}
     test = {tuple(sid_stream(h, ids)) for h in split.test["history"]}
