@@ -34,7 +34,7 @@ from think_rec.model.itemic_tokens import add_item_tokens, add_sid_tokens
 from think_rec.model.loading import load_model, require_vision
 from think_rec.prompts import render_recommend_prompt
 
-from .align_config import AlignConfig, PHASES
+from .align_config import AlignConfig, PHASES, STREAM_PHASES
 from .align_data import PAPER_MIX, build_align_dataset, supervise_history
 from .cpu_patches import compact_fused_lm_head_on_cpu
 from .item_head import ItemHeadLoss
@@ -160,7 +160,8 @@ def phase_fingerprint(config: AlignConfig, phase: str, base: str | Path, data: s
     cfg = config_fingerprint(config, phase=phase, phase_budget=None, phase_overrides=None,
                              phase_args=config_fingerprint(config.phase_args(phase)))
     skip = (*(f"{p}_" for p in PHASES if p != phase), "warmup_max_steps", "warmup_num_train_epochs")
-    cfg = {k: v for k, v in cfg.items() if not k.startswith(skip)}
+    shared = {"sequence_max_items"} if phase in STREAM_PHASES else set()  # both stream phases cut windows by it
+    cfg = {k: v for k, v in cfg.items() if k in shared or not k.startswith(skip)}
     return {"config": cfg, "data": data, "sids": sids, "base": model_fingerprint(base)}
 
 
@@ -172,31 +173,29 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     last = resume_point(args, fingerprint, overwrite=config.overwrite, outputs=[merged])
     model, processor = load_model(str(base), quantization=config.quantization,
                                   gradient_checkpointing=config.gradient_checkpointing)
-    if config.with_images and phase != "sequence":
+    if config.with_images and phase not in STREAM_PHASES:
         require_vision(processor, f"stage-1 config with_images: true (phase {phase})")
     tokenizer = getattr(processor, "tokenizer", processor)
     vocab = codebook.vocabulary()
     known = tokenizer.get_vocab()
     if any(t not in known for t in vocab):
         add_sid_tokens(model, processor, codebook, dict(zip(data.catalog.ids, data.catalog.items["title"])))
-    new_ids = tokenizer.convert_tokens_to_ids(vocab)
     if config.item_head and codebook.item_tokens()[0] not in known:
         add_item_tokens(model, processor, codebook)
-    if config.item_head:
-        new_ids += tokenizer.convert_tokens_to_ids(codebook.item_tokens())
+    item_ids = tokenizer.convert_tokens_to_ids(codebook.item_tokens()) if config.item_head else []
+    new_ids = tokenizer.convert_tokens_to_ids(vocab) + item_ids
     model = warmup_only(model, new_ids) if phase == "warmup" else make_trainable(
         model, new_ids, r=config.lora_r, alpha=config.lora_alpha)
     dropout = config.items_dropout if phase == "items" and config.items_dropout is not None else config.model_dropout
     if dropout and phase != "warmup":
         add_dropout(model, dropout)
-    if phase == "items":
+    if phase in STREAM_PHASES:
         split = leave_one_out(data.interactions, max_history=config.sequence_max_items - 1)
-        train = build_sequence_dataset(split, item_stream_ids(codebook, tokenizer), config.sequence_max_items)
-    elif phase == "sequence":
-        split = leave_one_out(data.interactions, max_history=config.sequence_max_items - 1)
-        unsupervised = tokenizer.convert_tokens_to_ids(codebook.item_tokens()) if codebook.item_inputs else ()
-        train = build_sequence_dataset(split, item_token_ids(codebook, tokenizer), config.sequence_max_items,
-                                       unsupervised)
+        if phase == "items":
+            train = build_sequence_dataset(split, item_stream_ids(codebook, tokenizer), config.sequence_max_items)
+        else:
+            train = build_sequence_dataset(split, item_token_ids(codebook, tokenizer), config.sequence_max_items,
+                                           item_ids if codebook.item_inputs else ())
     else:
         split = leave_one_out(data.interactions, max_history=config.max_history)
         mix = (config.warmup_task_mix if phase == "warmup" else None) or config.task_mix or PAPER_MIX
@@ -208,20 +207,20 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     compact_fused_lm_head_on_cpu()
     callbacks = [TimeBudget(deadline, config.lr_decay_share),
                  *_selection(config, phase, split, data, codebook, processor, out)]
-    teacher = MarkovModel(column(split.train, "item_ids")) if config.item_distill else None
-    head = dict(item_head=dict(trie=SIDTrie.from_codebook(codebook, processor), weight=config.item_loss_weight,
-                               teacher=teacher, distill=config.item_distill)) if config.item_head else {}
     if phase == "items":  # the labels are item tokens: their softmax is the item head's loss itself
         trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                                  callbacks=callbacks, label_token_ids=tokenizer.convert_tokens_to_ids(
-                                      codebook.item_tokens()))
-    elif phase == "sequence":
-        sid_ids = tokenizer.convert_tokens_to_ids(vocab) if config.sequence_sid_softmax else None
-        trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                                  callbacks=callbacks, label_token_ids=sid_ids, **head)
+                                  callbacks=callbacks, label_token_ids=item_ids)
     else:
-        trainer = RecTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                             callbacks=callbacks, **head)
+        teacher = MarkovModel(column(split.train, "item_ids")) if config.item_distill else None
+        head = dict(item_head=dict(trie=SIDTrie.from_codebook(codebook, processor), weight=config.item_loss_weight,
+                                   teacher=teacher, distill=config.item_distill)) if config.item_head else {}
+        if phase == "sequence":
+            sid_ids = tokenizer.convert_tokens_to_ids(vocab) if config.sequence_sid_softmax else None
+            trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
+                                      callbacks=callbacks, label_token_ids=sid_ids, **head)
+        else:
+            trainer = RecTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
+                                 callbacks=callbacks, **head)
 
     def write_logs(step: int) -> None:
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))

@@ -10,6 +10,7 @@ from trl import SFTConfig
 from .base_config import StageConfig, json_mapping, load_config
 
 PHASES = ("warmup", "items", "sequence", "multitask")
+STREAM_PHASES = ("items", "sequence")  # pre-tokenised item / SID streams, packed, no chat text or images
 ALIASES = {"both": "warmup,multitask"}
 
 
@@ -134,7 +135,7 @@ class AlignConfig(StageConfig, SFTConfig):
         """Plain ``SFTConfig`` for one phase, writing to ``output_dir/<phase>``."""
         kw: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(SFTConfig) if f.init}
         kw["output_dir"] = str(Path(self.output_dir) / phase)
-        if phase in ("items", "sequence"):  # pre-tokenized item / SID streams: completion-mask loss, packed, no pads
+        if phase in STREAM_PHASES:  # loss on the completion mask, packed, no pads
             kw.update(assistant_only_loss=False, completion_only_loss=True, packing=True,
                       packing_strategy="bfd", padding_free=True,
                       include_num_input_tokens_seen="all" if kw["include_num_input_tokens_seen"] != "no" else "no",

@@ -132,6 +132,12 @@ def release_year(item: Item) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def release_decade(item: Item) -> int | None:
+    """The decade of ``release_year`` (1995 -> 1990), else None."""
+    year = release_year(item)
+    return None if year is None else year // 10 * 10
+
+
 class TemplateTeacher:
     """Deterministic rationale in short, complete sentences: the history items that lead to the target,
     cited by title in quotes (stage 2 trains them as the items' SIDs), and what the target shares with
@@ -174,15 +180,14 @@ class TemplateTeacher:
             cited.add(id(h))
             return _quote(h)
 
-        cats, year = target.get("categories") or [], release_year(target)
-        if year is not None:
+        cats, decade = target.get("categories") or [], release_decade(target)
+        if decade is not None:
             genres = Counter(g for h in history for g in set(h.get("categories") or []) if g in cats)
             if genres:
                 genre = genres.most_common(1)[0][0]
                 src = like(lambda h: genre in (h.get("categories") or []))
                 out.append((f"{f'Like {src}, t' if src else 'T'}he next film is {_article(genre)} {genre} film.", True))
-            decade = year // 10 * 10
-            src = like(lambda h: (release_year(h) or 0) // 10 * 10 == decade)
+            src = like(lambda h: release_decade(h) == decade)
             out.append((f"It is from the {decade}s{f', like {src}' if src else ''}.", src is not None))
         elif len(cats) > 1:
             path = " > ".join(cats[1:3])  # below the catalog's root
@@ -195,7 +200,7 @@ class TemplateTeacher:
         brand_words = set(content_tokens(brand))
         words = [w for w in dict.fromkeys(content_tokens(target.get("title", ""))) if w not in brand_words]
         sharing = [h for h in history if set(words) & set(content_tokens(h.get("title", "")))]
-        if sharing and year is None:
+        if sharing and decade is None:
             shared = [w for w in words if w in content_tokens(sharing[-1]["title"])][:2]
             src = like(lambda h: h is sharing[-1])
             out.append((f"It is also about {_join(shared)}{f', like {src}' if src else ''}.", True))

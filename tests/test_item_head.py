@@ -190,5 +190,7 @@ def test_items_phase_streams_item_tokens_and_trains_the_item_softmax(aligned_run
     assert len(logs) == 30 and all(torch.isfinite(torch.tensor(logs)))
     assert sum(logs[-5:]) < sum(logs[:5])  # the item softmax is learnt
     assert (tmp_path / "sequence" / "log_history.json").exists() and (final / "config.json").exists()
+    for phase in ("items", "sequence"):  # both stream phases cut their windows by it: a change starts them over
+        assert align.phase_fingerprint(config, phase, dirs.tiny, "d", "s")["config"]["sequence_max_items"] == 8
     with pytest.raises(ValueError, match="phase items needs item_head"):
         AlignConfig(output_dir=str(tmp_path), phase="items,sequence")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from think_rec.finetune.rationale_filters import citation_title, content_tokens, mentions
-from think_rec.finetune.rationales import common_prefix, price_band, release_year, usual_price
+from think_rec.finetune.rationales import common_prefix, price_band, release_decade, usual_price
 from think_rec.steering import Vocabulary
 
 Item = dict[str, Any]
@@ -109,7 +109,7 @@ def _sentence_claims(claims: Claims, plain: str, cited: Sequence[Item], vocab: C
     claims.brands |= brands
     claims.categories |= cats
     for names, carried in ((brands, lambda it: [it.get("brand") or ""]), (cats, lambda it: it.get("categories") or []),
-                           ({f"{d}s" for d in decades}, lambda it: [f"{d}s" for d in [_decade(it)] if d])):
+                           ({f"{d}s" for d in decades}, lambda it: [f"{d}s" for d in [release_decade(it)] if d])):
         wanted = {name.casefold() for name in names}
         for item in cited if names else ():  # a cited item must carry one of the names its sentence claims
             if not wanted & {c.casefold() for c in carried(item)}:
@@ -140,11 +140,6 @@ def rationale_claims(text: str, vocab: ClaimVocabulary, history: Sequence[Item])
     return claims
 
 
-def _decade(item: Item) -> int | None:
-    year = release_year(item)
-    return None if year is None else year // 10 * 10
-
-
 def _alike(cited: Item, item: Item) -> bool:
     """Shares the brand, a title word or the first two levels of the category path."""
     same_brand = bool(item.get("brand")) and (cited.get("brand") or "").casefold() == item["brand"].casefold()
@@ -162,7 +157,7 @@ def _checks(claims: Claims, item: Item) -> list[bool]:
     title = set(content_tokens(item.get("title", "")))
     return [*(c.casefold() in cats for c in claims.categories), *(b.casefold() == brand for b in claims.brands),
             *(w in title for w in claims.words), *(p == band for p in claims.prices),
-            *(d == _decade(item) for d in claims.decades),
+            *(d == release_decade(item) for d in claims.decades),
             *(_alike(c, item) for c in claims.like)]
 
 
