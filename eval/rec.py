@@ -41,7 +41,8 @@ PROMPTS = {"stream": "sequence", "chat": "multitask"}  # prompt kind -> the stag
 
 class ThinkRecScorer:
     """A trained think_rec model with its trie and prompt: beams and served-ranking candidates for histories.
-    Histories carry item tokens when ``codebook`` or the model's ``served.json`` says so (``item_inputs``)."""
+    Histories carry item tokens when ``codebook`` or the model's ``served.json`` says so (``item_inputs``), and
+    titles unless either says not (``history_titles``)."""
 
     def __init__(self, model_dir: str | Path, dataset: RecDataset, codebook: SIDCodebook, *, prompt: str = "chat",
                  max_history: int = 20, num_beams: int = 20, batch_size: int = 64):
@@ -49,7 +50,8 @@ class ThinkRecScorer:
             raise ValueError(f"prompt must be one of {list(PROMPTS)}, got {prompt!r}")
         rec = RecModel.load(model_dir, codebook)
         self.model, self.processor, self.trie = rec.model, rec.processor, rec.trie
-        codebook = codebook.with_item_inputs(codebook.item_inputs or rec.served.item_inputs)
+        codebook = codebook.with_item_inputs(codebook.item_inputs or rec.served.item_inputs).with_history_titles(
+            codebook.history_titles and rec.served.history_titles)
         self.prompt = phase_prompt(PROMPTS[prompt], dataset, codebook, self.processor, max_history)
         self.num_beams, self.batch_size = num_beams, batch_size
 

@@ -234,7 +234,8 @@ def train_align(config: AlignConfig) -> Path:
     if config.disable_tqdm:  # also the per-phase tokenising / packing bars of `datasets`
         datasets.disable_progress_bars()
     data = RecDataset.load(config.data_dir)
-    codebook = SIDCodebook.load(config.sids_dir).with_item_inputs(config.item_inputs)
+    codebook = SIDCodebook.load(config.sids_dir).with_item_inputs(config.item_inputs).with_history_titles(
+        config.history_titles)
     start = time.monotonic()
     budget = None if config.time_budget_minutes is None else 60 * config.time_budget_minutes
     phases = config.phases
@@ -252,7 +253,8 @@ def train_align(config: AlignConfig) -> Path:
         if not distributed or torch.distributed.get_rank() == 0:
             write_served(base, config.data_dir, codebook, max_history=config.max_history,
                          num_beams=config.served_num_beams, valid_users=config.prior_valid_users,
-                         exclude_history=config.exclude_history, item_inputs=config.item_inputs, seed=config.seed)
+                         exclude_history=config.exclude_history, item_inputs=config.item_inputs,
+                         history_titles=config.history_titles, seed=config.seed)
         if distributed:
             torch.distributed.barrier()
     return Path(base)

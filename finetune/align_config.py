@@ -48,6 +48,9 @@ class AlignConfig(StageConfig, SFTConfig):
     item_inputs: bool = field(default=False, metadata={
         "help": "With item_head: history items are written with their item token after the SID, so the model reads "
                 "an item-level embedding (tied to the item head's row) beside the codes; recorded in served.json."})
+    history_titles: bool = field(default=True, metadata={
+        "help": "Chat prompts write each history item as a numbered line with its title; false: its IDs alone, one "
+                "item per line (the stream inside the chat turn); recorded in served.json."})
     item_distill: float = field(default=0.0, metadata={
         "help": "Share of the item head's target given to the training split's successors of the previous item "
                 "(a bigram teacher: prior distillation into the model, finetune/item_head.py)."})

@@ -21,7 +21,7 @@ from think_rec.decoding.prior import ITEM_WEIGHTS, PRIOR_FILE, PRIOR_WEIGHTS, Co
 from think_rec.decoding.ranking import Candidates, Ranked, candidates, fuse, fusion_weights
 from think_rec.eval.metrics import aggregate
 from think_rec.itemic.codebook import SIDCodebook
-from think_rec.model.artefacts import SERVED_FILE, RecModel, ServedConfig, reads_item_inputs
+from think_rec.model.artefacts import SERVED_FILE, RecModel, ServedConfig, history_style
 from think_rec.prompts import served_prompt
 
 from .run_state import data_fingerprint
@@ -32,7 +32,7 @@ def served_candidates(rec: RecModel, histories: Sequence[Sequence[str]], prior: 
     """The served ranking's candidates for ``histories`` (served prompt, beams, the prior's items, bans)."""
     tok = getattr(rec.processor, "tokenizer", rec.processor)
     items = rec.dataset.catalog
-    codebook = rec.codebook.with_item_inputs(served.item_inputs)
+    codebook = rec.codebook.with_item_inputs(served.item_inputs).with_history_titles(served.history_titles)
     prompts = [served_prompt(tok, h, items, codebook, served.max_history) for h in histories]
     banned = [set(h) if served.exclude_history else set() for h in histories]
     return candidates(rec.model, rec.processor, prompts, [list(h) for h in histories], rec.trie, prior,
@@ -83,17 +83,18 @@ def model_alone(scores: dict) -> float:
 def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path | SIDCodebook, *, max_history: int,
                  num_beams: int = 30, valid_users: int | None = 2000, exclude_history: bool | None = None,
                  prior_top: int = 30, seed: int = 0, dtype: str = "float32", item_inputs: bool | None = None,
-                 **notes: Any) -> ServedConfig:
+                 history_titles: bool | None = None, **notes: Any) -> ServedConfig:
     """Build the prior from the training split, choose its weight on valid users, write ``prior.json`` and
-    ``served.json`` into ``model_dir``. ``exclude_history`` None: decided from train + valid; ``item_inputs``
-    None: as the model's ``served.json`` records (a model reads its histories as it was trained to)."""
-    if item_inputs is None:
-        item_inputs = reads_item_inputs(model_dir)
+    ``served.json`` into ``model_dir``. ``exclude_history`` None: decided from train + valid; ``item_inputs`` and
+    ``history_titles`` None: as the model's ``served.json`` records (a model reads histories as it was trained to)."""
+    recorded = history_style(model_dir)
+    item_inputs = recorded[0] if item_inputs is None else item_inputs
+    history_titles = recorded[1] if history_titles is None else history_titles
     data = RecDataset.load(data_dir)
     split = leave_one_out(data.interactions, max_history=max_history)
     served = ServedConfig(max_history=max_history, num_beams=num_beams, dtype=dtype,
                           exclude_history=history_exclusion(split) if exclude_history is None else exclude_history,
-                          item_inputs=item_inputs, notes=notes)
+                          item_inputs=item_inputs, history_titles=history_titles, notes=notes)
     prior = CollaborativePrior(MarkovModel(column(split.train, "item_ids")), top=prior_top,
                                data_fingerprint=data_fingerprint(data_dir))
     valid = sample_users(split.valid, valid_users, seed)

@@ -124,7 +124,32 @@ def test_item_inputs_write_each_history_item_with_its_item_token(aligned_run, sy
         AlignConfig(output_dir=str(tmp_path), item_inputs=True)
 
 
-def test_stage1_with_item_inputs_and_distillation_records_and_serves_them(aligned_run, synthetic_dataset, tmp_path):
+def test_history_without_titles_writes_one_line_of_ids_per_item(aligned_run, synthetic_dataset, tmp_path):
+    """``history_titles: false``: each history item is its IDs (SID, item token) on a line of its own, no number
+    and no title; the model's ``served.json`` records it and every prompt builder reads it from the codebook."""
+    from think_rec.model.artefacts import ServedConfig, model_codebook
+    from think_rec.prompts import served_prompt
+
+    dirs, codebook, model_dir = aligned_run
+    history = list(codebook.codes)[:3]
+    compact = codebook.with_item_inputs().with_history_titles(False)
+    assert compact.with_history_titles(False) is compact and compact.with_history_titles().history_titles
+    tok = __import__("transformers").AutoTokenizer.from_pretrained(str(model_dir))
+    titled, bare = (served_prompt(tok, history, synthetic_dataset.catalog, c, 5)
+                    for c in (codebook.with_item_inputs(), compact))
+    lines = "\n".join(compact.history_string(i) for i in history)
+    assert f"oldest first:\n{lines}\nRecommend" in bare
+    titles = [synthetic_dataset.catalog[i]["title"] for i in history]
+    assert all(t in titled and t not in bare for t in titles) and len(tok(bare)["input_ids"]) < len(
+        tok(titled)["input_ids"])
+
+    assert model_codebook(codebook, tmp_path).history_titles  # a model without served.json: titled lines
+    ServedConfig(item_inputs=True, history_titles=False).save(tmp_path)
+    read = model_codebook(dirs.sids, tmp_path)
+    assert read.item_inputs and not read.history_titles
+
+
+def test_stage1_with_item_inputs_distillation_untitled_history_records_them(aligned_run, synthetic_dataset, tmp_path):
     from think_rec.data.split import leave_one_out
     from think_rec.finetune.align import train_align
     from think_rec.finetune.align_config import AlignConfig
@@ -135,11 +160,12 @@ def test_stage1_with_item_inputs_and_distillation_records_and_serves_them(aligne
     config = AlignConfig(output_dir=str(tmp_path), model=str(dirs.tiny), data_dir=str(dirs.data),
                          sids_dir=str(dirs.sids), phase="sequence,multitask", task_mix={"sequential": 1.0},
                          with_images=False, max_history=5, sequence_max_items=8, item_head=True, item_inputs=True,
-                         item_distill=0.5, max_steps=4, num_examples=32, per_device_train_batch_size=8,
-                         learning_rate=3e-3, prior_valid_users=16, save_steps=1000, logging_steps=2,
-                         disable_tqdm=True)
+                         item_distill=0.5, history_titles=False, max_steps=4, num_examples=32,
+                         per_device_train_batch_size=8, learning_rate=3e-3, prior_valid_users=16, save_steps=1000,
+                         logging_steps=2, disable_tqdm=True)
     rec = RecModel.load(train_align(config), dirs.sids, synthetic_dataset)
     assert rec.served.item_inputs and rec.codebook.item_inputs
+    assert not rec.served.history_titles and not rec.codebook.history_titles
     logs = json.loads((tmp_path / "sequence" / "log_history.json").read_text())
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in logs if "loss" in e)
     users = leave_one_out(synthetic_dataset.interactions, max_history=5).test.select(range(8))

@@ -77,13 +77,15 @@ def _merge_text(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _user_with_history(template: str, history: Sequence[str], catalog: Items, codebook: SIDCodebook,
                        with_images: bool, max_images: int, image_root: str | Path | None,
                        tpl: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Parts for a user turn whose ``{history}`` interleaves item lines and (recent) item images."""
+    """Parts for a user turn whose ``{history}`` interleaves item lines and (recent) item images; a line is
+    ``history_item`` (number, IDs, title), or the IDs alone for a codebook without ``history_titles``."""
     before, _, after = template.partition("{history}")
     parts, images = [_text(before)], []
     first_image = len(history) - max_images  # only the most recent items carry pictures
     for n, item_id in enumerate(history):
         item = catalog[item_id]
-        line = tpl["history_item"].format(n=n + 1, sid=codebook.history_string(item_id), title=item["title"])
+        line = tpl["history_item"].format(n=n + 1, sid=codebook.history_string(item_id), title=item["title"]) \
+            if codebook.history_titles else codebook.history_string(item_id)
         parts.append(_text(line.rstrip()))  # no dangling space for an item without a title
         img = image_path(item, image_root) if with_images and n >= first_image else None
         if img is not None:

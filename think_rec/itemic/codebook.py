@@ -31,14 +31,16 @@ def item_token(index: int) -> str:
 
 @dataclass
 class SIDCodebook:
-    """Unique SIDs for a catalog; ``codebook_sizes[l]`` codes exist at level ``l``. With ``item_inputs`` (a model
-    property, ``with_item_inputs``: never saved with the codebook) history items are written with their item token
-    after the SID (``history_tokens``), so the model reads an item-level embedding beside the codes."""
+    """Unique SIDs for a catalog; ``codebook_sizes[l]`` codes exist at level ``l``. Two model properties (never
+    saved with the codebook) set how a prompt writes history items: ``item_inputs`` (``with_item_inputs``) adds the
+    item token after the SID (``history_tokens``), so the model reads an item-level embedding beside the codes;
+    ``history_titles`` False (``with_history_titles``) writes the IDs alone, one item per line, without a title."""
 
     codes: dict[str, tuple[int, ...]]
     codebook_sizes: list[int]
     meta: dict[str, Any] = field(default_factory=dict)
     item_inputs: bool = False
+    history_titles: bool = True
 
     def __post_init__(self) -> None:
         self.codes = {str(k): tuple(int(c) for c in v) for k, v in self.codes.items()}
@@ -75,6 +77,10 @@ class SIDCodebook:
     def with_item_inputs(self, item_inputs: bool = True) -> "SIDCodebook":
         """This codebook writing history items with (or without) their item token."""
         return self if item_inputs == self.item_inputs else replace(self, item_inputs=item_inputs)
+
+    def with_history_titles(self, titles: bool = True) -> "SIDCodebook":
+        """This codebook writing history lines with (or without) the item's title after its IDs."""
+        return self if titles == self.history_titles else replace(self, history_titles=titles)
 
     def item_of(self, sid: tuple[int, ...]) -> str | None:
         return self._item_of.get(tuple(sid))

@@ -31,6 +31,7 @@ class ServedConfig:
     follow_weight: float = 0.0  # weight of the rationale's claims in the thinking ranking (claims.ClaimChecker)
     rationale_samples: int = 1  # rationales drawn per request (the greedy one, then decoding.think.Draw samples)
     item_inputs: bool = False  # history items are written with their item token (SIDCodebook.with_item_inputs)
+    history_titles: bool = True  # history lines carry the item's title (False: IDs alone, with_history_titles)
     notes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -58,15 +59,19 @@ class ServedConfig:
 
 
 def model_codebook(sids: str | Path | SIDCodebook, model_dir: str | Path) -> SIDCodebook:
-    """The codebook as the model at ``model_dir`` reads histories (its ``served.json``'s ``item_inputs``)."""
+    """The codebook as the model at ``model_dir`` reads histories (its ``served.json``'s ``item_inputs`` and
+    ``history_titles``)."""
     codebook = sids if isinstance(sids, SIDCodebook) else SIDCodebook.load(sids)
-    return codebook.with_item_inputs(reads_item_inputs(model_dir))
+    item_inputs, titles = history_style(model_dir)
+    return codebook.with_item_inputs(item_inputs).with_history_titles(titles)
 
 
-def reads_item_inputs(model_dir: str | Path) -> bool:
-    """Whether the model's ``served.json`` records ``item_inputs`` (False for a model without one)."""
+def history_style(model_dir: str | Path) -> tuple[bool, bool]:
+    """``(item_inputs, history_titles)`` as the model's ``served.json`` records them (``(False, True)`` without
+    one)."""
     path = Path(model_dir) / SERVED_FILE
-    return path.is_file() and bool(json.loads(path.read_text()).get("item_inputs"))
+    values = json.loads(path.read_text()) if path.is_file() else {}
+    return bool(values.get("item_inputs", False)), bool(values.get("history_titles", True))
 
 
 def load_prior(model_dir: str | Path) -> CollaborativePrior | None:
@@ -100,7 +105,7 @@ class RecModel:
         model.eval()
         served = ServedConfig.load(model_dir)
         codebook = (sids if isinstance(sids, SIDCodebook) else SIDCodebook.load(sids)).with_item_inputs(
-            served.item_inputs)
+            served.item_inputs).with_history_titles(served.history_titles)
         dataset = data if data is None or isinstance(data, RecDataset) else RecDataset.load(data)
         return cls(model, processor, codebook, SIDTrie.from_codebook(codebook, processor), dataset,
                    load_prior(model_dir), served)
