@@ -18,6 +18,7 @@ from think_rec.serve.api import RecService, ServeConfig, create_app
 
 USERS = 50
 
+
 @pytest.fixture(scope="module")
 def api(aligned_run, tmp_path_factory):
     dirs, _, model_dir = aligned_run
@@ -25,6 +26,7 @@ def api(aligned_run, tmp_path_factory):
                          session_db=tmp_path_factory.mktemp("parity") / "sessions.sqlite")
     with TestClient(create_app(RecService(config))) as client:
         yield client
+
 
 def test_api_top10_is_the_bench_served_ranking(api, aligned_run):
     dirs, codebook, model_dir = aligned_run
@@ -39,6 +41,7 @@ def test_api_top10_is_the_bench_served_ranking(api, aligned_run):
         got = [(it["id"], it["score"]) for it in r.json()["recommendation"]["items"]]
         assert [i for i, _ in got] == [i for i, _ in expected]
         assert all(math.isclose(a, b, abs_tol=1e-4) for (_, a), (_, b) in zip(got, expected))
+
 
 def test_models_endpoint_states_the_served_configuration(api, aligned_run):
     _, _, model_dir = aligned_run
