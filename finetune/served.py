@@ -21,7 +21,7 @@ from think_rec.decoding.prior import ITEM_WEIGHTS, PRIOR_FILE, PRIOR_WEIGHTS, Co
 from think_rec.decoding.ranking import Candidates, Ranked, candidates, fuse, fusion_weights
 from think_rec.eval.metrics import aggregate
 from think_rec.itemic.codebook import SIDCodebook
-from think_rec.model.artefacts import SERVED_FILE, RecModel, ServedConfig, history_style
+from think_rec.model.artefacts import SERVED_FILE, RecModel, ServedConfig
 from think_rec.prompts import served_prompt
 
 from .run_state import data_fingerprint
@@ -32,7 +32,7 @@ def served_candidates(rec: RecModel, histories: Sequence[Sequence[str]], prior: 
     """The served ranking's candidates for ``histories`` (served prompt, beams, the prior's items, bans)."""
     tok = getattr(rec.processor, "tokenizer", rec.processor)
     items = rec.dataset.catalog
-    codebook = rec.codebook.with_item_inputs(served.item_inputs).with_history_titles(served.history_titles)
+    codebook = served.history_codebook(rec.codebook)
     prompts = [served_prompt(tok, h, items, codebook, served.max_history) for h in histories]
     banned = [set(h) if served.exclude_history else set() for h in histories]
     return candidates(rec.model, rec.processor, prompts, [list(h) for h in histories], rec.trie, prior,
@@ -87,9 +87,9 @@ def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path |
     """Build the prior from the training split, choose its weight on valid users, write ``prior.json`` and
     ``served.json`` into ``model_dir``. ``exclude_history`` None: decided from train + valid; ``item_inputs`` and
     ``history_titles`` None: as the model's ``served.json`` records (a model reads histories as it was trained to)."""
-    recorded = history_style(model_dir)
-    item_inputs = recorded[0] if item_inputs is None else item_inputs
-    history_titles = recorded[1] if history_titles is None else history_titles
+    recorded = ServedConfig.load(model_dir, warn=False)
+    item_inputs = recorded.item_inputs if item_inputs is None else item_inputs
+    history_titles = recorded.history_titles if history_titles is None else history_titles
     data = RecDataset.load(data_dir)
     split = leave_one_out(data.interactions, max_history=max_history)
     served = ServedConfig(max_history=max_history, num_beams=num_beams, dtype=dtype,

@@ -44,12 +44,17 @@ class ServedConfig:
         path.write_text(json.dumps(asdict(self), indent=1))
         return path
 
+    def history_codebook(self, codebook: SIDCodebook) -> SIDCodebook:
+        """``codebook`` writing history items as this model reads them (``item_inputs``, ``history_titles``)."""
+        return codebook.with_item_inputs(self.item_inputs).with_history_titles(self.history_titles)
+
     @classmethod
-    def load(cls, model_dir: str | Path) -> "ServedConfig":
-        """The model's ``served.json``; the defaults (with a warning) for a model that has none."""
+    def load(cls, model_dir: str | Path, warn: bool = True) -> "ServedConfig":
+        """The model's ``served.json``; the defaults for a model that has none (with a warning when ``warn``)."""
         path = Path(model_dir) / SERVED_FILE
         if not path.is_file():
-            log.warning("%s has no %s: serving with the defaults %s", model_dir, SERVED_FILE, asdict(cls()))
+            if warn:
+                log.warning("%s has no %s: serving with the defaults %s", model_dir, SERVED_FILE, asdict(cls()))
             return cls()
         values = json.loads(path.read_text())
         unknown = set(values) - {f.name for f in fields(cls)}
@@ -62,16 +67,7 @@ def model_codebook(sids: str | Path | SIDCodebook, model_dir: str | Path) -> SID
     """The codebook as the model at ``model_dir`` reads histories (its ``served.json``'s ``item_inputs`` and
     ``history_titles``)."""
     codebook = sids if isinstance(sids, SIDCodebook) else SIDCodebook.load(sids)
-    item_inputs, titles = history_style(model_dir)
-    return codebook.with_item_inputs(item_inputs).with_history_titles(titles)
-
-
-def history_style(model_dir: str | Path) -> tuple[bool, bool]:
-    """``(item_inputs, history_titles)`` as the model's ``served.json`` records them (``(False, True)`` without
-    one)."""
-    path = Path(model_dir) / SERVED_FILE
-    values = json.loads(path.read_text()) if path.is_file() else {}
-    return bool(values.get("item_inputs", False)), bool(values.get("history_titles", True))
+    return ServedConfig.load(model_dir, warn=False).history_codebook(codebook)
 
 
 def load_prior(model_dir: str | Path) -> CollaborativePrior | None:
@@ -104,8 +100,7 @@ class RecModel:
         model, processor = load_model(model_dir)
         model.eval()
         served = ServedConfig.load(model_dir)
-        codebook = (sids if isinstance(sids, SIDCodebook) else SIDCodebook.load(sids)).with_item_inputs(
-            served.item_inputs).with_history_titles(served.history_titles)
+        codebook = served.history_codebook(sids if isinstance(sids, SIDCodebook) else SIDCodebook.load(sids))
         dataset = data if data is None or isinstance(data, RecDataset) else RecDataset.load(data)
         return cls(model, processor, codebook, SIDTrie.from_codebook(codebook, processor), dataset,
                    load_prior(model_dir), served)
