@@ -125,7 +125,7 @@ def run(model: Path, data: Path, sids: Path, out_dir: Path = Path("eval/results"
     if "think_ahead" in backends and think_ahead_store is None:  # a given store is used as it is
         from think_rec.serve.think_ahead import build_store
 
-        think_ahead_store = work_dir / "think_ahead.sqlite"
+        think_ahead_store = work_dir / f"think_ahead-{model_fingerprint(model)}.sqlite"  # one store per model
         t = time.perf_counter()
         added = build_store(model, data, sids, think_ahead_store, history="test", max_history=max_history,
                             users=[ex["user_id"] for ex in examples])

@@ -33,6 +33,7 @@ from think_rec.decoding.ranking import fuse_steps
 from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN, merge_scores
 from think_rec.decoding.trie import SIDTrie
 from think_rec.decoding.trie_beam import expand, ranked_items
+from think_rec.finetune.run_state import model_fingerprint
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.artefacts import ServedConfig, load_prior
 
@@ -65,7 +66,8 @@ class ThinkAheadEngine:
             raise ValueError(f"{config.think_ahead}: built for another SID codebook than {config.sids} (sids_sha)")
         self.served = ServedConfig.load(config.model)
         max_history = config.max_history or self.served.max_history
-        for key, ours in (("model", str(Path(config.model).resolve())), ("max_history", max_history),
+        for key, ours in (("model", str(Path(config.model).resolve())),
+                          ("model_fingerprint", model_fingerprint(config.model)), ("max_history", max_history),
                           ("think_ranking", self.served.think_ranking)):
             if self.store.meta[key] != ours:
                 raise ValueError(f"{config.think_ahead}: built with {key}={self.store.meta[key]!r}, but the server "

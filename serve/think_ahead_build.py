@@ -7,6 +7,7 @@ from typing import Sequence
 from think_rec.decoding.search import prefix_search
 from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN
 from think_rec.decoding.trie import SIDTrie
+from think_rec.finetune.run_state import model_fingerprint
 from think_rec.model.artefacts import model_codebook
 
 from .think_ahead_store import FORMAT_VERSION, ThinkAheadStore, Thought, UserState, codebook_fingerprint
@@ -46,6 +47,7 @@ def build_store(model: Path, data: Path, sids: Path, out: Path, *, rationales: i
     trie = SIDTrie.from_codebook(codebook, tok)
     levels = trie.levels
     store = ThinkAheadStore(out, {"format_version": FORMAT_VERSION, "model": str(Path(model).resolve()),
+                                  "model_fingerprint": model_fingerprint(model),
                                   "sids_sha": codebook_fingerprint(sids), "levels": levels,
                                   "rationales": rationales, "beam": beam, "max_history": max_history,
                                   "history": history, "max_think_tokens": max_think_tokens,

@@ -3,7 +3,8 @@
 Format 2: prefix scores are sums of code log-probabilities over the SID tokens (``decoding.trie_beam``), as
 every engine scores; format 1 files (normalised over the trie children) must be rebuilt. Format 3: the prefix
 search banned the history items when the model's ``served.json`` excludes them (meta ``exclude_history``), as the
-live engines prune them; format 2 files kept prefixes holding only history items.
+live engines prune them; format 2 files kept prefixes holding only history items. Format 4: meta
+``model_fingerprint`` (the model's weights, not only its path: a model retrained in place makes its store stale).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 Prefix = tuple[list[int], float]
 
 
@@ -48,8 +49,8 @@ def codebook_fingerprint(sids: Path) -> str:
 class ThinkAheadStore:
     """The SQLite file: a ``meta`` table (build settings) and a ``users`` table (one ``UserState`` a row)."""
 
-    META_KEYS = ("format_version", "model", "sids_sha", "levels", "rationales", "beam", "max_history",
-                 "history", "max_think_tokens", "exclude_history")
+    META_KEYS = ("format_version", "model", "model_fingerprint", "sids_sha", "levels", "rationales", "beam",
+                 "max_history", "history", "max_think_tokens", "exclude_history")
 
     def __init__(self, path: Path | str, meta: dict | None = None):
         """Open ``path`` read-only; with ``meta`` open it for writing (WAL), create it if missing, and check it

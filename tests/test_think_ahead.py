@@ -112,6 +112,10 @@ def test_store_bad_input_is_named(store, aligned_run, tmp_path):
         build_store(model_dir, dirs.data, dirs.sids, tmp_path / "new.sqlite", users=["nobody"], progress=False)
     with pytest.raises(ValueError, match="needs a store"):
         build_engine("think_ahead", EngineConfig(model_dir, dirs.sids))
+    stale = tmp_path / "stale.sqlite"  # built for other weights at the same path (a model retrained in place)
+    ThinkAheadStore(stale, dict(ThinkAheadStore(store).meta, model_fingerprint="0" * 16)).close()
+    with pytest.raises(ValueError, match="stale.sqlite: built with model_fingerprint='0000"):
+        build_engine("think_ahead", EngineConfig(model_dir, dirs.sids, think_ahead=stale, think_ahead_base="hf"))
 
 
 def _from_store_or_prior(engine, user, items, banned=frozenset()):
