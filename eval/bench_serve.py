@@ -117,6 +117,7 @@ def run(model: Path, data: Path, sids: Path, out_dir: Path = Path("eval/results"
     from think_rec.model.artefacts import ServedConfig
 
     served = ServedConfig.load(model)
+    fingerprint = model_fingerprint(model)  # of the weights served: the result file and the Think-Ahead store name it
     max_history = max_history or served.max_history
     ds = RecDataset.load(data)
     examples = examples_of(data, max_history, chats, seed)
@@ -125,7 +126,7 @@ def run(model: Path, data: Path, sids: Path, out_dir: Path = Path("eval/results"
     if "think_ahead" in backends and think_ahead_store is None:  # a given store is used as it is
         from think_rec.serve.think_ahead import build_store
 
-        think_ahead_store = work_dir / f"think_ahead-{model_fingerprint(model)}.sqlite"  # one store per model
+        think_ahead_store = work_dir / f"think_ahead-{fingerprint}.sqlite"  # one store per model
         t = time.perf_counter()
         added = build_store(model, data, sids, think_ahead_store, history="test", max_history=max_history,
                             users=[ex["user_id"] for ex in examples])
@@ -163,7 +164,7 @@ def run(model: Path, data: Path, sids: Path, out_dir: Path = Path("eval/results"
         finally:
             stop_server(proc)
     payload = {"benchmark": "serve", "dataset": f"{ds.name} ({len(ds.catalog)} items)",
-               "model_fingerprint": model_fingerprint(model),
+               "model_fingerprint": fingerprint,
                "setup": {"model": str(model), "chats": len(examples), "first_message": message,
                          "users": f"seeded sample of test users (seed {seed})", "turns_per_chat": 2, "k": 10,
                          "max_history": max_history,
