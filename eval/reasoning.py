@@ -47,7 +47,7 @@ FAITHFULNESS = ("faithful@1", "faithful@10", "contradictions", "claims", "shown_
                 "rationale_accuracy")
 QUALITY = ("grounding", "citations", "complete", "closed_by_model", "consistency", "leakage", "readability",
            "mean_length", *FAITHFULNESS)
-FOLLOW_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+FOLLOW_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 Item = dict[str, Any]
 
 
@@ -165,43 +165,55 @@ def evaluate_reasoning(rec: RecModel, examples: datasets.Dataset, *, think: bool
 def choose_think(rec: RecModel, examples: datasets.Dataset, weights: Sequence[float] = FOLLOW_WEIGHTS,
                  min_gain_se: float = 2.0, **kwargs) -> tuple[tuple[str, float], dict[str, Any]]:
     """The served thinking ranking chosen on ``examples`` (valid users): ``think_ranking`` (``rationale``: after the
-    rationale; ``history``: after an empty think, the rationale only explains) and ``follow_weight``, by NDCG@10
-    (``think_choice``: a ranking other than the empty think's must gain ``min_gain_se`` paired standard errors
-    over it). One rationale and two rankings per user; the grid is re-ranked offline. Returns the choice and each
-    pair's valid NDCG@10."""
+    rationale; ``history``: after an empty think, the rationale only explains) and ``follow_weight``, by NDCG@10 and
+    ``faithful@1`` (``think_choice``). One rationale and two rankings per user; the grid is re-ranked offline.
+    Returns the choice and each pair's valid NDCG@10 and ``faithful@1``."""
     pool = max(10, kwargs.get("num_beams") or rec.served.num_beams)
     cond, histories = think_results(rec, examples, think=True, condition=True, k=pool, desc="think: rationale",
                                     **kwargs)
     empty, _ = think_results(rec, examples, think=False, condition=True, k=pool, desc="think: history", **kwargs)
     explain = [ThinkResult(c.rationales, e.items, c.cited, c.closed_by_model) for c, e in zip(cond, empty)]
     checker, targets = ClaimChecker(rec.items), column(examples, "target")
+    ndcg, faith = {}, {}
+    for mode, res in (("rationale", cond), ("history", explain)):
+        for w in weights:
+            shown = followed(res, histories, checker, w)
+            ndcg[mode, w] = [ndcg_at_k([i for i, _ in r.items], t, 10) for r, t in zip(shown, targets)]
+            faith[mode, w] = [_faithfulness(checker.claims(r.rationales[0] if r.rationales else "", h),
+                                            [rec.items[i] for i, _ in r.items[:1]])["faithful@1"]
+                              for r, h in zip(shown, histories)]
+    none = [ndcg_at_k([i for i, _ in r.items], t, 10) for r, t in zip(empty, targets)]
+    best, gain_se = think_choice(ndcg, faith, none, min_gain_se)
 
-    def per_user(results: Sequence[ThinkResult]) -> list[float]:
-        return [ndcg_at_k([i for i, _ in r.items], t, 10) for r, t in zip(results, targets)]
+    def means(values: dict[tuple[str, float], list[float]]) -> dict[str, float]:
+        return {f"{m}@{w:g}": sum(v) / len(v) for (m, w), v in values.items()}
 
-    ndcg = {(mode, w): per_user(followed(res, histories, checker, w))
-            for mode, res in (("rationale", cond), ("history", explain)) for w in weights}
-    none = per_user(empty)
-    best, gain_se = think_choice(ndcg, none, min_gain_se)
-    mean = {p: sum(v) / len(v) for p, v in ndcg.items()}
-    return best, {"valid_users": len(targets), "valid_ndcg@10": {f"{m}@{w:g}": s for (m, w), s in mean.items()},
+    return best, {"valid_users": len(targets), "valid_ndcg@10": means(ndcg), "valid_faithful@1": means(faith),
                   "valid_ndcg@10_no_reasoning": sum(none) / len(none), "min_gain_se": min_gain_se,
-                  "best_gain_in_se": gain_se}
+                  "chosen_gain_in_se": gain_se}
 
 
-def think_choice(ndcg: dict[tuple[str, float], list[float]], none: Sequence[float],
-                 min_gain_se: float) -> tuple[tuple[str, float], float | None]:
-    """The pair with the best mean of ``ndcg`` (per-user NDCG@10; ties: ``rationale``, then the smaller weight) if
-    its gain over ``none`` (the empty think's, per user) is at least ``min_gain_se`` paired standard errors, else
-    ``("history", 0.0)``: a think step is served only where valid shows it helps. Returns the choice and the best
-    pair's gain in standard errors."""
-    mean = {p: sum(v) / len(v) for p, v in ndcg.items()}
-    best = max(mean, key=lambda p: (mean[p], p[0] == "rationale", -p[1]))
-    diff = [a - b for a, b in zip(ndcg[best], none)]
-    se, gain = standard_error(diff), sum(diff) / len(diff)
-    gain_se = gain / se if se else None  # None: every user gained the same
-    helps = gain > 0 if gain_se is None else gain_se >= min_gain_se
-    return (best if helps else ("history", 0.0)), gain_se
+def think_choice(ndcg: dict[tuple[str, float], list[float]], faith: dict[tuple[str, float], list[float]],
+                 none: Sequence[float], min_gain_se: float) -> tuple[tuple[str, float], float | None]:
+    """The served (ranking, follow weight) pair, from per-user valid NDCG@10 (``ndcg``), ``faithful@1`` (``faith``)
+    and the empty think's NDCG@10 (``none``): the most faithful of the pairs that gain at least ``min_gain_se``
+    paired standard errors over ``none`` (the think step helps), else of those whose mean gain is not below 0 (it
+    explains without lowering accuracy; ``("history", 0.0)``, the empty think's own ranking, always is). Ties: the
+    higher NDCG@10, ``history``, the smaller weight. Returns the choice and its gain in standard errors."""
+    def gain(pair: tuple[str, float]) -> tuple[float, float | None]:
+        diff = [a - b for a, b in zip(ndcg[pair], none)]
+        mean, se = sum(diff) / len(diff), standard_error(diff)
+        return mean, (mean / se if se else None)  # None: every user gained the same
+
+    gains = {p: gain(p) for p in ndcg}
+    helping = [p for p, (g, g_se) in gains.items() if (g > 0 if g_se is None else g_se >= min_gain_se)]
+    eligible = helping or [p for p, (g, _) in gains.items() if g >= 0] or [("history", 0.0)]
+
+    def mean(values: Sequence[float]) -> float:
+        return sum(values) / len(values)
+
+    best = max(eligible, key=lambda p: (mean(faith[p]), mean(ndcg[p]), p[0] == "history", -p[1]))
+    return best, gains[best][1] if best in gains else 0.0
 
 
 def reasoning_ablation(rec: RecModel, examples: datasets.Dataset,

@@ -37,8 +37,9 @@ class ReasonConfig(StageConfig, SFTConfig):
         "help": "Rationales drawn per request when served (the greedy one, then seeded samples): the page shows one "
                 "that does not contradict itself and whose claims its first item satisfies (ClaimChecker.choose)."})
     think_min_gain_se: float = field(default=2.0, metadata={
-        "help": "A ranking that follows the rationale is served only when its valid NDCG@10 gain over the empty "
-                "think's is at least this many paired standard errors (else the rationale only explains)."})
+        "help": "Rankings that follow the rationale and gain at least this many paired standard errors of valid "
+                "NDCG@10 over the empty think's are preferred; of them (else of those not below it) the most "
+                "faithful is served."})
 
     # SFTConfig defaults changed for this stage (rows come tokenised, with their own labels)
     gradient_checkpointing: bool = False
