@@ -174,15 +174,20 @@ def choose_think(rec: RecModel, examples: datasets.Dataset, weights: Sequence[fl
     empty, _ = think_results(rec, examples, think=False, condition=True, k=pool, desc="think: history", **kwargs)
     explain = [ThinkResult(c.rationales, e.items, c.cited, c.closed_by_model) for c, e in zip(cond, empty)]
     checker, targets = ClaimChecker(rec.items), column(examples, "target")
+
+    def per_user(results: Sequence[ThinkResult]) -> list[float]:
+        return [ndcg_at_k([i for i, _ in r.items], t, 10) for r, t in zip(results, targets)]
+
+    def first_holds(results: Sequence[ThinkResult]) -> list[float]:
+        return [float(bool(r.items) and faithful(checker.claims(r.rationales[0] if r.rationales else "", h),
+                                                 rec.items[r.items[0][0]])) for r, h in zip(results, histories)]
+
     ndcg, faith = {}, {}
     for mode, res in (("rationale", cond), ("history", explain)):
         for w in weights:
             shown = followed(res, histories, checker, w)
-            ndcg[mode, w] = [ndcg_at_k([i for i, _ in r.items], t, 10) for r, t in zip(shown, targets)]
-            faith[mode, w] = [_faithfulness(checker.claims(r.rationales[0] if r.rationales else "", h),
-                                            [rec.items[i] for i, _ in r.items[:1]])["faithful@1"]
-                              for r, h in zip(shown, histories)]
-    none = [ndcg_at_k([i for i, _ in r.items], t, 10) for r, t in zip(empty, targets)]
+            ndcg[mode, w], faith[mode, w] = per_user(shown), first_holds(shown)
+    none = per_user(empty)
     best, gain_se = think_choice(ndcg, faith, none, min_gain_se)
 
     def means(values: dict[tuple[str, float], list[float]]) -> dict[str, float]:
