@@ -7,11 +7,13 @@ answers: the served prompt, history length, beam width and prior weight of the m
 ``prior.json`` (chosen on valid users when stage 1 ended); ``served_model`` the same without the prior. The stream
 rows score the sequence phase's model on the bare SID stream (``think_rec``: with the prior, its weight chosen
 on valid here; ``think_rec_stream``: alone). ``sasrec_ce_prior`` fuses SASRec-CE's log-softmax with the same prior
-by the same rule and valid grid, so the model's own share of the gain is visible.
+by the same rule and valid grid, so the model's own share of the gain is visible; ``prior`` ranks by the prior's
+counts alone (its config chosen on valid: ``markov`` is the first-order baseline).
 """
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -165,8 +167,12 @@ def baseline_rows(dataset: RecDataset, split: LeaveOneOut, markov: MarkovModel, 
                   exclude_history: bool = False, prior: CollaborativePrior | None = None,
                   valid_users: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
     """Markov, SASRec (BCE and CE, each trained within ``budget_seconds`` with valid early stopping), popularity,
-    and with a ``prior`` ``sasrec_ce_prior`` (its weight chosen on ``valid_users``)."""
+    and with a ``prior``: ``prior`` (its counts alone, as the served ranking's config counts them) and
+    ``sasrec_ce_prior`` (its weight chosen on ``valid_users``)."""
     rows = [_timed_row("markov", markov_ranker(markov, 10, exclude_history), split.test, 0.0)]
+    if prior is not None:
+        rows.append(_timed_row("prior", markov_ranker(prior.markov, 10, exclude_history), split.test, 0.0,
+                               markov_config=asdict(prior.markov.config)))
     for system, loss in (("sasrec", "bce"), ("sasrec_ce", "ce")):
         start = time.perf_counter()
         model = train_sasrec(split, dataset.catalog.ids, SASRecConfig(loss=loss), time_budget_seconds=budget_seconds,

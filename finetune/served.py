@@ -1,10 +1,11 @@
 """The served artefact of a trained model: its collaborative prior and served configuration, chosen on valid users.
 
-``write_served`` counts the item transitions of the training split (``CollaborativePrior``), ranks a seeded
-sample of valid users once with the served prompt and the served ranking (``think_rec.decoding.ranking``),
-picks the prior weight (and, for a model with item tokens, the item head's weight) with the best valid NDCG@10
-(ties: the smaller weights), and saves ``prior.json`` and
-``served.json`` beside the merged model. Stage 1 calls it when its last phase has trained the chat prompt;
+``write_served`` counts the item transitions of the training split (``CollaborativePrior``; how far and in which
+direction it counts, ``MarkovConfig``, is the one of ``MARKOV_CONFIGS`` that ranks a seeded sample of valid users
+best on its own), ranks that sample once with the served prompt and the served ranking
+(``think_rec.decoding.ranking``), picks the prior weight (and, for a model with item tokens, the item head's
+weight) with the best valid NDCG@10 (ties: the smaller weights), and saves ``prior.json`` and ``served.json``
+beside the merged model. Stage 1 calls it when its last phase has trained the chat prompt;
 ``think-rec prior`` does it for an existing model. Stage 2 adds its thinking ranking (``write_think``): after the
 rationale or after an empty think, and the weight of the rationale's claims, chosen on valid users. Test users are
 never read.
@@ -12,12 +13,14 @@ never read.
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 from think_rec.data.schema import RecDataset, column
 from think_rec.data.split import history_exclusion, leave_one_out, sample_users
-from think_rec.decoding.prior import ITEM_WEIGHTS, PRIOR_FILE, PRIOR_WEIGHTS, CollaborativePrior, MarkovModel
+from think_rec.decoding.prior import (ITEM_WEIGHTS, MARKOV_CONFIGS, PRIOR_FILE, PRIOR_WEIGHTS, CollaborativePrior,
+                                      MarkovConfig, MarkovModel)
 from think_rec.decoding.ranking import Candidates, Ranked, candidates, fuse, fusion_weights
 from think_rec.eval.metrics import aggregate
 from think_rec.itemic.codebook import SIDCodebook
@@ -45,6 +48,22 @@ def served_ranking(rec: RecModel, histories: Sequence[Sequence[str]], k: int = 1
     weight, item_weight = fusion_weights(rec.prior)
     cands = served_candidates(rec, histories, rec.prior, rec.served, batch_size)
     return [fuse(c, weight, k, item_weight) for c in cands]
+
+
+def choose_markov(train_sequences: Sequence[Sequence[str]], histories: Sequence[Sequence[str]],
+                  targets: Sequence[str], exclude_history: bool,
+                  configs: Sequence[MarkovConfig] = MARKOV_CONFIGS) -> tuple[MarkovModel, dict[str, float]]:
+    """The prior's counts under the config whose ranking alone has the best NDCG@10 on these (valid) users (ties:
+    the earlier config), and every config's NDCG@10 keyed by its fields."""
+    best, best_score, scores = None, -1.0, {}
+    for config in configs:
+        markov = MarkovModel(train_sequences, config)
+        ranked = [markov.rank(h, 10, set(h) if exclude_history else None) for h in histories]
+        key = ",".join(f"{k}={v}" for k, v in asdict(config).items())
+        scores[key] = aggregate(ranked, targets, (10,))["ndcg@10"]
+        if scores[key] > best_score:
+            best, best_score = markov, scores[key]
+    return best, scores
 
 
 def choose_weights(cands: Sequence[Candidates], targets: Sequence[str], weights: Sequence[float] = PRIOR_WEIGHTS,
@@ -95,14 +114,16 @@ def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path |
     served = ServedConfig(max_history=max_history, num_beams=num_beams, dtype=dtype,
                           exclude_history=history_exclusion(split) if exclude_history is None else exclude_history,
                           item_inputs=item_inputs, history_titles=history_titles, notes=notes)
-    prior = CollaborativePrior(MarkovModel(column(split.train, "item_ids")), top=prior_top,
-                               data_fingerprint=data_fingerprint(data_dir))
     valid = sample_users(split.valid, valid_users, seed)
+    markov, by_config = choose_markov(column(split.train, "item_ids"), column(valid, "history"),
+                                      column(valid, "target"), served.exclude_history)
+    prior = CollaborativePrior(markov, top=prior_top, data_fingerprint=data_fingerprint(data_dir))
     rec = RecModel.load(model_dir, sids, data)
     cands = served_candidates(rec, column(valid, "history"), prior, served)
     best, scores = choose_weights(cands, column(valid, "target"))
     prior.weight, prior.item_weight = best
-    prior.selection = {"valid_users": len(valid), "seed": seed, **selection_record(best, scores)}
+    prior.selection = {"valid_users": len(valid), "seed": seed, "markov_config": asdict(markov.config),
+                       "valid_ndcg@10_by_markov_config": by_config, **selection_record(best, scores)}
     prior.save(model_dir)
     served.save(model_dir)
     return served

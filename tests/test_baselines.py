@@ -2,19 +2,23 @@
 history exclusion behave as documented."""
 from __future__ import annotations
 
+import json
 import random
+from dataclasses import asdict
 
 import pytest
 import torch
 
 from think_rec.data.schema import Interactions
 from think_rec.data.split import has_repeats, history_exclusion, leave_one_out
+from think_rec.decoding.prior import MARKOV_CONFIGS
 from think_rec.eval import rec
 from think_rec.eval.evaluate import evaluate_ranker, top_k_from_scores
 from think_rec.eval.markov import MarkovConfig, MarkovModel, markov_ranker
 from think_rec.eval.popularity import popularity_ranker
 from think_rec.eval.sasrec import (SASRecConfig, load_sasrec, save_sasrec, score_all, sasrec_ranker,
                                    train_sasrec)
+from think_rec.finetune.served import choose_markov
 
 
 def markov_split(n_items: int = 60, users: int = 400, seed: int = 0):
@@ -97,11 +101,39 @@ def test_markov_rank_ties_exclusion_and_fill():
     assert markov_ranker(model, k=3)([["a", "b"]]) == [["c", "b", "d"]]
 
 
+def test_markov_window_and_backward_counts():
+    wide = MarkovModel(HAND, MarkovConfig(last_n=1, window=2, span_decay=0.5))
+    # a->b twice at distance 1; a->c and a->d once each at distance 2 (weight 0.5)
+    assert wide.scores(["a"]) == {"b": 2.0, "c": 0.5, "d": 0.5}
+    assert wide.scores(["b"]) == MarkovModel(HAND, MarkovConfig(last_n=1)).scores(["b"])  # nothing 2 after b
+    two_way = MarkovModel(HAND, MarkovConfig(last_n=1, backward=0.25))
+    assert two_way.scores(["b"]) == {"c": 2.0, "d": 1.0, "a": 0.25 * 2}  # a came before b twice
+    assert two_way.scores(["d"]) == {"b": 0.25, "e": 0.25}
+    again = MarkovModel.from_dict(json.loads(json.dumps(wide.to_dict())))
+    assert again.config == wide.config and again.scores(["a"]) == wide.scores(["a"])
+
+
+def test_the_prior_config_is_chosen_on_the_users_given():
+    # the next item is fixed by the item two back, the one in between is noise: only a window > 1 sees it
+    rng = random.Random(0)
+    train = [[f"p{u % 20}", f"n{rng.randrange(500)}", f"s{u % 20}"] for u in range(400)]
+    histories = [[f"p{u % 20}", f"n{rng.randrange(500)}"] for u in range(200)]
+    targets = [f"s{u % 20}" for u in range(200)]
+    markov, by_config = choose_markov(train, histories, targets, exclude_history=False)
+    assert markov.config.window == 3 and len(by_config) == len(MARKOV_CONFIGS)
+    first_order = by_config[",".join(f"{k}={v}" for k, v in asdict(MarkovConfig()).items())]
+    assert max(by_config.values()) > 0.9 > 0.2 > first_order
+
+
 def test_markov_config_validation():
     with pytest.raises(ValueError, match="last_n"):
         MarkovConfig(last_n=0)
     with pytest.raises(ValueError, match="decay"):
         MarkovConfig(decay=1.5)
+    with pytest.raises(ValueError, match="window"):
+        MarkovConfig(window=0)
+    with pytest.raises(ValueError, match="backward"):
+        MarkovConfig(backward=2.0)
 
 
 def test_markov_learns_transitions():

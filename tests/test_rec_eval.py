@@ -8,11 +8,12 @@ import json
 import logging
 import math
 import shutil
+from dataclasses import asdict
 
 import pytest
 
 from think_rec.data.split import leave_one_out
-from think_rec.decoding.prior import PRIOR_FILE, CollaborativePrior, MarkovModel
+from think_rec.decoding.prior import MARKOV_CONFIGS, PRIOR_FILE, CollaborativePrior, MarkovConfig, MarkovModel
 from think_rec.decoding.ranking import Candidates, candidates, fuse, rank, rank_steps
 from think_rec.decoding.search import child_logprobs, encode, item_logprobs
 from think_rec.eval.rec import ThinkRecScorer
@@ -53,8 +54,12 @@ def test_stage1_writes_the_served_artefact_chosen_on_valid(aligned_run, rec):
     assert rec.served == ServedConfig.load(model_dir) and rec.prior is not None
     by_weight = {float(w): s for w, s in rec.prior.selection["valid_ndcg@10_by_weight"].items()}
     assert by_weight[rec.prior.weight] == max(by_weight.values()) and rec.prior.selection["valid_users"] == 200
+    by_config = rec.prior.selection["valid_ndcg@10_by_markov_config"]
+    chosen = MarkovConfig(**rec.prior.selection["markov_config"])
+    assert rec.prior.markov.config == chosen and len(by_config) == len(MARKOV_CONFIGS)
+    assert by_config[",".join(f"{k}={v}" for k, v in asdict(chosen).items())] == max(by_config.values())
     split = leave_one_out(rec.dataset.interactions, max_history=5)
-    assert rec.prior.markov.transitions == MarkovModel(split.train["item_ids"]).transitions  # train split only
+    assert rec.prior.markov.transitions == MarkovModel(split.train["item_ids"], chosen).transitions  # train only
     again = CollaborativePrior.load(model_dir)
     assert again.markov.scores(["0", "1"]) == rec.prior.markov.scores(["0", "1"]) and again.weight == rec.prior.weight
 

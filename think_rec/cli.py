@@ -335,8 +335,8 @@ def prior_cmd(
     dtype: str = typer.Option("float32", help="What the model is served in (vLLM dtype)."),
     seed: int = typer.Option(0),
 ) -> None:
-    """Build a model's collaborative prior from the training split, choose its weight on valid users, and write
-    MODEL/prior.json + MODEL/served.json (what `serve`, `eval rec` and `bench rec` use)."""
+    """Build a model's collaborative prior from the training split (how it counts and its weight chosen on valid
+    users), and write MODEL/prior.json + MODEL/served.json (what `serve`, `eval rec` and `bench rec` use)."""
     from think_rec.finetune.served import write_served
 
     try:
@@ -348,6 +348,7 @@ def prior_cmd(
 
     prior = CollaborativePrior.load(model)
     print_dict("served", {**vars(served), "prior_weight": prior.weight, "item_weight": prior.item_weight,
+                          "prior_counts": prior.selection["markov_config"],
                           "valid_ndcg@10_by_weight": prior.selection["valid_ndcg@10_by_weight"]})
 
 

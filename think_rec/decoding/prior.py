@@ -1,11 +1,15 @@
 """The collaborative prior of the served ranking: item-transition counts ("what did people pick right after
 this item?") from the training split, saved beside the merged model with the weight chosen on valid users.
 
-``MarkovModel`` counts, over the training sequences, how often item ``j`` directly follows item ``i``.
-A user is scored from the last ``last_n`` items of their history, the most recent weighing 1, the one
-before ``decay``, then ``decay**2`` ...::
+``MarkovModel`` counts, over the training sequences, how often item ``j`` follows item ``i``: directly (weight 1)
+and, with ``window`` > 1, ``d`` positions later (weight ``span_decay**(d - 1)``); ``backward`` > 0 also counts
+``j`` *before* ``i`` at that fraction. A user is scored from the last ``last_n`` items of their history, the most
+recent weighing 1, the one before ``decay``, then ``decay**2`` ...::
 
     score(j) = sum_{t < last_n} decay**t * count(history[-1 - t] -> j)
+
+The defaults (``window`` 1, ``backward`` 0) are the first-order Markov baseline of ``bench rec``; a model's prior
+takes the ``MARKOV_CONFIGS`` entry its valid users rank best with (``finetune.served.choose_markov``).
 
 ``CollaborativePrior`` is what a trained model carries (``MODEL/prior.json``): the counts, the weight of
 ``log1p(score)`` in the fused ranking (``think_rec.decoding.ranking``), how many of its top items join the
@@ -31,26 +35,46 @@ ITEM_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # the item head's grid (models wi
 class MarkovConfig:
     last_n: int = 5  # history items that vote (the most recent ones)
     decay: float = 0.5  # weight of each older vote relative to the next newer one
+    window: int = 1  # successors counted up to this many positions after an item
+    span_decay: float = 0.5  # weight of a successor d positions later: span_decay ** (d - 1)
+    backward: float = 0.0  # predecessors counted too, at this fraction of a successor's weight
 
     def __post_init__(self):
         if self.last_n < 1:
             raise ValueError(f"MarkovConfig.last_n must be >= 1, got {self.last_n}")
         if not 0.0 <= self.decay <= 1.0:
             raise ValueError(f"MarkovConfig.decay must be in [0, 1], got {self.decay}")
+        if self.window < 1:
+            raise ValueError(f"MarkovConfig.window must be >= 1, got {self.window}")
+        if not 0.0 <= self.span_decay <= 1.0 or not 0.0 <= self.backward <= 1.0:
+            raise ValueError(f"MarkovConfig.span_decay and backward must be in [0, 1], got {self.span_decay}, "
+                             f"{self.backward}")
+
+
+# the prior's choices on valid users: the first-order baseline and windowed / two-way co-occurrence
+MARKOV_CONFIGS = tuple(MarkovConfig(decay=decay, window=window, span_decay=span, backward=backward)
+                       for window, span in ((1, 0.5), (3, 0.5), (3, 0.7))
+                       for decay in (0.3, 0.5) for backward in (0.0, 0.3))
 
 
 class MarkovModel:
-    """Successor counts ``transitions[i][j]`` (``j`` right after ``i``) and item counts ``popularity``."""
+    """Successor counts ``transitions[i][j]`` (``j`` after ``i``, weighted by distance; see the module docstring)
+    and item counts ``popularity``."""
 
     def __init__(self, train_sequences: Iterable[Sequence[str]], config: MarkovConfig | None = None):
         self.config = config or MarkovConfig()
         self.transitions: dict[str, Counter] = defaultdict(Counter)
         self.popularity: Counter = Counter()
+        window, span, back = self.config.window, self.config.span_decay, self.config.backward
         for seq in train_sequences:
             seq = list(seq)
             self.popularity.update(seq)
-            for a, b in zip(seq, seq[1:]):
-                self.transitions[a][b] += 1
+            for d in range(1, window + 1):
+                w = span ** (d - 1)
+                for a, b in zip(seq, seq[d:]):
+                    self.transitions[a][b] += w
+                    if back:
+                        self.transitions[b][a] += back * w
         self.transitions = dict(self.transitions)
         self._index()
 
@@ -77,9 +101,9 @@ class MarkovModel:
         return model
 
     def scores(self, history: Sequence[str]) -> dict[str, float]:
-        """``{item: score}`` for every item that followed one of the last ``last_n`` history items in
-        training (items absent score 0). ``history`` is chronological (most recent last); the most recent
-        item's successors count with weight 1, the previous item's with ``decay``, then ``decay**2`` ...
+        """``{item: score}`` for every item counted after (or, with ``backward``, before) one of the last
+        ``last_n`` history items in training (items absent score 0). ``history`` is chronological (most recent
+        last); the most recent item's counts weigh 1, the previous item's ``decay``, then ``decay**2`` ...
         Items in the history are not removed here (``rank`` does that with ``exclude``)."""
         out: dict[str, float] = defaultdict(float)
         weight = 1.0
