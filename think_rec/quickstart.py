@@ -113,6 +113,7 @@ def run(work_dir: str | Path = "runs/quickstart", budget_minutes: float = 3.0, e
         table.add_row(row["system"], *(f"{row[m]:.4f}" for m in METRICS), f"{row['train_seconds']:.0f}")
     console.print("served = what `think-rec serve` answers: the chat prompt ranked with the model's collaborative "
                   f"prior (weight {payload['prior_weight']:g}, chosen on valid); served_model = the model alone; "
+                  "prior = the prior alone (how it counts chosen on valid; markov: first-order); "
                   "think_rec / think_rec_stream = the sequence model on the bare SID stream with / without the "
                   f"prior; history excluded: {payload['exclude_history']}")
     console.print(table)
