@@ -1,4 +1,4 @@
-"""The collaborative prior of the served ranking: item-transition counts ("what did people pick right after
+"""The collaborative prior of the served ranking: item-transition counts ("what did people pick soon after
 this item?") from the training split, saved beside the merged model with the weight chosen on valid users.
 
 ``MarkovModel`` counts, over the training sequences, how often item ``j`` follows item ``i``: directly (weight 1)
