@@ -22,6 +22,7 @@ from think_rec.data.split import history_exclusion, leave_one_out, sample_users
 from think_rec.decoding.prior import (ITEM_WEIGHTS, MARKOV_CONFIGS, PRIOR_FILE, PRIOR_WEIGHTS, CollaborativePrior,
                                       MarkovConfig, MarkovModel)
 from think_rec.decoding.ranking import Candidates, Ranked, candidates, fuse, fusion_weights
+from think_rec.eval.markov import markov_ranker
 from think_rec.eval.metrics import aggregate
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.artefacts import SERVED_FILE, RecModel, ServedConfig
@@ -58,11 +59,10 @@ def choose_markov(train_sequences: Sequence[Sequence[str]], histories: Sequence[
     best, best_score, scores = None, -1.0, {}
     for config in configs:
         markov = MarkovModel(train_sequences, config)
-        ranked = [markov.rank(h, 10, set(h) if exclude_history else None) for h in histories]
-        key = ",".join(f"{k}={v}" for k, v in asdict(config).items())
-        scores[key] = aggregate(ranked, targets, (10,))["ndcg@10"]
-        if scores[key] > best_score:
-            best, best_score = markov, scores[key]
+        scores[config.key] = aggregate(markov_ranker(markov, 10, exclude_history)(histories), targets,
+                                       (10,))["ndcg@10"]
+        if scores[config.key] > best_score:
+            best, best_score = markov, scores[config.key]
     return best, scores
 
 

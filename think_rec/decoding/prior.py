@@ -50,6 +50,11 @@ class MarkovConfig:
             raise ValueError(f"MarkovConfig.span_decay and backward must be in [0, 1], got {self.span_decay}, "
                              f"{self.backward}")
 
+    @property
+    def key(self) -> str:
+        """The config as one string (``last_n=5,decay=0.5,...``): how ``prior.json`` names it."""
+        return ",".join(f"{k}={v}" for k, v in asdict(self).items())
+
 
 # the prior's choices on valid users: the first-order baseline and windowed / two-way co-occurrence
 MARKOV_CONFIGS = tuple(MarkovConfig(decay=decay, window=window, span_decay=span, backward=backward)
