@@ -54,10 +54,16 @@ def reference_scores(model, tok, prompts, items, trie):
     return out
 
 
-def assert_same(got, want):
-    assert [[i for i, _ in row] for row in got] == [[i for i, _ in row] for row in want]
+def assert_same(got, want, tol=1e-5):
+    """The same ranked items with the same scores; two items whose scores differ by float rounding (batched vs
+    per-row kernels) may swap places or, at the cut-off, be exchanged, nothing else."""
+    assert len(got) == len(want)
     for g, w in zip(got, want):
-        assert [s for _, s in g] == pytest.approx([s for _, s in w], abs=1e-5)
+        assert [s for _, s in g] == pytest.approx([s for _, s in w], abs=tol)
+        assert len({i for i, _ in g}) == len(g)
+        want_score, cut = dict(w), w[-1][1] if w else 0.0
+        for item, s in g:
+            assert s == pytest.approx(want_score.get(item, cut), abs=tol), item
 
 
 @pytest.fixture(scope="module")
