@@ -161,8 +161,8 @@ def test_stage1_with_item_inputs_distillation_untitled_history_records_them(alig
                          sids_dir=str(dirs.sids), phase="sequence,multitask", task_mix={"sequential": 1.0},
                          with_images=False, max_history=5, sequence_max_items=8, item_head=True, item_inputs=True,
                          item_distill=0.5, history_titles=False, max_steps=4, num_examples=32,
-                         per_device_train_batch_size=8, learning_rate=3e-3, prior_valid_users=16, save_steps=1000,
-                         logging_steps=2, disable_tqdm=True)
+                         max_length=256, per_device_train_batch_size=8, learning_rate=3e-3, prior_valid_users=16,
+                         save_steps=1000, logging_steps=2, disable_tqdm=True)
     rec = RecModel.load(train_align(config), dirs.sids, synthetic_dataset)
     assert rec.served.item_inputs and rec.codebook.item_inputs
     assert not rec.served.history_titles and not rec.codebook.history_titles
@@ -197,8 +197,8 @@ def test_items_phase_streams_item_tokens_and_trains_the_item_softmax(aligned_run
     config = AlignConfig(output_dir=str(tmp_path), model=str(dirs.tiny), data_dir=str(dirs.data),
                          sids_dir=str(dirs.sids), phase="items,sequence,multitask", task_mix={"sequential": 1.0},
                          with_images=False, max_history=5, sequence_max_items=8, item_head=True, item_inputs=True,
-                         max_steps=30, num_examples=32, per_device_train_batch_size=8, learning_rate=3e-3,
-                         prior_valid_users=0, save_steps=1000, logging_steps=1, disable_tqdm=True,
+                         max_steps=30, num_examples=32, max_length=256, per_device_train_batch_size=8,
+                         learning_rate=3e-3, prior_valid_users=0, save_steps=1000, logging_steps=1, disable_tqdm=True,
                          phase_overrides={"sequence": {"max_steps": 2}, "multitask": {"max_steps": 2}})
     trainer = align.SequenceTrainer(model=model, args=config.phase_args("items"), train_dataset=ds.select(range(4)),
                                     processing_class=processor, label_token_ids=rows)
