@@ -9,12 +9,14 @@ checkpoint when rerun with the same config, data, SIDs and base (``run_state.py`
 over); ``<phase>/merged/`` feeds the next phase and the last one merges into ``output_dir/final``. When the last
 phase trained the chat prompt, ``final/`` also gets the served artefact (``served.py``: the collaborative prior,
 its weight chosen on valid users, and ``served.json``).
-With ``select_every_steps`` each phase keeps its best weights by valid NDCG@10 (``<phase>/selection.json``).
+With ``select_every_steps`` each phase after the warm-up keeps its best weights by valid NDCG@10
+(``<phase>/selection.json``).
 """
 from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,7 +42,7 @@ from .cpu_patches import compact_fused_lm_head_on_cpu
 from .item_head import ItemHeadLoss
 from .run_state import (config_fingerprint, data_fingerprint, model_fingerprint, resume_point, sids_fingerprint,
                         train_and_merge)
-from .selection import ValidSelection
+from .selection import ValidSelection, next_item_ndcg10, valid_ndcg10
 from .served import write_served
 from .sequence_data import build_sequence_dataset, item_stream_ids, item_token_ids, sid_stream
 
@@ -142,17 +144,41 @@ def phase_prompt(phase: str, data: RecDataset, codebook: SIDCodebook, processor,
 
 def _selection(config: AlignConfig, phase: str, split, data: RecDataset, codebook: SIDCodebook, processor,
                out: Path) -> list[ValidSelection]:
-    if not config.select_every_steps or phase in ("warmup", "items"):
+    """Model selection on valid for one phase: the items phase by its item tokens' logits after the item stream,
+    the others by trie beam search over their prompt format."""
+    if not config.select_every_steps or phase == "warmup":
         return []
     valid = sample_users(split.valid, config.select_users, config.seed)
-    history_len = config.sequence_max_items - 1 if phase == "sequence" else config.max_history
+    histories, targets = valid["history"], valid["target"]
+    history_len = config.sequence_max_items - 1 if phase in STREAM_PHASES else config.max_history
     exclude = history_exclusion(split) if config.exclude_history is None else config.exclude_history
+    if phase == "items":
+        tokenizer = getattr(processor, "tokenizer", processor)
+        stream = item_stream_ids(codebook, tokenizer)
+        score = partial(next_item_ndcg10, item_token_ids={i: ids[0] for i, ids in stream.items()},
+                        prompt=lambda history: sid_stream(history[-history_len:], stream), histories=histories,
+                        targets=targets, exclude_history=exclude)
+    else:
+        score = partial(valid_ndcg10, tokenizer=processor, trie=SIDTrie.from_codebook(codebook, processor),
+                        prompt=phase_prompt(phase, data, codebook, processor, history_len), histories=histories,
+                        targets=targets, num_beams=config.select_num_beams, exclude_history=exclude)
     out.mkdir(parents=True, exist_ok=True)
-    return [ValidSelection(processor, SIDTrie.from_codebook(codebook, processor),
-                           phase_prompt(phase, data, codebook, processor, history_len), valid["history"],
-                           valid["target"], config.select_every_steps, num_beams=config.select_num_beams,
-                           exclude_history=exclude, patience=config.select_patience,
+    return [ValidSelection(score, config.select_every_steps, patience=config.select_patience,
                            log_path=out / "selection.json")]
+
+
+def stream_dataset(config: AlignConfig, phase: str, split, codebook: SIDCodebook, tokenizer,
+                   item_ids: list[int]) -> datasets.Dataset:
+    """A stream phase's rows: item-token streams (``items``), SID streams (``sequence``; with
+    ``sequence_item_streams`` the item-token streams after them)."""
+    def items() -> datasets.Dataset:
+        return build_sequence_dataset(split, item_stream_ids(codebook, tokenizer), config.sequence_max_items)
+
+    if phase == "items":
+        return items()
+    sids = build_sequence_dataset(split, item_token_ids(codebook, tokenizer), config.sequence_max_items,
+                                  item_ids if codebook.item_inputs else ())
+    return datasets.concatenate_datasets([sids, items()]) if config.sequence_item_streams else sids
 
 
 def phase_fingerprint(config: AlignConfig, phase: str, base: str | Path, data: str, sids: str) -> dict:
@@ -191,11 +217,7 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
         add_dropout(model, dropout)
     if phase in STREAM_PHASES:
         split = leave_one_out(data.interactions, max_history=config.sequence_max_items - 1)
-        if phase == "items":
-            train = build_sequence_dataset(split, item_stream_ids(codebook, tokenizer), config.sequence_max_items)
-        else:
-            train = build_sequence_dataset(split, item_token_ids(codebook, tokenizer), config.sequence_max_items,
-                                           item_ids if codebook.item_inputs else ())
+        train = stream_dataset(config, phase, split, codebook, tokenizer, item_ids)
     else:
         split = leave_one_out(data.interactions, max_history=config.max_history)
         mix = (config.warmup_task_mix if phase == "warmup" else None) or config.task_mix or PAPER_MIX
@@ -216,6 +238,8 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
                                    teacher=teacher, distill=config.item_distill)) if config.item_head else {}
         if phase == "sequence":
             sid_ids = tokenizer.convert_tokens_to_ids(vocab) if config.sequence_sid_softmax else None
+            if sid_ids and config.sequence_item_streams:  # the item streams' labels are item tokens
+                sid_ids += item_ids
             trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                                       callbacks=callbacks, label_token_ids=sid_ids, **head)
         else:

@@ -51,6 +51,9 @@ class AlignConfig(StageConfig, SFTConfig):
     history_titles: bool = field(default=True, metadata={
         "help": "Chat prompts write each history item as a numbered line with its title; false: its IDs alone, one "
                 "item per line (the stream inside the chat turn); recorded in served.json."})
+    sequence_item_streams: bool = field(default=False, metadata={
+        "help": "Sequence phase: each training sequence also as an item-token stream (the items phase's rows), so "
+                "the model keeps predicting the next item from one token per item beside the SID stream."})
     item_distill: float = field(default=0.0, metadata={
         "help": "Share of the item head's target given to the training split's successors of the previous item "
                 "(a bigram teacher: prior distillation into the model, finetune/item_head.py)."})
@@ -107,6 +110,8 @@ class AlignConfig(StageConfig, SFTConfig):
             raise ValueError("chat_history_loss: true needs with_images: false (its rows are tokenised text)")
         if "items" in self.phases and not self.item_head:
             raise ValueError("phase items needs item_head: true (the item tokens it trains)")
+        if self.sequence_item_streams and not self.item_head:
+            raise ValueError("sequence_item_streams: true needs item_head: true (the item tokens it streams)")
         if self.item_inputs and not self.item_head:
             raise ValueError("item_inputs: true needs item_head: true (the item tokens it writes)")
         self.task_mix = json_mapping(self.task_mix, "task_mix")

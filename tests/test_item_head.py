@@ -175,12 +175,13 @@ def test_stage1_with_item_inputs_distillation_untitled_history_records_them(alig
 
 def test_items_phase_streams_item_tokens_and_trains_the_item_softmax(aligned_run, synthetic_dataset, tmp_path):
     """The ``items`` warm start: one item token per item, every item after the first supervised, its loss the
-    cross-entropy over the item rows alone (SASRec-CE's); a short run lowers it, and the sequence and chat
-    phases after it train from its weights."""
-    from think_rec.data.split import leave_one_out
+    cross-entropy over the item rows alone (SASRec-CE's); a short run lowers it, keeps its best weights by the
+    item tokens' valid NDCG@10, and the sequence and chat phases after it train from its weights."""
+    from think_rec.data.split import history_exclusion, leave_one_out, sample_users
     from think_rec.finetune import align
     from think_rec.finetune.align_config import AlignConfig
-    from think_rec.finetune.sequence_data import build_sequence_dataset, item_stream_ids
+    from think_rec.finetune.selection import ndcg_at_10, next_item_ndcg10
+    from think_rec.finetune.sequence_data import build_sequence_dataset, item_stream_ids, sid_stream
     from think_rec.model.loading import load_model
 
     dirs, codebook, model_dir = aligned_run
@@ -199,6 +200,7 @@ def test_items_phase_streams_item_tokens_and_trains_the_item_softmax(aligned_run
                          with_images=False, max_history=5, sequence_max_items=8, item_head=True, item_inputs=True,
                          max_steps=30, num_examples=32, max_length=256, per_device_train_batch_size=8,
                          learning_rate=3e-3, prior_valid_users=0, save_steps=1000, logging_steps=1, disable_tqdm=True,
+                         select_every_steps=10, select_users=24, lora_r=0,
                          phase_overrides={"sequence": {"max_steps": 2}, "multitask": {"max_steps": 2}})
     trainer = align.SequenceTrainer(model=model, args=config.phase_args("items"), train_dataset=ds.select(range(4)),
                                     processing_class=processor, label_token_ids=rows)
@@ -216,7 +218,36 @@ def test_items_phase_streams_item_tokens_and_trains_the_item_softmax(aligned_run
     assert len(logs) == 30 and all(torch.isfinite(torch.tensor(logs)))
     assert sum(logs[-5:]) < sum(logs[:5])  # the item softmax is learnt
     assert (tmp_path / "sequence" / "log_history.json").exists() and (final / "config.json").exists()
+
+    log = json.loads((tmp_path / "items" / "selection.json").read_text())
+    assert [e["step"] for e in log["evaluations"]] == [10, 20, 30]
+    assert log["best_valid_ndcg@10"] == max(e["valid_ndcg@10"] for e in log["evaluations"])
+    valid = sample_users(leave_one_out(synthetic_dataset.interactions, max_history=7).valid, 24)
+    exclude = history_exclusion(split)
+    warm, _ = load_model(tmp_path / "items" / "merged")  # the items phase's output: its best weights
+    token = {item: i[0] for item, i in ids.items()}
+    ranked = []  # by hand, one unpadded stream at a time
+    with torch.no_grad():
+        for history in valid["history"]:
+            scores = warm(input_ids=torch.tensor([sid_stream(history, ids)])).logits[0, -1]
+            ranked.append(sorted((i for i in codebook.codes if not (exclude and i in history)),
+                                 key=lambda i: -scores[token[i]].item())[:10])
+    by_hand = ndcg_at_10(ranked, valid["target"])
+
+    def batched(size: int) -> float:
+        return next_item_ndcg10(warm, token, lambda h: sid_stream(h[-7:], ids), valid["history"], valid["target"],
+                                exclude_history=exclude, batch_size=size)
+
+    assert batched(5) == pytest.approx(by_hand, abs=1e-6)  # left padding changes nothing
+    # the kept weights are the best evaluation's (the saved model may swap a few near-tied items: within 0.01)
+    assert batched(128) == pytest.approx(log["best_valid_ndcg@10"], abs=0.01), log
+    sids = align.stream_dataset(config, "sequence", split, codebook, processor, rows)
+    config.sequence_item_streams = True
+    mixed = align.stream_dataset(config, "sequence", split, codebook, processor, rows)
+    assert list(mixed["input_ids"]) == list(sids["input_ids"]) + list(ds["input_ids"])  # SID streams, then item streams
     for phase in ("items", "sequence"):  # both stream phases cut their windows by it: a change starts them over
         assert align.phase_fingerprint(config, phase, dirs.tiny, "d", "s")["config"]["sequence_max_items"] == 8
     with pytest.raises(ValueError, match="phase items needs item_head"):
         AlignConfig(output_dir=str(tmp_path), phase="items,sequence")
+    with pytest.raises(ValueError, match="sequence_item_streams: true needs item_head"):
+        AlignConfig(output_dir=str(tmp_path), phase="sequence", sequence_item_streams=True)
