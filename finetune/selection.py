@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 
 from think_rec.decoding.search import beam_search, left_pad
 from think_rec.decoding.trie import SIDTrie
+from think_rec.eval.evaluate import top_k_from_scores
 
 PromptFn = Callable[[list[str]], list[int]]
 Scorer = Callable[[torch.nn.Module], float]
@@ -46,7 +47,6 @@ def next_item_ndcg10(model, item_token_ids: dict[str, int], prompt: PromptFn, hi
     whole catalog ranked (history items last when ``exclude_history``)."""
     items = list(item_token_ids)
     rows = torch.tensor([item_token_ids[i] for i in items])
-    index = {item: n for n, item in enumerate(items)}
     ranked = []
     for start in range(0, len(histories), batch_size):
         batch = histories[start:start + batch_size]
@@ -54,11 +54,7 @@ def next_item_ndcg10(model, item_token_ids: dict[str, int], prompt: PromptFn, hi
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                        position_ids=positions.to(model.device), use_cache=False, logits_to_keep=1).logits
-        scores = logits[:, -1, rows.to(logits.device)].float().cpu()
-        for row, history in zip(scores, batch):
-            if exclude_history:
-                row[[index[i] for i in history if i in index]] = float("-inf")
-            ranked.append([items[n] for n in row.topk(10).indices.tolist()])
+        ranked += top_k_from_scores(logits[:, -1, rows.to(logits.device)].cpu(), items, batch, 10, exclude_history)
     return ndcg_at_10(ranked, targets)
 
 
