@@ -106,12 +106,15 @@ class SequenceTrainer(RecTrainer):
     """``RecTrainer`` for packed SID (or item-token) streams. Nearly every position is labelled, so TRL's fused
     LM-head path (built for sparse labels, plus per-token metrics) only adds work; the loss is the causal-LM
     cross-entropy, over the whole vocabulary or, with ``label_token_ids``, a softmax over the tokens a label can be
-    (the SID tokens, or the item tokens: the output head then costs a fraction of the full one). The forward runs
-    without a KV cache: transformers finds the packed sequences' boundaries in ``position_ids`` only then."""
+    (the SID tokens, or the item tokens: the output head then costs a fraction of the full one); with
+    ``sampled_negatives`` N, each label against N of those tokens drawn uniformly per step (sampled softmax; a drawn
+    token equal to the label is masked). The forward runs without a KV cache: transformers finds the packed
+    sequences' boundaries in ``position_ids`` only then."""
 
-    def __init__(self, *args, label_token_ids: list[int] | None = None, **kwargs):
+    def __init__(self, *args, label_token_ids: list[int] | None = None, sampled_negatives: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.label_token_ids = torch.tensor(sorted(label_token_ids)) if label_token_ids else None
+        self.sampled_negatives = sampled_negatives
 
     def rec_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {**inputs, "use_cache": False}
@@ -122,12 +125,27 @@ class SequenceTrainer(RecTrainer):
         keep = labels != -100
         hidden = outputs.hidden_states[-1][:, :-1][keep]
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        ids = self.label_token_ids.to(hidden.device)
-        logits = hidden @ head.weight[ids].T + (head.bias[ids] if head.bias is not None else 0)
-        column = torch.searchsorted(ids, labels[keep])
+        ids, target = self.label_token_ids.to(hidden.device), labels[keep]
+        if 0 < self.sampled_negatives < len(ids):
+            logits, column = sampled_logits(hidden, head, ids, target, self.sampled_negatives)
+        else:
+            logits = hidden @ head.weight[ids].T + (head.bias[ids] if head.bias is not None else 0)
+            column = torch.searchsorted(ids, target)
         loss = torch.nn.functional.cross_entropy(logits.float(), column, reduction="sum")
         loss = loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum())
         return (loss, outputs) if return_outputs else loss
+
+
+def sampled_logits(hidden: torch.Tensor, head: torch.nn.Module, ids: torch.Tensor, target: torch.Tensor,
+                   n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampled softmax: each row's logit for its ``target`` token (column 0) beside those of ``n`` of ``ids`` drawn
+    uniformly without replacement (shared by the rows; -inf where a drawn token is the row's target)."""
+    drawn = ids[torch.randperm(len(ids), device=ids.device)[:n]]
+    bias = head.bias
+    positive = (hidden * head.weight[target]).sum(-1, keepdim=True) + (bias[target, None] if bias is not None else 0)
+    negative = hidden @ head.weight[drawn].T + (bias[drawn] if bias is not None else 0)
+    negative = negative.masked_fill(drawn[None, :] == target[:, None], float("-inf"))
+    return torch.cat([positive, negative], 1), torch.zeros(len(target), dtype=torch.long, device=hidden.device)
 
 
 def phase_prompt(phase: str, data: RecDataset, codebook: SIDCodebook, processor,
@@ -231,7 +249,8 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
                  *_selection(config, phase, split, data, codebook, processor, out)]
     if phase == "items":  # the labels are item tokens: their softmax is the item head's loss itself
         trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                                  callbacks=callbacks, label_token_ids=item_ids)
+                                  callbacks=callbacks, label_token_ids=item_ids,
+                                  sampled_negatives=config.items_sampled_negatives)
     else:
         teacher = MarkovModel(column(split.train, "item_ids")) if config.item_distill else None
         head = dict(item_head=dict(trie=SIDTrie.from_codebook(codebook, processor), weight=config.item_loss_weight,

@@ -65,6 +65,33 @@ def test_distillation_softens_each_label_towards_the_successors_of_the_item_befo
         ItemHeadLoss(model, trie, distill=0.4)
 
 
+def test_sampled_softmax_scores_each_label_against_uniform_draws():
+    """``items_sampled_negatives``: with every token drawn it is the full softmax; with fewer, each row's label is
+    column 0 beside the shared draws, a draw equal to the label masked, and the loss below the full one."""
+    from think_rec.finetune.align import sampled_logits
+    from think_rec.finetune.align_config import AlignConfig
+
+    model, _ = _toy()
+    head = model.get_output_embeddings()
+    hidden = torch.randn(6, 32)
+    ids = torch.arange(20, 40)
+    target = torch.tensor([20, 25, 25, 31, 39, 22])
+    full = F.cross_entropy(hidden @ head.weight[ids].T, target - 20)
+    torch.manual_seed(1)
+    logits, column = sampled_logits(hidden, head, ids, target, len(ids))
+    assert torch.allclose(F.cross_entropy(logits, column), full, atol=1e-5)
+    torch.manual_seed(1)
+    drawn = ids[torch.randperm(len(ids))[:5]]  # the draw sampled_logits makes with the same seed
+    torch.manual_seed(1)
+    logits, column = sampled_logits(hidden, head, ids, target, 5)
+    assert logits.shape == (6, 6) and column.tolist() == [0] * 6
+    assert torch.allclose(logits[:, 0], (hidden * head.weight[target]).sum(-1))
+    assert torch.equal(torch.isinf(logits[:, 1:]), drawn[None] == target[:, None])
+    assert F.cross_entropy(logits, column) < full
+    with pytest.raises(ValueError, match="items_sampled_negatives"):
+        AlignConfig(output_dir="out", phase="items", item_head=True, items_sampled_negatives=-1)
+
+
 def test_no_supervised_sid_gives_zero_loss():
     model, trie = _toy()
     head = ItemHeadLoss(model, trie)
