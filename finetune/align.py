@@ -40,6 +40,7 @@ from .align_config import AlignConfig, PHASES, STREAM_PHASES
 from .align_data import PAPER_MIX, build_align_dataset, supervise_history
 from .cpu_patches import compact_fused_lm_head_on_cpu
 from .item_head import ItemHeadLoss
+from .label_softmax import group_cross_entropy
 from .run_state import (config_fingerprint, data_fingerprint, model_fingerprint, resume_point, sids_fingerprint,
                         train_and_merge)
 from .selection import ValidSelection, next_item_ndcg10, valid_ndcg10
@@ -105,47 +106,36 @@ class RecTrainer(SFTTrainer):
 class SequenceTrainer(RecTrainer):
     """``RecTrainer`` for packed SID (or item-token) streams. Nearly every position is labelled, so TRL's fused
     LM-head path (built for sparse labels, plus per-token metrics) only adds work; the loss is the causal-LM
-    cross-entropy, over the whole vocabulary or, with ``label_token_ids``, a softmax over the tokens a label can be
-    (the SID tokens, or the item tokens: the output head then costs a fraction of the full one); with
-    ``sampled_negatives`` N, each label against N of those tokens drawn uniformly per step (sampled softmax; a drawn
-    token equal to the label is masked). The forward runs without a KV cache: transformers finds the packed
-    sequences' boundaries in ``position_ids`` only then."""
+    cross-entropy, over the whole vocabulary or, with ``label_groups`` ``(token ids, N)``, each label against the
+    tokens of its own group (the SID tokens, or the item tokens: what decoding normalises over, at a fraction of
+    the full head's cost), against N of them drawn uniformly where 0 < N < the group's size (``sampled_logits``).
+    The forward runs without a KV cache: transformers finds the packed sequences' boundaries in ``position_ids``
+    only then."""
 
-    def __init__(self, *args, label_token_ids: list[int] | None = None, sampled_negatives: int = 0, **kwargs):
+    def __init__(self, *args, label_groups: list[tuple[list[int], int]] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.label_token_ids = torch.tensor(sorted(label_token_ids)) if label_token_ids else None
-        self.sampled_negatives = sampled_negatives
+        self.label_groups = [(torch.tensor(sorted(g)), n) for g, n in label_groups] if label_groups else None
 
     def rec_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {**inputs, "use_cache": False}
-        if self.label_token_ids is None:
+        if self.label_groups is None:
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")[:, 1:]
         outputs = model(**inputs, output_hidden_states=True, logits_to_keep=1)
         keep = labels != -100
-        hidden = outputs.hidden_states[-1][:, :-1][keep]
+        hidden, target = outputs.hidden_states[-1][:, :-1][keep], labels[keep]
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        ids, target = self.label_token_ids.to(hidden.device), labels[keep]
-        if 0 < self.sampled_negatives < len(ids):
-            logits, column = sampled_logits(hidden, head, ids, target, self.sampled_negatives)
-        else:
-            logits = hidden @ head.weight[ids].T + (head.bias[ids] if head.bias is not None else 0)
-            column = torch.searchsorted(ids, target)
-        loss = torch.nn.functional.cross_entropy(logits.float(), column, reduction="sum")
+        loss, scored = hidden.sum() * 0.0, 0
+        for ids, negatives in self.label_groups:
+            ids = ids.to(hidden.device)
+            mine = torch.isin(target, ids)
+            if mine.any():
+                loss = loss + group_cross_entropy(hidden[mine], head, ids, target[mine], negatives)
+                scored += int(mine.sum())
+        if scored != len(target):
+            raise ValueError(f"{len(target) - scored} labels are in no label group (the SID or the item tokens)")
         loss = loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum())
         return (loss, outputs) if return_outputs else loss
-
-
-def sampled_logits(hidden: torch.Tensor, head: torch.nn.Module, ids: torch.Tensor, target: torch.Tensor,
-                   n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sampled softmax: each row's logit for its ``target`` token (column 0) beside those of ``n`` of ``ids`` drawn
-    uniformly without replacement (shared by the rows; -inf where a drawn token is the row's target)."""
-    drawn = ids[torch.randperm(len(ids), device=ids.device)[:n]]
-    bias = head.bias
-    positive = (hidden * head.weight[target]).sum(-1, keepdim=True) + (bias[target, None] if bias is not None else 0)
-    negative = hidden @ head.weight[drawn].T + (bias[drawn] if bias is not None else 0)
-    negative = negative.masked_fill(drawn[None, :] == target[:, None], float("-inf"))
-    return torch.cat([positive, negative], 1), torch.zeros(len(target), dtype=torch.long, device=hidden.device)
 
 
 def phase_prompt(phase: str, data: RecDataset, codebook: SIDCodebook, processor,
@@ -249,18 +239,18 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
                  *_selection(config, phase, split, data, codebook, processor, out)]
     if phase == "items":  # the labels are item tokens: their softmax is the item head's loss itself
         trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                                  callbacks=callbacks, label_token_ids=item_ids,
-                                  sampled_negatives=config.items_sampled_negatives)
+                                  callbacks=callbacks, label_groups=[(item_ids, config.sampled_item_negatives)])
     else:
         teacher = MarkovModel(column(split.train, "item_ids")) if config.item_distill else None
         head = dict(item_head=dict(trie=SIDTrie.from_codebook(codebook, processor), weight=config.item_loss_weight,
-                                   teacher=teacher, distill=config.item_distill)) if config.item_head else {}
+                                   teacher=teacher, distill=config.item_distill,
+                                   sampled_negatives=config.sampled_item_negatives)) if config.item_head else {}
         if phase == "sequence":
-            sid_ids = tokenizer.convert_tokens_to_ids(vocab) if config.sequence_sid_softmax else None
-            if sid_ids and config.sequence_item_streams:  # the item streams' labels are item tokens
-                sid_ids += item_ids
+            groups = [(tokenizer.convert_tokens_to_ids(vocab), 0)] if config.sequence_sid_softmax else None
+            if groups and config.sequence_item_streams:  # the item streams' labels are item tokens
+                groups.append((item_ids, config.sampled_item_negatives))
             trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                                      callbacks=callbacks, label_token_ids=sid_ids, **head)
+                                      callbacks=callbacks, label_groups=groups, **head)
         else:
             trainer = RecTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                                  callbacks=callbacks, **head)

@@ -84,9 +84,10 @@ class AlignConfig(StageConfig, SFTConfig):
         "help": "Dropout on embeddings, attention and residual branches while training (models from scratch)."})
     items_dropout: float | None = field(default=None, metadata={
         "help": "model_dropout of the items phase (default: model_dropout)."})
-    items_sampled_negatives: int = field(default=0, metadata={
-        "help": "The items phase's softmax: 0 over the whole catalog; N > 0 each label against N item tokens drawn "
-                "uniformly each step (sampled softmax: a step costs a fraction on large catalogs)."})
+    sampled_item_negatives: int = field(default=0, metadata={
+        "help": "Every item-token softmax in training (the items phase, the sequence phase's item streams, the item "
+                "head): 0 over the whole catalog; N > 0 each label against N item tokens drawn uniformly each step "
+                "(sampled softmax: a step costs a fraction on large catalogs)."})
     quantization: str | None = field(default=None, metadata={"help": "None | 4bit | 8bit (QLoRA)."})
     lr_decay_share: float = field(default=0.0, metadata={
         "help": "With a time budget: the last share of each phase's time decays the learning rate linearly to 0 "
@@ -117,9 +118,9 @@ class AlignConfig(StageConfig, SFTConfig):
             raise ValueError("sequence_item_streams: true needs item_head: true (the item tokens it streams)")
         if self.item_inputs and not self.item_head:
             raise ValueError("item_inputs: true needs item_head: true (the item tokens it writes)")
-        if self.items_sampled_negatives < 0:
-            raise ValueError(f"items_sampled_negatives: expected 0 (full softmax) or N > 0, got "
-                             f"{self.items_sampled_negatives!r}")
+        if self.sampled_item_negatives < 0:
+            raise ValueError(f"sampled_item_negatives: expected 0 (full softmax) or N > 0, got "
+                             f"{self.sampled_item_negatives!r}")
         self.task_mix = json_mapping(self.task_mix, "task_mix")
         self.warmup_task_mix = json_mapping(self.warmup_task_mix, "warmup_task_mix")
         self.phase_overrides = json_mapping(self.phase_overrides, "phase_overrides") or {}

@@ -7,6 +7,7 @@ the SID loss: with ``weight`` 1 the mean cross-entropy per item weighs as much a
 (two means; the SID loss has about ``levels + 2`` tokens per item). The final hidden states are caught by a hook
 on the decoder's last norm, so the trainer's own loss path (TRL's fused LM head included) runs unchanged.
 
+With ``sampled_negatives`` N each label is scored against N item tokens drawn uniformly (``label_softmax.py``).
 With ``distill`` > 0 the label is softened by a bigram teacher (prior distillation): a share ``distill`` of the
 target goes to the training split's successor distribution of the item before it (``MarkovModel.transitions``),
 so the head learns which item follows which beyond the one observed successor.
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from think_rec.decoding.prior import MarkovModel
 from think_rec.decoding.trie import SIDTrie
 
+from .label_softmax import sampled_logits
+
 
 def final_norm(model) -> torch.nn.Module:
     """The module whose output is the decoder's last hidden state (what ``lm_head`` reads)."""
@@ -30,12 +33,14 @@ class ItemHeadLoss:
     """Callable on a batch after the forward: the weighted item cross-entropy (0 when no SID is supervised)."""
 
     def __init__(self, model, trie: SIDTrie, weight: float = 1.0, *, teacher: MarkovModel | None = None,
-                 distill: float = 0.0):
+                 distill: float = 0.0, sampled_negatives: int = 0):
         if trie.item_token_ids is None:
             raise ValueError("the model has no item tokens: add_item_tokens first")
         if not 0.0 <= distill <= 1.0 or (distill and teacher is None):
             raise ValueError(f"distill must be in [0, 1] and needs a teacher, got {distill!r}")
-        self.model, self.weight, self.distill = model, weight, distill
+        if sampled_negatives and (distill or not isinstance(model.get_output_embeddings(), torch.nn.Linear)):
+            raise ValueError("sampled_negatives needs a plain output layer (full training) and no distill")
+        self.model, self.weight, self.distill, self.sampled_negatives = model, weight, distill, sampled_negatives
         self.begin, self.levels = trie.first_token, trie.levels
         self.index = {seq[1:-1]: n for n, seq in enumerate(trie.tokens_of[i] for i in trie.items)}
         self.rows = trie.item_token_ids
@@ -75,10 +80,16 @@ class ItemHeadLoss:
         if not len(items):
             return hidden.sum() * 0.0
         head = self.model.get_output_embeddings()  # called, not read: peft's token rows apply
-        logits = head(hidden[rows.to(hidden.device), cols.to(hidden.device)])[:, self.rows.to(hidden.device)]
-        if not self.distill:
+        hidden = hidden[rows.to(hidden.device), cols.to(hidden.device)]
+        if 0 < self.sampled_negatives < len(self.rows):
+            ids = self.rows.to(hidden.device)
+            logits, column = sampled_logits(hidden, head, ids, ids[items.to(hidden.device)], self.sampled_negatives)
+            loss = F.cross_entropy(logits.float(), column, reduction="sum")
+        elif not self.distill:
+            logits = head(hidden)[:, self.rows.to(hidden.device)]
             loss = F.cross_entropy(logits.float(), items.to(hidden.device), reduction="sum")
         else:
+            logits = head(hidden)[:, self.rows.to(hidden.device)]
             target = F.one_hot(items, len(self.rows)).float()
             for n, p in enumerate(prev.tolist()):
                 if p in self.successors:

@@ -66,10 +66,10 @@ def test_distillation_softens_each_label_towards_the_successors_of_the_item_befo
 
 
 def test_sampled_softmax_scores_each_label_against_uniform_draws():
-    """``items_sampled_negatives``: with every token drawn it is the full softmax; with fewer, each row's label is
+    """``sampled_item_negatives``: with every token drawn it is the full softmax; with fewer, each row's label is
     column 0 beside the shared draws, a draw equal to the label masked, and the loss below the full one."""
-    from think_rec.finetune.align import sampled_logits
     from think_rec.finetune.align_config import AlignConfig
+    from think_rec.finetune.label_softmax import group_cross_entropy, sampled_logits
 
     model, _ = _toy()
     head = model.get_output_embeddings()
@@ -88,8 +88,32 @@ def test_sampled_softmax_scores_each_label_against_uniform_draws():
     assert torch.allclose(logits[:, 0], (hidden * head.weight[target]).sum(-1))
     assert torch.equal(torch.isinf(logits[:, 1:]), drawn[None] == target[:, None])
     assert F.cross_entropy(logits, column) < full
-    with pytest.raises(ValueError, match="items_sampled_negatives"):
-        AlignConfig(output_dir="out", phase="items", item_head=True, items_sampled_negatives=-1)
+    torch.manual_seed(1)
+    assert torch.allclose(group_cross_entropy(hidden, head, ids, target, 5), F.cross_entropy(logits, column) * 6)
+    assert torch.allclose(group_cross_entropy(hidden, head, ids, target, 0), full * 6, atol=1e-4)
+    with pytest.raises(ValueError, match="sampled_item_negatives"):
+        AlignConfig(output_dir="out", phase="items", item_head=True, sampled_item_negatives=-1)
+
+
+def test_item_head_with_sampled_negatives_scores_each_label_against_the_draws():
+    """The item head's sampled softmax: the label's row beside N drawn item rows, weighted as the full loss."""
+    model, trie = _toy()
+    head = ItemHeadLoss(model, trie, weight=0.5, sampled_negatives=2)
+    ids = torch.tensor([[5, *SEQS["a"], *SEQS["c"], *SEQS["b"]]])
+    labels = ids.clone()
+    labels[0, :5] = -100
+    hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0, [5, 9]]
+    torch.manual_seed(3)
+    drawn = torch.tensor([30, 31, 32])[torch.randperm(3)[:2]]
+    target = torch.tensor([32, 31])
+    logits = torch.cat([(hidden * model.lm_head.weight[target]).sum(-1, keepdim=True),
+                        (hidden @ model.lm_head.weight[drawn].T).masked_fill(drawn == target[:, None], -torch.inf)], 1)
+    expected = F.cross_entropy(logits, torch.zeros(2, dtype=torch.long), reduction="sum")
+    tokens = int((labels[:, 1:] != -100).sum())
+    torch.manual_seed(3)
+    assert torch.allclose(head(ids, labels, tokens), 0.5 * expected * (trie.levels + 2) / tokens, atol=1e-5)
+    with pytest.raises(ValueError, match="distill"):
+        ItemHeadLoss(model, trie, teacher=object(), distill=0.5, sampled_negatives=2)
 
 
 def test_no_supervised_sid_gives_zero_loss():
@@ -208,7 +232,7 @@ def test_items_phase_streams_item_tokens_and_trains_the_item_softmax(aligned_run
     from think_rec.finetune import align
     from think_rec.finetune.align_config import AlignConfig
     from think_rec.finetune.selection import ndcg_at_10, next_item_ndcg10
-    from think_rec.finetune.sequence_data import build_sequence_dataset, item_stream_ids, sid_stream
+    from think_rec.finetune.sequence_data import build_sequence_dataset, item_stream_ids, item_token_ids, sid_stream
     from think_rec.model.loading import load_model
 
     dirs, codebook, model_dir = aligned_run
@@ -229,16 +253,24 @@ def test_items_phase_streams_item_tokens_and_trains_the_item_softmax(aligned_run
                          learning_rate=3e-3, prior_valid_users=0, save_steps=1000, logging_steps=1, disable_tqdm=True,
                          select_every_steps=10, select_users=24, lora_r=0,
                          phase_overrides={"sequence": {"max_steps": 2}, "multitask": {"max_steps": 2}})
+    sid_rows = SIDTrie.from_codebook(codebook, processor).token_ids.tolist()
     trainer = align.SequenceTrainer(model=model, args=config.phase_args("items"), train_dataset=ds.select(range(4)),
-                                    processing_class=processor, label_token_ids=rows)
-    batch = trainer.data_collator([{"input_ids": first["input_ids"], "labels": [-100] + first["input_ids"][1:]}])
+                                    processing_class=processor, label_groups=[(sid_rows, 0), (rows, 0)])
+    row = first["input_ids"] + sid_stream(list(codebook.codes)[:3], item_token_ids(codebook, processor.tokenizer))
+    batch = trainer.data_collator([{"input_ids": row, "labels": [-100] + row[1:]}])
     model.eval()
     with torch.no_grad():
         loss = trainer.compute_loss(model, batch)
         hidden = model(input_ids=batch["input_ids"], output_hidden_states=True).hidden_states[-1][0, :-1]
-    logits = hidden @ model.get_output_embeddings().weight[rows].T
-    labels = torch.tensor([rows.index(t) for t in first["input_ids"][1:]])
-    torch.testing.assert_close(loss, F.cross_entropy(logits.float(), labels), rtol=1e-4, atol=1e-4)
+    weight, total = model.get_output_embeddings().weight, 0.0  # each label over its own group's rows
+    for h, label in zip(hidden, row[1:]):
+        group = rows if label in rows else sorted(sid_rows)
+        total += F.cross_entropy((h @ weight[group].T).float(), torch.tensor(group.index(label)), reduction="sum")
+    torch.testing.assert_close(loss, total / (len(row) - 1), rtol=1e-4, atol=1e-4)
+    assert sum(label in rows for label in row[1:]) == len(first["input_ids"]) - 1
+    trainer.label_groups = trainer.label_groups[1:]  # a SID label in no group: a clear error, not a wrong column
+    with pytest.raises(ValueError, match="in no label group"), torch.no_grad():
+        trainer.compute_loss(model, batch)
 
     final = align.train_align(config)
     logs = [e["loss"] for e in json.loads((tmp_path / "items" / "log_history.json").read_text()) if "loss" in e]

@@ -69,8 +69,8 @@ def test_packing_changes_no_loss(synthetic_dataset, aligned_run, tmp_path):
     config = AlignConfig(output_dir=str(tmp_path), model=str(model_dir), data_dir=str(dirs.data),
                          sids_dir=str(dirs.sids), phase="sequence", per_device_train_batch_size=3, max_length=64)
     trainer = align.SequenceTrainer(model=model, args=config.phase_args("sequence"), train_dataset=rows,
-                                    processing_class=processor, label_token_ids=SIDTrie.from_codebook(
-                                        codebook, processor).token_ids.tolist())
+                                    processing_class=processor, label_groups=[(SIDTrie.from_codebook(
+                                        codebook, processor).token_ids.tolist(), 0)])
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"].shape == (1, sum(len(r) for r in rows["input_ids"]))  # one row, no pads
     examples = [{"input_ids": r["input_ids"],
