@@ -246,9 +246,7 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
                                    teacher=teacher, distill=config.item_distill,
                                    sampled_negatives=config.sampled_item_negatives)) if config.item_head else {}
         if phase == "sequence":
-            groups = [(tokenizer.convert_tokens_to_ids(vocab), 0)] if config.sequence_sid_softmax else None
-            if groups and config.sequence_item_streams:  # the item streams' labels are item tokens
-                groups.append((item_ids, config.sampled_item_negatives))
+            groups = sequence_label_groups(config, tokenizer.convert_tokens_to_ids(vocab), item_ids)
             trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                                       callbacks=callbacks, label_groups=groups, **head)
         else:
@@ -259,6 +257,20 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
 
     return train_and_merge(trainer, processor, last, merged, fingerprint, write_logs)
+
+
+def sequence_label_groups(config: AlignConfig, sid_ids: list[int],
+                          item_ids: list[int]) -> list[tuple[list[int], int]] | None:
+    """The sequence phase's ``SequenceTrainer.label_groups``: None (the whole vocabulary) without
+    ``sequence_sid_softmax``; with item streams one softmax over the SID and item tokens, or, with
+    ``sampled_item_negatives``, each label against its own kind's tokens (the items' sampled)."""
+    if not config.sequence_sid_softmax:
+        return None
+    if not config.sequence_item_streams:
+        return [(sid_ids, 0)]
+    if config.sampled_item_negatives:
+        return [(sid_ids, 0), (item_ids, config.sampled_item_negatives)]
+    return [(sid_ids + item_ids, 0)]
 
 
 def train_align(config: AlignConfig) -> Path:

@@ -1,8 +1,9 @@
-"""Label softmaxes for the packed streams: each label against the tokens it can be, whole or sampled.
+"""Label softmaxes for the packed streams: each label against a group of tokens it can be, whole or sampled.
 
-Decoding normalises a SID code over the SID tokens and an item over the item tokens, so training scores each label
-against its own group's ``lm_head`` rows only. On a large catalog the item group is most of a step's FLOPs; a
-sampled softmax scores each item label against N item tokens drawn uniformly (shared by the batch).
+Decoding normalises a SID code over the SID tokens and an item over the item tokens, so a label needs scoring only
+against its group's ``lm_head`` rows (``SequenceTrainer.label_groups``). On a large catalog the item tokens are
+most of a step's FLOPs; a sampled softmax scores each item label against N of them drawn uniformly (shared by the
+batch).
 """
 from __future__ import annotations
 

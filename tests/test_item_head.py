@@ -95,6 +95,21 @@ def test_sampled_softmax_scores_each_label_against_uniform_draws():
         AlignConfig(output_dir="out", phase="items", item_head=True, sampled_item_negatives=-1)
 
 
+def test_sequence_label_groups_split_sid_and_item_labels_only_when_items_are_sampled():
+    """The recipe's one softmax over SID and item tokens; with sampled item negatives, a group per kind."""
+    from think_rec.finetune.align import sequence_label_groups
+    from think_rec.finetune.align_config import AlignConfig
+
+    config = AlignConfig(output_dir="out", phase="sequence", item_head=True, sequence_item_streams=True)
+    assert sequence_label_groups(config, [1, 2], [7, 8, 9]) == [([1, 2, 7, 8, 9], 0)]
+    config.sampled_item_negatives = 2
+    assert sequence_label_groups(config, [1, 2], [7, 8, 9]) == [([1, 2], 0), ([7, 8, 9], 2)]
+    config.sequence_item_streams = False
+    assert sequence_label_groups(config, [1, 2], [7, 8, 9]) == [([1, 2], 0)]
+    config.sequence_sid_softmax = False
+    assert sequence_label_groups(config, [1, 2], [7, 8, 9]) is None
+
+
 def test_item_head_with_sampled_negatives_scores_each_label_against_the_draws():
     """The item head's sampled softmax: the label's row beside N drawn item rows, weighted as the full loss."""
     model, trie = _toy()
