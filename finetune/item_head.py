@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from think_rec.decoding.prior import MarkovModel
 from think_rec.decoding.trie import SIDTrie
 
-from .label_softmax import sampled_logits
+from .label_softmax import group_cross_entropy
 
 
 def final_norm(model) -> torch.nn.Module:
@@ -83,21 +83,22 @@ class ItemHeadLoss:
         hidden = hidden[rows.to(hidden.device), cols.to(hidden.device)]
         if 0 < self.sampled_negatives < len(self.rows):
             ids = self.rows.to(hidden.device)
-            logits, column = sampled_logits(hidden, head, ids, ids[items.to(hidden.device)], self.sampled_negatives)
-            loss = F.cross_entropy(logits.float(), column, reduction="sum")
-        elif not self.distill:
-            logits = head(hidden)[:, self.rows.to(hidden.device)]
-            loss = F.cross_entropy(logits.float(), items.to(hidden.device), reduction="sum")
+            loss = group_cross_entropy(hidden, head, ids, ids[items.to(hidden.device)], self.sampled_negatives)
         else:
+            target = self.soft_targets(items, prev) if self.distill else items
             logits = head(hidden)[:, self.rows.to(hidden.device)]
-            target = F.one_hot(items, len(self.rows)).float()
-            for n, p in enumerate(prev.tolist()):
-                if p in self.successors:
-                    succ, probs = self.successors[p]
-                    target[n] *= 1 - self.distill
-                    target[n, succ] += self.distill * probs
-            loss = -(target.to(hidden.device) * F.log_softmax(logits.float(), -1)).sum()
+            loss = F.cross_entropy(logits.float(), target.to(hidden.device), reduction="sum")
         return self.weight * loss * (self.levels + 2) / torch.as_tensor(denominator).clamp(min=1)
+
+    def soft_targets(self, items: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """Each label with a share ``distill`` moved to the successors of the item before it (where it has any)."""
+        target = F.one_hot(items, len(self.rows)).float()
+        for n, p in enumerate(prev.tolist()):
+            if p in self.successors:
+                succ, probs = self.successors[p]
+                target[n] *= 1 - self.distill
+                target[n, succ] += self.distill * probs
+        return target
 
 
 def successor_rows(teacher: MarkovModel, items: list[str]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
