@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -48,11 +48,14 @@ def reject_secrets(kwargs: dict[str, Any] | None, where: str = "teacher_kwargs")
 
 @dataclass
 class RationaleRequest:
-    """What a teacher sees: the user, the pruned history (catalog rows) and the chosen item."""
+    """What a teacher sees: the user, the pruned history (catalog rows) and the chosen item; ``candidates``: the
+    recommender's top items for that history (the target left out), which the template teacher's claims must
+    carry when given (stage 2's ``claim_support_top_n``)."""
 
     user_id: str
     history: list[Item]
     target: Item
+    candidates: list[Item] = field(default_factory=list)
 
 
 class Teacher(Protocol):
@@ -144,19 +147,20 @@ class TemplateTeacher:
     them: category path (genres and decade for films), brand, title words and price band. ``grounded``: only the
     claims a cited history item backs (it shares the category, decade, brand or words claimed); a category or decade
     no history item shares, and the price band, are left out, so the rationale never claims what the history cannot
-    tell."""
+    tell. A request with ``candidates``: only the claims one of them carries (what the recommender's own top items
+    agree on), so a model trained on them claims what its ranking can satisfy."""
 
     def __init__(self, max_cited: int = 2, grounded: bool = False):
         self.max_cited, self.grounded = max_cited, grounded
 
     def generate(self, requests: list[RationaleRequest]) -> list[str]:
-        return [self.rationale(r.history, r.target) for r in requests]
+        return [self.rationale(r.history, r.target, r.candidates) for r in requests]
 
-    def rationale(self, history: list[Item], target: Item) -> str:
+    def rationale(self, history: list[Item], target: Item, candidates: Sequence[Item] = ()) -> str:
         safe = [h for h in history if h.get("title") and not leakage(h["title"], target, history)]
         if not safe:
             return ""
-        sentences, cited = self._reasons(safe, target)
+        sentences, cited = self._reasons(safe, target, candidates)
         if not cited:  # no shared attribute names an item: cite the closest ones
             overlap = [len(attributes(h) & attributes(target)) for h in safe]
             best = sorted(range(len(safe)), key=lambda i: (-overlap[i], -i))[:self.max_cited]
@@ -165,10 +169,11 @@ class TemplateTeacher:
             sentences.insert(0, f"They recently {'watched' if film else 'bought'} {titles}.")
         return " ".join(s for s in sentences if not leakage(s, target, history))
 
-    def _reasons(self, history: list[Item], target: Item) -> tuple[list[str], set[int]]:
+    def _reasons(self, history: list[Item], target: Item,
+                 candidates: Sequence[Item] = ()) -> tuple[list[str], set[int]]:
         """Sentences on what the target shares with the history, each citing the latest item sharing it
         (an item already cited is not repeated), and the ids of the cited items; with ``grounded``, only the
-        sentences a history item backs."""
+        sentences a history item backs; with ``candidates``, only the claims one of them carries."""
         cited: set[int] = set()
         out: list[tuple[str, bool]] = []  # (sentence, a history item backs it)
 
@@ -180,21 +185,26 @@ class TemplateTeacher:
             cited.add(id(h))
             return _quote(h)
 
+        def carried(holds) -> bool:
+            """No candidates given, or one of them carries the claim ``holds`` tests."""
+            return not candidates or any(holds(c) for c in candidates)
+
         cats, decade = target.get("categories") or [], release_decade(target)
         if decade is not None:
             genres = Counter(g for h in history for g in set(h.get("categories") or []) if g in cats)
-            if genres:
-                genre = genres.most_common(1)[0][0]
+            genre = genres.most_common(1)[0][0] if genres else None
+            if genre and carried(lambda c: genre in (c.get("categories") or [])):
                 src = like(lambda h: genre in (h.get("categories") or []))
                 out.append((f"{f'Like {src}, t' if src else 'T'}he next film is {_article(genre)} {genre} film.", True))
-            src = like(lambda h: release_decade(h) == decade)
-            out.append((f"It is from the {decade}s{f', like {src}' if src else ''}.", src is not None))
-        elif len(cats) > 1:
+            if carried(lambda c: release_decade(c) == decade):
+                src = like(lambda h: release_decade(h) == decade)
+                out.append((f"It is from the {decade}s{f', like {src}' if src else ''}.", src is not None))
+        elif len(cats) > 1 and carried(lambda c: set(cats[1:3]) <= set(c.get("categories") or [])):
             path = " > ".join(cats[1:3])  # below the catalog's root
             src = like(lambda h: len(common_prefix(h.get("categories") or [], cats)) >= 2)
             out.append((f"{f'Like {src}, t' if src else 'T'}he next item is in {path}.", src is not None))
         brand = target.get("brand") or ""
-        if brand and any(h.get("brand") == brand for h in history):
+        if brand and any(h.get("brand") == brand for h in history) and carried(lambda c: c.get("brand") == brand):
             src = like(lambda h: h.get("brand") == brand)
             out.append((f"It is made by {brand}{f', like {src}' if src else ' too'}.", True))
         brand_words = set(content_tokens(brand))
@@ -202,11 +212,14 @@ class TemplateTeacher:
         sharing = [h for h in history if set(words) & set(content_tokens(h.get("title", "")))]
         if sharing and decade is None:
             shared = [w for w in words if w in content_tokens(sharing[-1]["title"])][:2]
-            src = like(lambda h: h is sharing[-1])
-            out.append((f"It is also about {_join(shared)}{f', like {src}' if src else ''}.", True))
+            if carried(lambda c: set(shared) <= set(content_tokens(c.get("title", "")))):
+                src = like(lambda h: h is sharing[-1])
+                out.append((f"It is also about {_join(shared)}{f', like {src}' if src else ''}.", True))
         usual = usual_price(history)
         if target.get("price") and usual:
-            out.append((PRICE_SENTENCES[price_band(target["price"], usual)], False))
+            band = price_band(target["price"], usual)
+            if carried(lambda c: bool(c.get("price")) and price_band(c["price"], usual) == band):
+                out.append((PRICE_SENTENCES[band], False))
         return [text for text, backed in out if backed or not self.grounded], cited
 
 

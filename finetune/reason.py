@@ -13,16 +13,18 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from trl import SFTTrainer, TrlParser
 
 from think_rec.data.schema import RecDataset
 from think_rec.data.split import leave_one_out
+from think_rec.decoding.prior import CollaborativePrior
 from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.adapters import make_trainable
-from think_rec.model.artefacts import SERVED_FILE, model_codebook
+from think_rec.model.artefacts import SERVED_FILE, ServedConfig, model_codebook
 from think_rec.model.loading import load_model
 
 from .align import TimeBudget
@@ -35,7 +37,7 @@ from .run_state import (config_fingerprint, data_fingerprint, digest, model_fing
 from .served import inherit_served, write_think
 
 RATIONALE_FIELDS = ("teacher", "teacher_kwargs", "prune_k", "num_examples", "seed", "max_history", "rejection_top_n",
-                    "rejection_num_beams")
+                    "rejection_num_beams", "claim_support_top_n")
 
 
 class ReasonTrainer(SFTTrainer):
@@ -77,6 +79,17 @@ def reason_fingerprint(config: ReasonConfig) -> dict:
     return {"config": cfg, **inputs, "rationales": rationales}
 
 
+def prior_candidates(model_dir: str | Path, n: int) -> Callable[[Sequence[str], str], list[str]]:
+    """``(history, target) ->`` the top ``n`` items of the collaborative prior saved beside the stage-1 model at
+    ``model_dir``, never the target, nor a history item when the model is served excluding them."""
+    prior = CollaborativePrior.load(model_dir)
+    if prior is None:
+        raise ValueError(f"{model_dir}: claim_support_top_n={n} reads the stage-1 model's collaborative prior, and "
+                         "it has none (`think-rec prior` builds one)")
+    exclude_history = ServedConfig.load(model_dir, warn=False).exclude_history
+    return lambda history, target: prior.markov.rank(history, n, {target, *(history if exclude_history else ())})
+
+
 def rationale_rows(config: ReasonConfig, data: RecDataset, codebook: SIDCodebook, model, processor, key: str):
     """Filtered rationale rows and stats, from ``output_dir/rationales`` when built there under the same ``key``."""
     folder = Path(config.output_dir) / "rationales"
@@ -90,12 +103,14 @@ def rationale_rows(config: ReasonConfig, data: RecDataset, codebook: SIDCodebook
         kwargs.setdefault("model", model)
         kwargs.setdefault("processor", processor)
     teacher = make_teacher(config.teacher, **kwargs)
+    candidates = prior_candidates(config.model, config.claim_support_top_n) if config.claim_support_top_n else None
     start = time.perf_counter()
     model.eval()
     rows, stats = build_rationales(examples, data, codebook, config.sids_dir, teacher, model=model,
                                    processor=processor, prune_k=config.prune_k, top_n=config.rejection_top_n,
                                    num_beams=config.rejection_num_beams, batch_size=config.rejection_batch_size,
-                                   retries=config.teacher_retries, max_failure_rate=config.max_teacher_failure_rate)
+                                   retries=config.teacher_retries, max_failure_rate=config.max_teacher_failure_rate,
+                                   candidates=candidates)
     stats.update(teacher=config.teacher, key=key, seconds=round(time.perf_counter() - start, 1))
     save_rows(rows, stats, folder)
     return rows, stats

@@ -23,6 +23,9 @@ class ReasonConfig(StageConfig, SFTConfig):
     max_teacher_failure_rate: float = field(default=0.05, metadata={
         "help": "Abort when more teacher requests than this share still fail (failed ones are never kept)."})
     prune_k: int = field(default=10, metadata={"help": "History items in the teacher's pruned context."})
+    claim_support_top_n: int = field(default=0, metadata={
+        "help": "Template teacher: claim only what one of the stage-1 prior's top N items for the history (the target "
+                "left out) carries, so the model learns the claims its ranking can satisfy (0: every claim)."})
     rejection_top_n: int | None = field(default=10, metadata={
         "help": "Keep a rationale only if the model conditioned on it ranks the target in the top N (0/None: skip)."})
     rejection_num_beams: int | None = field(default=None, metadata={"help": "Beams of the rank check (default N)."})
@@ -56,4 +59,7 @@ class ReasonConfig(StageConfig, SFTConfig):
             raise ValueError("max_teacher_failure_rate must be in [0, 1] and teacher_retries >= 0")
         if self.prune_k < 1:
             raise ValueError(f"prune_k must be >= 1, got {self.prune_k}")
+        if self.claim_support_top_n < 0 or (self.claim_support_top_n and self.teacher != "template"):
+            raise ValueError(f"claim_support_top_n={self.claim_support_top_n}: a count >= 0, read by the template "
+                             f"teacher only (teacher: {self.teacher})")
         super().__post_init__()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import datasets
 from tqdm.auto import tqdm
@@ -72,17 +72,21 @@ def build_rationales(examples: datasets.Dataset, data: RecDataset, codebook: SID
                      teacher: Teacher, *, model=None, processor=None, prune_k: int = 10, top_n: int | None = 10,
                      num_beams: int | None = None, batch_size: int = 16, retries: int = 2, retry_backoff: float = 1.0,
                      max_failure_rate: float = 0.05,
+                     candidates: Callable[[Sequence[str], str], Sequence[str]] | None = None,
                      progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows (``FIELDS``; ``rationale`` is "" when rejected) and filter statistics with ``acceptance_rate``.
 
-    ``top_n=None`` (or no ``model``) skips the rank check and keeps the leakage/grounding filters. Teacher
+    ``candidates(history, target)``: the item ids each request carries as ``candidates`` (the recommender's top
+    items for the full history, the target left out). ``top_n=None`` (or no ``model``) skips the rank check and
+    keeps the leakage/grounding filters. Teacher
     requests go through ``ask_teacher`` (``retries``, ``max_failure_rate``); examples whose request still
     failed are left out (``teacher_failures``), neither rows nor rejections."""
     items = data.catalog.by_id
     pruned = prune_examples(examples, sids_dir, k=prune_k, progress=progress)
     cols = examples.select_columns(["user_id", "history", "target"]).to_dict()
-    requests = [RationaleRequest(u, [items[i] for i in p], items[t])
-                for u, t, p in zip(cols["user_id"], cols["target"], pruned)]
+    requests = [RationaleRequest(u, [items[i] for i in p], items[t],
+                                 [items[c] for c in candidates(h, t)] if candidates else [])
+                for u, h, t, p in zip(cols["user_id"], cols["history"], cols["target"], pruned)]
     answers = ask_teacher(teacher, requests, retries=retries, backoff=retry_backoff, max_failure_rate=max_failure_rate)
     ok = [i for i, a in enumerate(answers) if a is not None]
     requests, pruned = [requests[i] for i in ok], [pruned[i] for i in ok]

@@ -108,6 +108,24 @@ def test_grounded_template_teacher_claims_only_what_a_cited_history_item_backs()
     assert make_teacher("template", grounded=True).grounded
 
 
+def test_template_teacher_with_candidates_claims_only_what_one_of_them_carries():
+    target = make_item("9", "Acme torque wrench", brand="Acme", price=40.0,
+                       categories=["Tools", "Hand Tools", "Wrenches"])
+    hist = [make_item("1", "Acme drill bits", brand="Acme", price=20.0, categories=["Tools", "Power Tools", "Bits"]),
+            make_item("2", "Brass hinge", brand="Hingeco", price=30.0, categories=["Home", "Hardware", "Hinges"])]
+    teacher = TemplateTeacher()
+    full = teacher.rationale(hist, target)
+    assert "Hand Tools > Wrenches" in full and "Acme" in full and "costs more" in full
+    sockets = make_item("7", "Acme socket set", brand="Acme", price=35.0, categories=["Tools", "Power Tools"])
+    assert teacher.rationale(hist, target, [sockets]) == 'It is made by Acme, like "Acme drill bits".'
+    wrench = make_item("8", "Steel wrench", brand="Steelco", price=45.0, categories=["Tools", "Hand Tools", "Wrenches"])
+    text = teacher.rationale(hist, target, [wrench])
+    assert "Hand Tools > Wrenches" in text and "costs more" in text and "made by" not in text
+    assert '"Acme drill bits"' in text  # no claim sentence cites an item: the closest ones are cited instead
+    assert teacher.generate([RationaleRequest("u", hist, target, [sockets])]) == [
+        'It is made by Acme, like "Acme drill bits".']
+
+
 FILM = make_item("5", "Star Wars: The Empire Strikes Back", categories=["Action", "Sci-Fi"],
                  description="Released 1980")
 HIST = [make_item("1", "Star Wars", categories=["Action", "Sci-Fi"]),

@@ -2,20 +2,25 @@
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from think_rec.data.schema import column
 from think_rec.data.split import leave_one_out
 from think_rec.decoding import SIDTrie, think_then_recommend
+from think_rec.decoding.claims import ClaimChecker, faithful
+from think_rec.decoding.prior import CollaborativePrior, MarkovModel
 from think_rec.finetune.rationales import RationaleRequest, SelfTeacher, TeacherError, TemplateTeacher, make_teacher
-from think_rec.finetune.reason import ReasonTrainer, train_reason
+from think_rec.finetune.reason import ReasonTrainer, prior_candidates, train_reason
 from think_rec.finetune.reason_config import ReasonConfig
 from think_rec.finetune.rationale_filters import citation_title
 from think_rec.finetune.reason_data import (build_rationales, encode_citations, load_rows, sample_examples, save_rows,
                                             tokenize_rows)
 from think_rec.finetune.run_state import RunChanged
+from think_rec.model.artefacts import ServedConfig
 from think_rec.model.loading import load_model, load_processor
 from think_rec.prompts import render_recommend_prompt
 
@@ -28,6 +33,37 @@ def rows(aligned_run, synthetic_dataset):
                                     progress=False)
     assert stats["rank_check"] is False and stats["examples"] == 12
     return built
+
+
+def test_rationales_claim_only_what_the_priors_top_items_carry(aligned_run, synthetic_dataset, tmp_path):
+    dirs, codebook, _ = aligned_run
+    split = leave_one_out(synthetic_dataset.interactions, max_history=6)
+    CollaborativePrior(MarkovModel.fit(column(split.train, "item_ids"))).save(tmp_path)
+    ServedConfig(exclude_history=True).save(tmp_path)
+    top3 = prior_candidates(tmp_path, 3)
+    seen: list[RationaleRequest] = []
+
+    class Recording(TemplateTeacher):
+        def generate(self, requests):
+            seen.extend(requests)
+            return super().generate(requests)
+
+    examples = sample_examples(split, codebook, 12, seed=1)
+    rows, _ = build_rationales(examples, synthetic_dataset, codebook, dirs.sids, Recording(), top_n=None,
+                               candidates=top3, progress=False)
+    checker, items = ClaimChecker(synthetic_dataset.catalog.by_id), synthetic_dataset.catalog.by_id
+    claimed = 0
+    for request, row in zip(seen, rows):
+        ids = [c["item_id"] for c in request.candidates]
+        assert ids == top3(row["history"], row["target"]) and len(ids) == 3
+        assert row["target"] not in ids and not set(ids) & set(row["history"])
+        for sentence in re.split(r"(?<=\.) ", row["teacher_rationale"]):
+            claims = checker.claims(sentence, row["pruned"])
+            claimed += len(claims)
+            assert any(faithful(claims, items[i]) for i in ids), sentence
+    assert claimed, "some rationale claims what a candidate carries"
+    with pytest.raises(ValueError, match="template teacher only"):
+        ReasonConfig(output_dir=str(tmp_path / "r"), teacher="self", claim_support_top_n=3)
 
 
 def test_loss_mask_covers_exactly_rationale_and_item_tokens(aligned_run, synthetic_dataset, rows):
