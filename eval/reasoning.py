@@ -16,6 +16,8 @@ apart); ``contradictions``: share of self-contradictory rationales. What the pag
 the sentences that hold for the top item (``ClaimChecker.shorten``): ``shown_faithful@1`` (1 by that rule unless
 an item lacks the data) and ``shortened``, the share of rationales it cut. ``rationale_accuracy``: share of the
 rationales with claims whose claims all hold for the **target** (does the model reason towards the right item?).
+``claiming``: share of rationales that claim something; ``faithful@1_claiming``: ``faithful@1`` among them (a
+rationale without claims holds vacuously, so this is the figure a less assertive model cannot raise).
 
 The ablation scores one model on the same examples: ``no_reasoning`` decodes with an empty think
 (``<think></think>`` then the SID, ``max_think_tokens=0``), ``reasoning`` writes the rationale first and ranks as
@@ -44,7 +46,7 @@ from think_rec.prompts import served_prompt
 from .metrics import ndcg_at_k, ranked_metrics, standard_error
 
 FAITHFULNESS = ("faithful@1", "faithful@10", "contradictions", "claims", "shown_faithful@1", "shortened",
-                "rationale_accuracy")
+                "rationale_accuracy", "claiming", "faithful@1_claiming")
 QUALITY = ("grounding", "citations", "complete", "closed_by_model", "consistency", "leakage", "readability",
            "mean_length", *FAITHFULNESS)
 FOLLOW_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
@@ -59,7 +61,6 @@ def rationale_quality(results: Sequence[ThinkResult], histories: Sequence[Sequen
         raise ValueError("no results to score")
     checker = checker or ClaimChecker(items)
     totals = dict.fromkeys(QUALITY, 0.0)
-    with_claims = 0
     for res, hist, target in zip(results, histories, targets):
         text = res.rationales[0] if res.rationales else ""
         hist_items = [items[i] for i in hist]
@@ -73,16 +74,19 @@ def rationale_quality(results: Sequence[ThinkResult], histories: Sequence[Sequen
         totals["readability"] += readability(text)
         totals["mean_length"] += len(text.split())
         claims = checker.claims(text, hist)
-        for name, value in _faithfulness(claims, ranked).items():
+        faith = _faithfulness(claims, ranked)
+        for name, value in faith.items():
             totals[name] += value
         shown = checker.shorten(text, hist, res.items[0][0] if res.items else None)
         totals["shortened"] += shown != text
         totals["shown_faithful@1"] += _faithfulness(checker.claims(shown, hist), ranked)["faithful@1"]
         if len(claims):
-            with_claims += 1
+            totals["claiming"] += 1
             totals["rationale_accuracy"] += faithful(claims, items[target])
+            totals["faithful@1_claiming"] += faith["faithful@1"]
     out = {name: value / len(results) for name, value in totals.items()}
-    out["rationale_accuracy"] = totals["rationale_accuracy"] / with_claims if with_claims else 0.0
+    for name in ("rationale_accuracy", "faithful@1_claiming"):  # means over the rationales that claim something
+        out[name] = totals[name] / totals["claiming"] if totals["claiming"] else 0.0
     return out
 
 

@@ -130,6 +130,12 @@ def test_rationale_accuracy_and_shown_faithfulness():
     assert q["faithful@1"] == 0.0 and q["shown_faithful@1"] == 1.0 and q["shortened"] == 1.0
     assert q["rationale_accuracy"] == 0.0
     assert quality("The next item is in Measure & Inspect.", ["hose"])["rationale_accuracy"] == 1.0
+    mixed = [ThinkResult(['They recently bought "Mitutoyo Digital Caliper".'], [("hose", 0.0)]),  # claims nothing
+             ThinkResult(["The next item is in Hoses."], [("gauge", 0.0)]),
+             ThinkResult(["The next item is in Measure & Inspect."], [("gauge", 0.0)])]
+    q = rationale_quality(mixed, [HISTORY] * 3, ["gauge"] * 3, ITEMS)
+    assert q["faithful@1"] == pytest.approx(2 / 3) and q["claiming"] == pytest.approx(2 / 3)
+    assert q["faithful@1_claiming"] == 0.5 and q["rationale_accuracy"] == 0.5
 
 
 def test_a_name_inside_a_longer_name_is_not_claimed():
