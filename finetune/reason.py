@@ -20,7 +20,7 @@ from trl import SFTTrainer, TrlParser
 
 from think_rec.data.schema import RecDataset
 from think_rec.data.split import leave_one_out
-from think_rec.decoding.prior import CollaborativePrior
+from think_rec.decoding.prior import PRIOR_FILE, CollaborativePrior
 from think_rec.decoding.think import THINK_CLOSE, THINK_OPEN
 from think_rec.itemic.codebook import SIDCodebook
 from think_rec.model.adapters import make_trainable
@@ -32,8 +32,8 @@ from .cpu_patches import compact_fused_lm_head_on_cpu
 from .rationales import TEACHER_VERSION, TRANSPORT, make_teacher
 from .reason_config import ReasonConfig
 from .reason_data import build_rationales, load_rows, sample_examples, save_rows, tokenize_rows
-from .run_state import (config_fingerprint, data_fingerprint, digest, model_fingerprint, resume_point,
-                        sids_fingerprint, train_and_merge)
+from .run_state import (config_fingerprint, data_fingerprint, digest, files_digest, model_fingerprint,
+                        resume_point, sids_fingerprint, train_and_merge)
 from .served import inherit_served, write_think
 
 RATIONALE_FIELDS = ("teacher", "teacher_kwargs", "prune_k", "num_examples", "seed", "max_history", "rejection_top_n",
@@ -75,7 +75,9 @@ def reason_fingerprint(config: ReasonConfig) -> dict:
                              max_teacher_failure_rate=None)
     inputs = {"data": data_fingerprint(config.data_dir), "sids": sids_fingerprint(config.sids_dir),
               "base": model_fingerprint(config.model)}
-    rationales = digest({**{f: cfg[f] for f in RATIONALE_FIELDS}, **inputs, "teacher_version": TEACHER_VERSION})
+    support = files_digest(config.model, [PRIOR_FILE]) if config.claim_support_top_n else None  # the candidates
+    rationales = digest({**{f: cfg[f] for f in RATIONALE_FIELDS}, **inputs, "teacher_version": TEACHER_VERSION,
+                         **({"prior": support} if support else {})})
     return {"config": cfg, **inputs, "rationales": rationales}
 
 

@@ -78,9 +78,9 @@ def build_rationales(examples: datasets.Dataset, data: RecDataset, codebook: SID
 
     ``candidates(history, target)``: the item ids each request carries as ``candidates`` (the recommender's top
     items for the full history, the target left out). ``top_n=None`` (or no ``model``) skips the rank check and
-    keeps the leakage/grounding filters. Teacher
-    requests go through ``ask_teacher`` (``retries``, ``max_failure_rate``); examples whose request still
-    failed are left out (``teacher_failures``), neither rows nor rejections."""
+    keeps the leakage/grounding filters. Teacher requests go through ``ask_teacher`` (``retries``,
+    ``max_failure_rate``); examples whose request still failed are left out (``teacher_failures``), neither rows
+    nor rejections."""
     items = data.catalog.by_id
     pruned = prune_examples(examples, sids_dir, k=prune_k, progress=progress)
     cols = examples.select_columns(["user_id", "history", "target"]).to_dict()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +15,7 @@ from think_rec.decoding import SIDTrie, think_then_recommend
 from think_rec.decoding.claims import ClaimChecker, faithful
 from think_rec.decoding.prior import CollaborativePrior, MarkovModel
 from think_rec.finetune.rationales import RationaleRequest, SelfTeacher, TeacherError, TemplateTeacher, make_teacher
-from think_rec.finetune.reason import ReasonTrainer, prior_candidates, train_reason
+from think_rec.finetune.reason import ReasonTrainer, prior_candidates, reason_fingerprint, train_reason
 from think_rec.finetune.reason_config import ReasonConfig
 from think_rec.finetune.rationale_filters import citation_title
 from think_rec.finetune.reason_data import (build_rationales, encode_citations, load_rows, sample_examples, save_rows,
@@ -62,6 +63,20 @@ def test_rationales_claim_only_what_the_priors_top_items_carry(aligned_run, synt
             claimed += len(claims)
             assert any(faithful(claims, items[i]) for i in ids), sentence
     assert claimed, "some rationale claims what a candidate carries"
+    model = tmp_path / "model"
+    shutil.copytree(aligned_run[2], model)
+    prior = CollaborativePrior(MarkovModel.fit(column(split.train, "item_ids")))
+    prior.save(model)
+
+    def key(n: int) -> str:
+        config = ReasonConfig(output_dir=str(tmp_path / "r"), model=str(model), data_dir=str(dirs.data),
+                              sids_dir=str(dirs.sids), claim_support_top_n=n)
+        return reason_fingerprint(config)["rationales"]
+
+    before = key(3), key(0)
+    prior.weight = 2.0  # a rebuilt prior (its file changed): the rationales are built again
+    prior.save(model)
+    assert key(3) != before[0] and key(0) == before[1]
     with pytest.raises(ValueError, match="template teacher only"):
         ReasonConfig(output_dir=str(tmp_path / "r"), teacher="self", claim_support_top_n=3)
 
