@@ -75,9 +75,9 @@ def reason_fingerprint(config: ReasonConfig) -> dict:
                              max_teacher_failure_rate=None)
     inputs = {"data": data_fingerprint(config.data_dir), "sids": sids_fingerprint(config.sids_dir),
               "base": model_fingerprint(config.model)}
-    support = files_digest(config.model, [PRIOR_FILE]) if config.claim_support_top_n else None  # the candidates
+    candidates = {"prior": files_digest(config.model, [PRIOR_FILE])} if config.claim_support_top_n else {}
     rationales = digest({**{f: cfg[f] for f in RATIONALE_FIELDS}, **inputs, "teacher_version": TEACHER_VERSION,
-                         **({"prior": support} if support else {})})
+                         **candidates})
     return {"config": cfg, **inputs, "rationales": rationales}
 
 

@@ -39,7 +39,8 @@ def rows(aligned_run, synthetic_dataset):
 def test_rationales_claim_only_what_the_priors_top_items_carry(aligned_run, synthetic_dataset, tmp_path):
     dirs, codebook, _ = aligned_run
     split = leave_one_out(synthetic_dataset.interactions, max_history=6)
-    CollaborativePrior(MarkovModel.fit(column(split.train, "item_ids"))).save(tmp_path)
+    prior = CollaborativePrior(MarkovModel.fit(column(split.train, "item_ids")))
+    prior.save(tmp_path)
     ServedConfig(exclude_history=True).save(tmp_path)
     top3 = prior_candidates(tmp_path, 3)
     seen: list[RationaleRequest] = []
@@ -65,7 +66,6 @@ def test_rationales_claim_only_what_the_priors_top_items_carry(aligned_run, synt
     assert claimed, "some rationale claims what a candidate carries"
     model = tmp_path / "model"
     shutil.copytree(aligned_run[2], model)
-    prior = CollaborativePrior(MarkovModel.fit(column(split.train, "item_ids")))
     prior.save(model)
 
     def key(n: int) -> str:
