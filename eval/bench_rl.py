@@ -6,7 +6,9 @@ user's valid-split example, ``prompt_split: valid``), leaving out ``heldout_user
 whether the policy improved: the reward of the rationale each model writes as served (greedy) on those held-out
 users, before (the stage-2 model) and after GRPO, paired (``heldout_reward_before``/``_after``/``_se``). Then, on
 the same seeded test users, NDCG@10 with the items ranked after the rationale (as GRPO's reward ranks them) and
-after an empty think, before and after: ``reasoning_vs_none`` = after GRPO, with / without the rationale.
+after an empty think, before and after: ``reasoning_vs_none`` = after GRPO, with / without the rationale; and the
+GRPO model as served (``after_grpo_served``: the stage-2 model's ``served.json`` thinking ranking, follow weight and
+rationale samples; ``served_reasoning_vs_none`` against the empty think).
 ``mean_reward`` / ``zero_variance_group_share`` are the training log's first and last ``window`` steps (different
 prompts).
 """
@@ -91,6 +93,12 @@ def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: i
                      "ndcg@10_se": m["ndcg@10_se"], "heldout_reward": mean[when], **w,
                      "grounding": m["grounding"], "mean_length": m["mean_length"], "eval_seconds": m["eval_seconds"],
                      **{k: m[k] for k in FAITHFULNESS}})
+    served, _ = evaluate_reasoning(models["after"], test, desc="after_grpo_served", max_history=max_history,
+                                   max_think_tokens=max_think_tokens)
+    rows.append({"system": "after_grpo_served", **{k: served[k] for k in ("recall@10", "ndcg@10", "ndcg@10_se")},
+                 "heldout_reward": mean["after"], **last, "grounding": served["grounding"],
+                 "mean_length": served["mean_length"], "eval_seconds": served["eval_seconds"],
+                 **{k: served[k] for k in FAITHFULNESS}})
     ndcg = {r["system"]: r["ndcg@10"] for r in rows}
     payload = {"benchmark": "rl", "dataset": dataset, "budget_minutes": budget_minutes, "eval_users": len(test),
                "heldout_users": len(heldout), "heldout_reward_before": mean["before"],
@@ -100,10 +108,13 @@ def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: i
                if ndcg["before_grpo"] else None,
                "reasoning_vs_none": ndcg["after_grpo"] / ndcg["after_grpo_no_reasoning"]
                if ndcg["after_grpo_no_reasoning"] else None,
+               "served_reasoning_vs_none": ndcg["after_grpo_served"] / ndcg["after_grpo_no_reasoning"]
+               if ndcg["after_grpo_no_reasoning"] else None,
                "protocol": "GRPO prompts: valid-split examples of users outside the held-out sample (targets no stage "
                            "trained on); held-out reward: the greedy rationale's weighted reward on the held-out "
                            "users, paired se; rows rank the items after the rationale (or an empty think) with the "
-                           "served prior and history exclusion, follow weight 0",
+                           "served prior and history exclusion, follow weight 0; after_grpo_served: as served (the "
+                           "stage-2 model's thinking ranking, follow weight and rationale samples)",
                "train_seconds": round(train_seconds, 1), "steps": log[-1]["step"] if log else 0,
                "reward_window_steps": window, "rewards": config.rewards, "prompt_split": config.prompt_split,
                "num_generations": config.num_generations, "num_beams": config.num_beams, "beta": config.beta,

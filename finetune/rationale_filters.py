@@ -57,9 +57,11 @@ def citation_title(item: Item) -> str:
 
 
 def leakage(rationale: str, target: Item, history_items: Sequence[Item] = (), ngram: int = LEAK_NGRAM) -> bool:
-    """The target's title appears verbatim, or a run of ``ngram`` of its tokens that no history title has."""
+    """The target's title appears verbatim (unless a history item has that very title: a re-bought product, which
+    the rationale may cite), or a run of ``ngram`` of its tokens that no history title has."""
     title = target.get("title") or ""
-    if mentions(rationale, title) or mentions(rationale, display_title(title)):
+    rebought = any(tokens(display_title(h.get("title") or "")) == tokens(display_title(title)) for h in history_items)
+    if not rebought and (mentions(rationale, title) or mentions(rationale, display_title(title))):
         return True
     words = tokens(title)
     if len(words) < ngram:

@@ -31,7 +31,7 @@ from .rationale_filters import attributes, citation_title, content_tokens, displ
 log = logging.getLogger(__name__)
 Item = dict[str, Any]
 YEAR = re.compile(r"\bReleased (\d{4})\b")
-TEACHER_VERSION = 2  # bump when teacher_prompt or TemplateTeacher change what a teacher writes
+TEACHER_VERSION = 3  # bump when teacher_prompt or TemplateTeacher change what a teacher writes
 TRANSPORT = ("concurrency", "cache_dir", "timeout", "max_retries", "api_key_env", "batch_size")  # not in the output
 
 

@@ -66,7 +66,8 @@ def check_template(reqs):
     assert texts == TemplateTeacher().generate(reqs)  # deterministic
     for req, text in zip(reqs, texts):
         assert filter_rationale(text, req.target, req.history) == (True, "ok"), text
-        assert not re.search(rf"\b{re.escape(req.target['title'].lower())}\b", text.lower()), text
+        rebought = any(h["title"] == req.target["title"] for h in req.history)  # ml-100k lists some films twice
+        assert rebought or not re.search(rf"\b{re.escape(req.target['title'].lower())}\b", text.lower()), text
         quoted = re.findall(r'"([^"]+)"', text)
         assert quoted and set(quoted) <= {citation_title(h) for h in req.history}, text  # cites by title
         sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z])", text)
@@ -92,6 +93,16 @@ def test_template_teacher_never_cites_a_title_containing_the_target():
             make_item("2", "Alien 3", categories=["Sci-Fi", "Thriller"], description="Released 1992")]
     text = TemplateTeacher().rationale(hist, target)
     assert not leakage(text, target, hist) and "Sci-Fi" in text and "Alien 3" not in text
+
+
+def test_citing_a_rebought_product_is_not_leakage():
+    target = make_item("9", "Acme Patty Paper, 5.5 x 5.5 (Pack of 1000).", categories=["Kitchen", "Paper"])
+    other = make_item("2", "Acme Patty Paper Rack", categories=["Kitchen", "Racks"])
+    rebought = make_item("1", "Acme Patty Paper, 5.5 x 5.5 (Pack of 1000).", categories=["Kitchen", "Paper"])
+    text = 'They recently bought "Acme Patty Paper, 5.5 x 5.5 (Pack of 1000)".'
+    assert leakage(text, target, [other])  # the title no history item has
+    assert not leakage(text, target, [other, rebought])  # the same product bought before, under another id
+    assert "Acme Patty Paper, 5.5 x 5.5" in TemplateTeacher().rationale([other, rebought], target)
 
 
 def test_grounded_template_teacher_claims_only_what_a_cited_history_item_backs():
