@@ -56,7 +56,8 @@ def rl_dataset(config: RLConfig, data: RecDataset, codebook: SIDCodebook, proces
                heldout: bool = False) -> datasets.Dataset:
     """``prompt`` (the recommend prompt + ``<think>``), ``history`` and ``target``: a seeded sample of
     ``num_examples`` examples of the ``prompt_split``, or (``heldout``) the ``eval_examples`` held-out valid-split
-    examples, never among the prompts."""
+    examples, never among the prompts. Histories are written as ``config.model`` reads them (``model_codebook``)."""
+    codebook = model_codebook(codebook, config.model)
     split = leave_one_out(data.interactions, max_history=config.max_history)
     valid = with_sids(split.valid, codebook)
     held = sample_users(valid, config.eval_examples, config.seed) if config.eval_examples else valid.select([])
