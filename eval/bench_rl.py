@@ -83,22 +83,22 @@ def run(dataset: str = "scientific", budget_minutes: float = 10.0, eval_users: i
     log = json.loads((Path(config.output_dir) / "rl_log.json").read_text())
     first, last = window_means(log, window)
     mean = {when: sum(r) / len(r) for when, r in rewards.items()}
+
+    def row(system: str, m: dict[str, Any], when: str, steps: dict[str, float]) -> dict[str, Any]:
+        return {"system": system, **{k: m[k] for k in ("recall@10", "ndcg@10", "ndcg@10_se")},
+                "heldout_reward": mean[when], **steps, **{k: m[k] for k in ("grounding", "mean_length")},
+                "eval_seconds": m["eval_seconds"], **{k: m[k] for k in FAITHFULNESS}}
+
     rows = []
     for when, think, w in (("before", True, first), ("before", False, first), ("after", True, last),
                            ("after", False, last)):
         system = f"{when}_grpo" + ("" if think else "_no_reasoning")
         m, _ = evaluate_reasoning(models[when], test, think=think, condition=True, follow_weight=0.0, desc=system,
                                   max_history=max_history, max_think_tokens=max_think_tokens)
-        rows.append({"system": system, "recall@10": m["recall@10"], "ndcg@10": m["ndcg@10"],
-                     "ndcg@10_se": m["ndcg@10_se"], "heldout_reward": mean[when], **w,
-                     "grounding": m["grounding"], "mean_length": m["mean_length"], "eval_seconds": m["eval_seconds"],
-                     **{k: m[k] for k in FAITHFULNESS}})
+        rows.append(row(system, m, when, w))
     served, _ = evaluate_reasoning(models["after"], test, desc="after_grpo_served", max_history=max_history,
                                    max_think_tokens=max_think_tokens)
-    rows.append({"system": "after_grpo_served", **{k: served[k] for k in ("recall@10", "ndcg@10", "ndcg@10_se")},
-                 "heldout_reward": mean["after"], **last, "grounding": served["grounding"],
-                 "mean_length": served["mean_length"], "eval_seconds": served["eval_seconds"],
-                 **{k: served[k] for k in FAITHFULNESS}})
+    rows.append(row("after_grpo_served", served, "after", last))
     ndcg = {r["system"]: r["ndcg@10"] for r in rows}
     payload = {"benchmark": "rl", "dataset": dataset, "budget_minutes": budget_minutes, "eval_users": len(test),
                "heldout_users": len(heldout), "heldout_reward_before": mean["before"],
