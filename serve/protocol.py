@@ -58,9 +58,9 @@ class ChatCompletionRequest(BaseModel):
     session_id: str | None = Field(None, max_length=MAX_ID_CHARS)
     think: bool | None = None
     max_think_tokens: int = Field(64, ge=0, le=MAX_THINK_TOKENS)
-    exclude_seen: bool | None = Field(None, description="never recommend history or already recommended items "
-                                                    "(default: history as the model's served.json says, "
-                                                    "recommended items never again)")
+    exclude_seen: bool | None = Field(
+        None, description="never recommend history or already recommended items (default: history as the model's "
+                          "served.json says, recommended items never again)")
     remove_constraints: list[Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]] = Field(
         default_factory=list, max_length=MAX_MESSAGES,
         description="labels of active constraints to drop (as in recommendation.active)")

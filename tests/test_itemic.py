@@ -14,7 +14,6 @@ from think_rec.itemic.rq_kmeans import Quantized, rq_kmeans
 from think_rec.itemic.rq_vae import rq_vae
 
 
-
 def clustered(n=600, dim=16, top=6, sub=4, seed=0):
     """Two-level Gaussian mixture; returns (embeddings, top-cluster labels)."""
     rng = np.random.default_rng(seed)
@@ -109,8 +108,8 @@ def test_behaviour_sids_on_beauty_cover_every_item(shared_data, tmp_path):
     seqs = [line.split()[1:] for line in lines]
     items = sorted({i for s in seqs for i in s}, key=int)
     data = RecDataset("beauty-subset", Catalog.from_rows({"item_id": i} for i in items),
-                      Interactions.from_rows({"user_id": l.split()[0], "item_ids": s}
-                                             for l, s in zip(lines, seqs)))
+                      Interactions.from_rows({"user_id": line.split()[0], "item_ids": s}
+                                             for line, s in zip(lines, seqs)))
     emb = encode_behaviour([s[:-2] for s in seqs], items, dim=32)
     assert emb.shape == (len(items), 32)
     book = build_and_save(data, tmp_path, encoder="behaviour", codebook_size=64, progress=False)
@@ -134,7 +133,8 @@ def test_behaviour_embedding_reflects_cooccurrence():
 def test_build_sids_text_and_bad_arguments():
     rows = [{"item_id": str(i), "title": t} for i, t in enumerate(
         ["red lipstick", "pink lipstick", "nude lip gloss", "cordless drill", "hammer drill", "drill bits"])]
-    data = RecDataset("toy", Catalog.from_rows(rows), Interactions.from_rows([{"user_id": "u", "item_ids": ["0", "1"]}]))
+    data = RecDataset("toy", Catalog.from_rows(rows),
+                      Interactions.from_rows([{"user_id": "u", "item_ids": ["0", "1"]}]))
     book = build_sids(data, levels=2, codebook_size=2, progress=False)
     assert book.codes["0"][0] == book.codes["1"][0] != book.codes["3"][0] == book.codes["4"][0]
     assert book.meta["encoder"] == "text" and book.meta["build_seconds"] >= 0
@@ -148,7 +148,8 @@ def test_build_sids_text_and_bad_arguments():
 
 def test_item_embeddings_reuse_encoded_modalities():
     rows = [{"item_id": str(i), "title": t} for i, t in enumerate(["kettle", "teapot", "drill", "hammer"])]
-    seqs = [{"user_id": "u0", "item_ids": ["0", "1", "0", "1", "2"]}, {"user_id": "u1", "item_ids": ["2", "3", "2", "3"]}]
+    seqs = [{"user_id": "u0", "item_ids": ["0", "1", "0", "1", "2"]},
+            {"user_id": "u1", "item_ids": ["2", "3", "2", "3"]}]
     data = RecDataset("toy", Catalog.from_rows(rows), Interactions.from_rows(seqs))
     text = np.eye(4, 8, dtype=np.float32)  # stands in for an earlier text encoding: never re-encoded
     emb, meta = item_embeddings(data, "text+behaviour", encoded={"text": text}, progress=False)

@@ -18,7 +18,7 @@ TITLES = {f"i{k}": f"{color} {kind} size {k % 7}" for k, (color, kind) in enumer
 
 def toy_codebook(n_items: int = 30, levels: int = 3, size: int = 8) -> SIDCodebook:
     """``n_items`` items ``i0..``, unique ``levels``-level SIDs over ``size`` codes per level."""
-    codes = {f"i{k}": tuple((k // size ** l) % size for l in range(levels)) for k in range(n_items)}
+    codes = {f"i{k}": tuple((k // size ** level) % size for level in range(levels)) for k in range(n_items)}
     return SIDCodebook(codes, [size] * levels)
 
 

@@ -188,7 +188,8 @@ def test_train_reason_full_finetune_without_rank_check(aligned_run, tmp_path):
     assert not stats["rank_check"] and stats["rejected_rank"] == 0 and stats["steps"] == 2
     before, _ = load_model(model_dir)
     after, _ = load_model(final)
-    changed = [n for (n, a), (_, b) in zip(before.named_parameters(), after.named_parameters()) if not torch.equal(a, b)]
+    changed = [n for (n, a), (_, b) in zip(before.named_parameters(), after.named_parameters())
+               if not torch.equal(a, b)]
     assert any("layers.0.self_attn" in n for n in changed), "full fine-tuning must move the base weights"
 
 

@@ -44,8 +44,8 @@ def test_ablation_rows_on_aligned_model(aligned_run, synthetic_dataset):
     assert greedy["ndcg@10"] == conditioned["ndcg@10"]  # served as trained: after the rationale, weight 0
     assert all(len(r.rationales) == 3 for r in results)
     assert empty["mean_length"] == 0 and empty["grounding"] == empty["leakage"] == 0
-    assert think["mean_length"] <= 5 and all(0 <= think[m] <= 1 for m in ("recall@10", "ndcg@10", "grounding",
-                                                                         "complete", "closed_by_model"))
+    bounded = ("recall@10", "ndcg@10", "grounding", "complete", "closed_by_model")
+    assert think["mean_length"] <= 5 and all(0 <= think[m] <= 1 for m in bounded)
     assert len(results) == 6 and all(len(r.items) == 10 for r in results)
     assert think["complete"] == sum(bool(r.rationales[0]) for r in results) / 6  # a sentence, or nothing
     again, _ = evaluate_reasoning(rec, test, think=False, max_history=4, batch_size=6, progress=False)

@@ -127,7 +127,8 @@ def test_close_at_sentence_never_cuts_mid_word(think_setup, seed):
             return False
         text = head[len(head) - head[::-1].index(end):] if end in head else head
         nxt = seq[n] if n < len(seq) else None
-        return bool(SENTENCE_END.search(tok.decode(text))) and (nxt is None or nxt == begin or tok.decode([nxt])[:1].isspace())
+        boundary = nxt is None or nxt == begin or tok.decode([nxt])[:1].isspace()
+        return bool(SENTENCE_END.search(tok.decode(text))) and boundary
 
     for _ in range(300):
         seq: list[int] = []

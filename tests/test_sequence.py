@@ -192,8 +192,8 @@ def test_sequence_recipe_reaches_the_chat_recipe_with_less_compute(synthetic_dat
     assert old_tokens >= 2 * reached[0], (old_tokens, reached[0], old_ndcg, evaluations)
 
 
-def test_chat_history_loss_supervises_each_history_sid_after_the_first_and_the_answer(synthetic_dataset,
-                                                                                     aligned_run):
+def test_chat_history_loss_supervises_each_history_sid_after_the_first_and_the_answer(
+        synthetic_dataset, aligned_run):
     from think_rec.finetune.align_data import build_align_dataset, supervise_history
 
     _, codebook, model_dir = aligned_run

@@ -449,7 +449,7 @@ def bench_rec(
     payload = run(dataset, budget_minutes, eval_users or None, work_dir, out_dir, valid_users=valid_users or None,
                   recipe=recipe or RECIPE)
     print_dict(f"bench rec {dataset}", {r["system"]: {m: r[m] for m in ("ndcg@10", "recall@10")}
-                                         for r in payload["rows"]})
+                                        for r in payload["rows"]})
 
 
 @bench_app.command("reason")
@@ -458,8 +458,9 @@ def bench_reason(
     budget_minutes: float = typer.Option(8.0, help="Stage-2 training budget (stage 1, if not on disk, the same)."),
     eval_users: int = typer.Option(2000, help="Test users scored (a seeded sample, the same for every row)."),
     num_examples: int = typer.Option(4000, help="Stage-2 training examples (rationales built for each)."),
-    rejection_top_n: int = typer.Option(0, help="Rank check of the rejection sampling in training (0: skip it; "
-                                              "the teachers' acceptance under a top-10 check is measured anyway)."),
+    rejection_top_n: int = typer.Option(
+        0, help="Rank check of the rejection sampling in training (0: skip it; the teachers' acceptance under a "
+                "top-10 check is measured anyway)."),
     max_think_tokens: int = typer.Option(64, help="Rationale length ceiling at decoding (closed at a sentence end)."),
     work_dir: Path = typer.Option(Path("runs/bench-rec"), help="Reuses the `bench rec` run found here."),
     out_dir: Path = typer.Option(Path("eval/results")),
@@ -491,9 +492,9 @@ def bench_rl(
     payload = run(dataset, budget_minutes, eval_users or None, heldout_users=heldout_users,
                   max_think_tokens=max_think_tokens, work_dir=work_dir, out_dir=out_dir)
     print_dict(f"bench rl {dataset}", {r["system"]: {m: r[m] for m in ("ndcg@10", "recall@10", "heldout_reward")}
-                                        for r in payload["rows"]})
+                                       for r in payload["rows"]})
     print_dict("held-out reward", {k: payload[k] for k in ("heldout_reward_before", "heldout_reward_after",
-                                                          "heldout_reward_se", "reasoning_vs_none")})
+                                                           "heldout_reward_se", "reasoning_vs_none")})
 
 
 @bench_app.command("serve")

@@ -120,8 +120,8 @@ def generate_catalog(n_items: int, n_users: int, *, seed: int = 0, n_categories:
 
     ids = [str(i) for i in range(n_items)]
     k = len(SYLLABLES) * len(ENDINGS)
-    brands = [SYLLABLES[b % len(SYLLABLES)] + ENDINGS[b // len(SYLLABLES) % len(ENDINGS)] + (f" {b // k}" if b >= k else "")
-              for b in range(n_categories * BRANDS_PER_CAT)]
+    brands = [SYLLABLES[b % len(SYLLABLES)] + ENDINGS[b // len(SYLLABLES) % len(ENDINGS)]
+              + (f" {b // k}" if b >= k else "") for b in range(n_categories * BRANDS_PER_CAT)]
     nouns = [noun for _, subs in tree for _, noun in subs]
     paths = [[name, s] for name, subs in tree for s, _ in subs]
     titles, descriptions = [], []

@@ -62,7 +62,7 @@ class SIDCodebook:
 
     def tokens(self, item_id: str) -> list[str]:
         """``[<|sid_begin|>, <s_a_..>, ..., <|sid_end|>]`` for one item."""
-        return [SID_BEGIN, *(code_token(l, c) for l, c in enumerate(self.codes[item_id])), SID_END]
+        return [SID_BEGIN, *(code_token(level, c) for level, c in enumerate(self.codes[item_id])), SID_END]
 
     def sid_string(self, item_id: str) -> str:
         return "".join(self.tokens(item_id))
@@ -87,7 +87,7 @@ class SIDCodebook:
 
     def vocabulary(self) -> list[str]:
         """Every new token: the two delimiters, then each level's codes in order."""
-        return [SID_BEGIN, SID_END] + [code_token(l, c) for l, n in enumerate(self.codebook_sizes)
+        return [SID_BEGIN, SID_END] + [code_token(level, c) for level, n in enumerate(self.codebook_sizes)
                                        for c in range(n)]
 
     def item_tokens(self) -> list[str]:
@@ -104,7 +104,7 @@ class SIDCodebook:
 
     def stats(self) -> dict[str, Any]:
         """Utilisation per level (share of codes used) and items per leaf prefix."""
-        used = [len({sid[l] for sid in self.codes.values()}) / n for l, n in enumerate(self.codebook_sizes)]
+        used = [len({sid[level] for sid in self.codes.values()}) / n for level, n in enumerate(self.codebook_sizes)]
         prefix = Counter(sid[:-1] for sid in self.codes.values())
         return {
             "items": len(self.codes),
