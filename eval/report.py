@@ -50,7 +50,9 @@ def write_report(name: str, payload: dict[str, Any], out_dir: str | Path = "eval
     path.write_text(json.dumps(payload, indent=2))
 
     def fmt(v: Any) -> str:
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
+        if not isinstance(v, float):
+            return str(v)
+        return f"{v:.3g}" if 0 < abs(v) < 5e-5 else f"{v:.4f}"  # a learning rate is not 0.0000
 
     def system(r: dict[str, Any]) -> str:
         return str(r["system"]) + (" (published)" if r.get("published") else "")

@@ -41,11 +41,12 @@ def test_aggregate_over_users():
 def test_write_report(tmp_path):
     payload = {"benchmark": "offline", "dataset": "toy",
                "rows": [{"system": "a", "recall@10": 0.5, "ndcg@10": 0.25},
-                        {"system": "b", "recall@10": 0.1, "ndcg@10": 0.05}], "users": 10}
+                        {"system": "b", "recall@10": 0.1, "ndcg@10": 0.05}], "users": 10, "learning_rate": 1e-5}
     path = write_report("toy", payload, tmp_path)
     assert json.loads(path.read_text()) == payload
     md = (tmp_path / "toy.md").read_text()
     assert "| system | recall@10 | ndcg@10 |" in md and "| a | 0.5000 | 0.2500 |" in md
+    assert "**learning_rate**: 1e-05" in md
     assert (tmp_path / "toy.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="rows"):
         write_report("bad", {"benchmark": "x", "rows": [{"recall@10": 1.0}]}, tmp_path)
