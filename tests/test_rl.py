@@ -2,6 +2,7 @@
 weights that move, resume."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -117,14 +118,14 @@ def test_valid_prompts_leave_heldout_users_out_and_rewards_read_served_rationale
     valid = {(tuple(h), t) for h, t in zip(split.valid["history"], split.valid["target"])}
     assert len(pairs[True]) == 4 and not pairs[True] & pairs[False] and pairs[False] | pairs[True] <= valid
     assert len(pairs[False]) == min(64, len(valid) - 4)
-    stage2_dir = config.model
     for item_inputs in (False, True):  # histories written as the model reads them: its served.json's item_inputs
-        config.model = str(tmp_path / f"item-inputs-{item_inputs}")
-        Path(config.model).mkdir()
-        (Path(config.model) / SERVED_FILE).write_text(json.dumps({"item_inputs": item_inputs}))
-        prompts = rl_dataset(config, data, codebook, processor, heldout=True)["prompt"]
+        served = tmp_path / f"item-inputs-{item_inputs}"
+        served.mkdir()
+        (served / SERVED_FILE).write_text(json.dumps({"item_inputs": item_inputs}))
+        reader = copy.copy(config)
+        reader.model = str(served)
+        prompts = rl_dataset(reader, data, codebook, processor, heldout=True)["prompt"]
         assert all(("<|i_" in p) == item_inputs for p in prompts)
-    config.model = stage2_dir
 
     tok = processor.tokenizer
     trie = SIDTrie.from_codebook(codebook, processor)
