@@ -10,6 +10,7 @@ import sqlite3
 import pytest
 
 from think_rec.data.schema import RecDataset
+from think_rec.decoding.ranking import extra_items, fusion_weights
 from think_rec.finetune.rationale_filters import complete
 from think_rec.model.artefacts import ServedConfig
 from think_rec.serve.conversation import Conversation, Session
@@ -45,13 +46,19 @@ def served(aligned_run, store):
     loop.close()
 
 
-def _ask(served, history, banned=frozenset(), k=5, think=False, engine=None):
-    """Prompt as the API builds it (history + one user message), run on ``engine`` (default: think_ahead)."""
-    ta, loop, conv, _ = served
+def _asked(served, history):
+    """``(prompt, history)`` as the API builds them for ``history`` and one user message."""
+    conv = served[2]
     session = Session("s", history=list(history))
     conv.add_user_message(session, "What should I get next?")
-    return loop.run_until_complete(run(engine or ta, conv.prompt(session), k=k, banned=set(banned), think=think,
-                                       history=session.history[-conv.max_history:]))
+    return conv.prompt(session), session.history[-conv.max_history:]
+
+
+def _ask(served, history, banned=frozenset(), k=5, think=False, engine=None):
+    """``_asked``'s prompt run on ``engine`` (default: think_ahead)."""
+    ta, loop, _, _ = served
+    prompt, recent = _asked(served, history)
+    return loop.run_until_complete(run(engine or ta, prompt, k=k, banned=set(banned), think=think, history=recent))
 
 
 def _stored_prefixes(engine, user):
@@ -118,12 +125,22 @@ def test_store_bad_input_is_named(store, aligned_run, tmp_path):
         build_engine("think_ahead", EngineConfig(model_dir, dirs.sids, think_ahead=stale, think_ahead_base="hf"))
 
 
-def _from_store_or_prior(engine, user, items, banned=frozenset()):
-    """Each item lies under a stored prefix or is one of the prior's candidates (the served ranking's two sources)."""
+def _from_store_or_extras(served, user, items, banned=frozenset()):
+    """Each item lies under a stored prefix or is one of the extra candidates the served ranking adds to those
+    (``decoding.ranking.extra_items``: the prior's and the item head's top on ``_ask``'s prompt; the head's,
+    computed here with every item under the stored prefixes taken as a beam, include those the engine adds)."""
+    engine, loop, _, _ = served
     levels, stored = engine.store.meta["levels"], _stored_prefixes(engine, user)
     history = engine.store.get(user).history
-    prior = set(engine.prior.candidates(history, set(banned))) if engine.prior and engine.prior.weight else set()
-    return all(tuple(_tokens(engine, i)[:levels]) in stored or i in prior for i in items)
+    under = [i for i in engine.trie.items if tuple(_tokens(engine, i)[:levels]) in stored]
+    weight, item_weight = fusion_weights(engine.prior)
+    row = None
+    if item_weight and engine.trie.item_token_ids is not None:
+        ids = engine.tok.encode(_asked(served, history)[0], add_special_tokens=False)
+        row = loop.run_until_complete(engine.base.item_logprobs(ids))
+    extra = extra_items(engine.prior if weight else None, history, [(i, 0.0) for i in under], set(banned),
+                        engine.trie, row, max(len(items), engine.store.meta["beam"]))
+    return set(items) <= set(under) | set(extra)
 
 
 def test_online_items_are_children_of_stored_prefixes(served):
@@ -138,7 +155,7 @@ def test_online_items_are_children_of_stored_prefixes(served):
         assert len(ids) == 5 == len(set(ids)) and all(i in ds.catalog for i in ids)
         scores = [s for _, s in rec.items]
         assert scores == sorted(scores, reverse=True)
-        assert _from_store_or_prior(engine, user, ids)
+        assert _from_store_or_extras(served, user, ids)
         for item, score in rec.items:  # beam items: prefix score + a log-probability (prior items score higher)
             prefix = tuple(_tokens(engine, item)[:levels])
             assert prefix not in stored or score <= stored[prefix] + 1e-6 or item in engine.prior.markov.scores(
@@ -186,7 +203,7 @@ def test_banned_brand_is_honoured(served):
     rec = _ask(served, history, banned=banned, k=3)
     assert engine.stats["think_ahead_hits"] == hits + 1  # still served from the stored prefixes
     assert len(rec.items) == 3 and all(ds.catalog[i]["brand"] != brand for i, _ in rec.items)
-    assert _from_store_or_prior(engine, "u1", [i for i, _ in rec.items], banned)
+    assert _from_store_or_extras(served, "u1", [i for i, _ in rec.items], banned)
 
 
 def test_fallbacks_decode_online(served):
