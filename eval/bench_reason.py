@@ -84,20 +84,29 @@ def oracle_rationales(rec: RecModel, examples, dirs: RunDirs, prune_k: int = 10)
     return [encode_citations(r["rationale"], [items[i] for i in r["history"]], rec.codebook) for r in rows]
 
 
+def scored_table(table: Path, stage1_fingerprint: str, users: int) -> dict[str, Any] | None:
+    """The ``bench rec`` table ``table`` when it scored the stage-1 model ``stage1_fingerprint`` on ``users`` test
+    users (where a ``served_think`` row belongs); else None, saying why."""
+    if not table.exists():
+        log.warning("%s: no bench rec table; served_think not added", table)
+        return None
+    payload = json.loads(table.read_text())
+    if payload.get("model_fingerprint") != stage1_fingerprint or payload.get("eval_users") != users:
+        log.warning("%s scored another stage-1 model or user set (fingerprint %s, %s users; stage 2 was trained "
+                    "from %s, scored on %s): served_think not added", table, payload.get("model_fingerprint"),
+                    payload.get("eval_users"), stage1_fingerprint, users)
+        return None
+    return payload
+
+
 def add_served_think(table: Path, row: dict[str, Any], stage1_fingerprint: str, stage2_fingerprint: str,
                      think: dict[str, Any]) -> bool:
     """Put ``row`` (``served_think``) into the ``bench rec`` table ``table`` (its md and png re-drawn) when that
-    table scored the stage-1 model ``stage1_fingerprint`` on as many users; else leave it and say why. The row's
+    table scored the stage-1 model ``stage1_fingerprint`` on as many users (``scored_table``). The row's
     ``train_seconds`` gains the stage-1 seconds of the table's ``served`` row; ``think`` (the stage-2 model's
     served thinking ranking) is recorded beside its fingerprint."""
-    if not table.exists():
-        log.warning("%s: no bench rec table; served_think not added", table)
-        return False
-    payload = json.loads(table.read_text())
-    if payload.get("model_fingerprint") != stage1_fingerprint or payload.get("eval_users") != row["eval_users"]:
-        log.warning("%s scored another stage-1 model or user set (fingerprint %s, %s users; stage 2 was trained "
-                    "from %s, scored on %s): served_think not added", table, payload.get("model_fingerprint"),
-                    payload.get("eval_users"), stage1_fingerprint, row["eval_users"])
+    payload = scored_table(table, stage1_fingerprint, row["eval_users"])
+    if payload is None:
         return False
     rows = [r for r in payload["rows"] if r["system"] != "served_think"]
     at = next((n + 1 for n, r in enumerate(rows) if r["system"] == "served"), 0)
@@ -181,11 +190,10 @@ def run(dataset: str = "scientific", budget_minutes: float = 8.0, eval_users: in
                "model_fingerprint": model_fingerprint(final),
                "stage1_fingerprint": model_fingerprint(dirs.align / "final")}
     write_report(f"{dataset}_reason", payload, out_dir, metric_keys=ROW_KEYS)
-    if served_think:
-        row = served_think_row(rec, sample_users(split.test, None, seed), max_history, max_think_tokens,
-                               stage2_seconds)
-        add_served_think(Path(out_dir) / f"{dataset}.json", row, payload["stage1_fingerprint"],
-                         payload["model_fingerprint"], {"think_ranking": rec.served.think_ranking,
-                                                        "follow_weight": rec.served.follow_weight,
-                                                        "rationale_samples": rec.served.rationale_samples})
+    table, everyone = Path(out_dir) / f"{dataset}.json", sample_users(split.test, None, seed)
+    if served_think and scored_table(table, payload["stage1_fingerprint"], len(everyone)) is not None:
+        row = served_think_row(rec, everyone, max_history, max_think_tokens, stage2_seconds)  # all test users: long
+        add_served_think(table, row, payload["stage1_fingerprint"], payload["model_fingerprint"],
+                         {"think_ranking": rec.served.think_ranking, "follow_weight": rec.served.follow_weight,
+                          "rationale_samples": rec.served.rationale_samples})
     return payload

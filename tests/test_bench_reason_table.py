@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from think_rec.eval.bench_reason import add_served_think
+from think_rec.eval.bench_reason import add_served_think, scored_table
 from think_rec.eval.report import write_report
 
 THINK = {"think_ranking": "history", "follow_weight": 0.0}
@@ -42,3 +42,7 @@ def test_another_stage1_model_or_user_set_leaves_the_table_alone(tmp_path):
     assert not add_served_think(path, think_row(users=2), "aaaa", "bbbb", THINK)
     assert not add_served_think(tmp_path / "industrial.json", think_row(), "aaaa", "bbbb", THINK)
     assert path.read_text() == before
+    # what bench reason asks before it scores every test user for the row
+    assert scored_table(path, "aaaa", 3)["model_fingerprint"] == "aaaa"
+    assert scored_table(path, "other", 3) is None and scored_table(path, "aaaa", 2) is None
+    assert scored_table(tmp_path / "industrial.json", "aaaa", 3) is None

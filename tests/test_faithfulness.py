@@ -61,6 +61,15 @@ def test_category_attributed_to_a_cited_item_lacking_it_is_a_contradiction():
     assert checker.shorten(text, HISTORY, "gauge") == "It is made by Arex."
 
 
+def test_about_words_attributed_to_a_cited_item_lacking_them_are_a_contradiction():
+    bad = claims('It is also about pump, like "Mitutoyo Digital Caliper".')
+    assert bad.words == {"pump"} and bad.contradictions == ['pump attributed to "Mitutoyo Digital Caliper"']
+    assert not claims('It is also about digital, like "Mitutoyo Digital Caliper".').contradictions
+    assert not claims("It is also about pump.").contradictions  # nothing cited: a claim, not an attribution
+    text = 'It is also about pump, like "Mitutoyo Digital Caliper". It is made by Arex.'
+    assert ClaimChecker(ITEMS).shorten(text, HISTORY, "pump") == "It is made by Arex."  # the page drops it
+
+
 def test_two_brands_are_a_contradiction():
     assert claims("It is made by Arex. It is made by Hoser.").contradictions
 

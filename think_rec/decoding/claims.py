@@ -3,8 +3,9 @@
 ``rationale_claims`` reads every brand and category a rationale names outside its citations, the words it says the
 item is "about", its price band against what the user usually pays, a film's decade ("from the 1990s": its
 release year), and "like <cited item>" when a sentence names nothing else; and why it contradicts itself (two
-brands, two price bands, two decades, categories no one catalog item carries together, a brand, a decade or
-categories attributed to a cited item that does not carry it). ``faithful``: every claim holds for an item.
+brands, two price bands, two decades, categories no one catalog item carries together, a brand, a decade,
+categories or "about" words attributed to a cited item that carries none of them). ``faithful``: every claim
+holds for an item.
 
 ``ClaimChecker`` is what the think step uses so that the answer follows its reasoning: ``follow`` adds
 ``weight`` x the share of the claims an item satisfies to its served score (the weight chosen on valid users when
@@ -98,8 +99,10 @@ def _names(vocab: ClaimVocabulary, plain: str) -> tuple[set[str], set[str]]:
 
 def _sentence_claims(claims: Claims, plain: str, cited: Sequence[Item], vocab: ClaimVocabulary) -> None:
     """Add one sentence's claims (``plain``: its text without citations; ``cited``: the items it cites)."""
+    words: set[str] = set()
     if about := ABOUT.search(plain):
-        claims.words.update(content_tokens(about.group(1)))
+        words = set(content_tokens(about.group(1)))
+        claims.words |= words
         plain = plain[:about.start()] + plain[about.end():]
     prices = {band for band, pattern in PRICE_CLAIMS.items() if pattern.search(plain)}
     decades = {int(d) for d in DECADE.findall(plain)}
@@ -109,7 +112,8 @@ def _sentence_claims(claims: Claims, plain: str, cited: Sequence[Item], vocab: C
     claims.brands |= brands
     claims.categories |= cats
     for names, carried in ((brands, lambda it: [it.get("brand") or ""]), (cats, lambda it: it.get("categories") or []),
-                           ({f"{d}s" for d in decades}, lambda it: [f"{d}s" for d in [release_decade(it)] if d])):
+                           ({f"{d}s" for d in decades}, lambda it: [f"{d}s" for d in [release_decade(it)] if d]),
+                           (words, lambda it: content_tokens(it.get("title", "")))):
         wanted = {name.casefold() for name in names}
         for item in cited if names else ():  # a cited item must carry one of the names its sentence claims
             if not wanted & {c.casefold() for c in carried(item)}:
