@@ -70,6 +70,14 @@ def test_about_words_attributed_to_a_cited_item_lacking_them_are_a_contradiction
     assert ClaimChecker(ITEMS).shorten(text, HISTORY, "pump") == "It is made by Arex."  # the page drops it
 
 
+def test_an_inch_mark_inside_a_cited_title_does_not_end_its_quote():
+    items = {**ITEMS, "sign": item("sign", 'Garden Sign 6" Hoses Marker', "Signet", ["Garden", "Signs"], 9.0)}
+    text = 'They recently bought "Mitutoyo Digital Caliper" and "Garden Sign 6" Hoses Marker".'
+    c = rationale_claims(text, ClaimVocabulary(items.values()), [items["cal"], items["sign"]])
+    assert not c.categories and not c.contradictions and len(c) == 0  # "Hoses" is inside the title
+    assert ClaimChecker(items).shorten(text, ["cal", "sign"], "hose") == text
+
+
 def test_two_brands_are_a_contradiction():
     assert claims("It is made by Arex. It is made by Hoser.").contradictions
 

@@ -68,16 +68,20 @@ class Claims:
                 + len(self.like))
 
 
-def _sentences(text: str) -> list[tuple[str, str, list[str]]]:
-    """Per sentence: its text, its text with quoted titles blanked, and the quoted titles."""
+def _sentences(text: str, titles: Iterable[str] = ()) -> list[tuple[str, str, list[str]]]:
+    """Per sentence: its text, its text with quoted titles blanked, and the quoted titles. ``titles`` (the history's
+    citation titles) are found whole first, so an inch mark inside one (``6" x 12" Sign``) does not end its quote."""
     quotes: list[str] = []
 
     def hide(m: re.Match) -> str:
         quotes.append(m.group(1))
         return f"\x00{len(quotes) - 1}\x00"
 
+    text = text or ""
+    for title in sorted({t for t in titles if '"' in t}, key=len, reverse=True):
+        text = re.sub(f'"({re.escape(title)})"', hide, text)
     out = []
-    for sentence in re.split(r"(?<=[.!?])[\"')\]]*\s+", QUOTED.sub(hide, text or "")):
+    for sentence in re.split(r"(?<=[.!?])[\"')\]]*\s+", QUOTED.sub(hide, text)):
         refs = [quotes[int(i)] for i in re.findall(r"\x00(\d+)\x00", sentence)]
         original = re.sub(r"\x00(\d+)\x00", lambda m: f'"{quotes[int(m.group(1))]}"', sentence)
         out.append((original, re.sub(r"\x00\d+\x00", " ", sentence), refs))
@@ -126,7 +130,7 @@ def rationale_claims(text: str, vocab: ClaimVocabulary, history: Sequence[Item])
     """The claims ``text`` makes about the next item (see the module docstring); ``history``: the items it may
     cite, whose prices are what the user usually pays."""
     claims = Claims(usual_price=usual_price(history))
-    for _, plain, quoted in _sentences(text):
+    for _, plain, quoted in _sentences(text, (citation_title(h) for h in history)):
         keys = {q.casefold() for q in quoted}
         cited = [h for h in history if citation_title(h)
                  and (citation_title(h).casefold() in keys or mentions(plain, citation_title(h)))]
@@ -206,7 +210,7 @@ class ClaimChecker:
         if item is None:
             return text
         kept = []
-        for original, _, _ in _sentences(text):
+        for original, _, _ in _sentences(text, (citation_title(self.items[i]) for i in history)):
             claims = self.claims(original, history)
             if faithful(claims, self.items[item]) and not claims.contradictions:
                 kept.append(original)
