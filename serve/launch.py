@@ -40,12 +40,19 @@ def launch(cmd: Sequence[str], url: str, log: Path, timeout_s: float = 600) -> s
 
 def start_server(model: Path, data: Path, sids: Path, backend: str, log: Path, timeout_s: float = 600,
                  extra_args: Sequence[str] = ()) -> tuple[subprocess.Popen, str]:
-    """A ``think-rec serve`` subprocess on a free loopback port, once ``/health`` answers."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "think_rec.cli", "serve", "--model", str(model), "--data", str(data), "--sids",
-           str(sids), "--backend", backend, "--port", str(port), *extra_args]
-    return launch(cmd, url, log, timeout_s), url
+    """A ``think-rec serve`` subprocess on a free loopback port, once ``/health`` answers. The port is free when
+    chosen, not reserved: when another process (vLLM's engine opens ports of its own first) takes it before the
+    server binds it, the server is started again on another (three tries)."""
+    for attempt in range(3):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "think_rec.cli", "serve", "--model", str(model), "--data", str(data), "--sids",
+               str(sids), "--backend", backend, "--port", str(port), *extra_args]
+        try:
+            return launch(cmd, url, log, timeout_s), url
+        except RuntimeError:
+            if attempt == 2 or "address already in use" not in log.read_text(errors="replace"):
+                raise
 
 
 def stop_server(proc: subprocess.Popen) -> None:
