@@ -70,7 +70,7 @@ class Claims:
 
 def _sentences(text: str, titles: Iterable[str] = ()) -> list[tuple[str, str, list[str]]]:
     """Per sentence: its text, its text with quoted titles blanked, and the quoted titles. ``titles`` (the history's
-    citation titles) are found whole first, so an inch mark inside one (``6" x 12" Sign``) does not end its quote."""
+    citation titles) are found whole first, so an inch mark inside one (``Crystal 6" Prism``) does not end its quote."""
     quotes: list[str] = []
 
     def hide(m: re.Match) -> str:
