@@ -118,7 +118,7 @@ def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path |
     markov, by_config = choose_markov(column(split.train, "item_ids"), column(valid, "history"),
                                       column(valid, "target"), served.exclude_history)
     prior = CollaborativePrior(markov, top=prior_top, data_fingerprint=data_fingerprint(data_dir))
-    rec = RecModel.load(model_dir, sids, data)
+    rec = RecModel.load(model_dir, sids, data, warn=False)  # served.json and the prior are what is chosen here
     cands = served_candidates(rec, column(valid, "history"), prior, served)
     best, scores = choose_weights(cands, column(valid, "target"))
     prior.weight, prior.item_weight = best

@@ -16,7 +16,7 @@ from think_rec.decoding.prior import MARKOV_CONFIGS, PRIOR_FILE, CollaborativePr
 from think_rec.decoding.ranking import Candidates, candidates, fuse, rank, rank_steps
 from think_rec.decoding.search import child_logprobs, encode, item_logprobs
 from think_rec.eval.rec import ThinkRecScorer
-from think_rec.finetune.served import choose_weight
+from think_rec.finetune.served import choose_weight, write_served
 from think_rec.model.artefacts import SERVED_FILE, RecModel, ServedConfig
 from think_rec.prompts import served_prompt
 
@@ -74,6 +74,21 @@ def test_a_model_without_prior_loads_at_weight_zero_and_says_so(aligned_run, tmp
     (bare / PRIOR_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="prior.json: not a think_rec prior"):
         CollaborativePrior.load(bare)
+
+
+def test_write_served_chooses_without_warning_of_what_it_is_choosing(aligned_run, tmp_path, caplog):
+    """Stage 1 ends with ``write_served`` on a model that has neither ``served.json`` nor a prior yet: it writes
+    both, and says nothing about their absence (that warning is for models served without them)."""
+    dirs, _, model_dir = aligned_run
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare)
+    for name in (PRIOR_FILE, SERVED_FILE):
+        (bare / name).unlink(missing_ok=True)
+    with caplog.at_level(logging.WARNING):
+        write_served(bare, dirs.data, dirs.sids, max_history=5, valid_users=50)
+    assert "no collaborative prior" not in caplog.text and f"no {SERVED_FILE}" not in caplog.text
+    loaded = RecModel.load(bare, dirs.sids, dirs.data)
+    assert loaded.prior is not None and loaded.served.max_history == 5
 
 
 def test_ranked_items_follow_the_rule_and_respect_bans(rec, valid):

@@ -70,10 +70,11 @@ def model_codebook(sids: str | Path | SIDCodebook, model_dir: str | Path) -> SID
     return ServedConfig.load(model_dir, warn=False).history_codebook(codebook)
 
 
-def load_prior(model_dir: str | Path) -> CollaborativePrior | None:
-    """The model's collaborative prior; None (the model alone, weight 0) with a warning when it has none."""
+def load_prior(model_dir: str | Path, warn: bool = True) -> CollaborativePrior | None:
+    """The model's collaborative prior; None (the model alone, weight 0) when it has none (with a warning when
+    ``warn``)."""
     prior = CollaborativePrior.load(model_dir)
-    if prior is None:
+    if prior is None and warn:
         log.warning("%s has no collaborative prior: ranking by the model alone (prior weight 0; "
                     "`think-rec prior` builds one)", model_dir)
     return prior
@@ -95,15 +96,16 @@ class RecModel:
 
     @classmethod
     def load(cls, model_dir: str | Path, sids: str | Path | SIDCodebook,
-             data: str | Path | RecDataset | None = None) -> RecModel:
-        """Each artefact once; ``sids`` and ``data`` are folders or already loaded."""
+             data: str | Path | RecDataset | None = None, warn: bool = True) -> RecModel:
+        """Each artefact once; ``sids`` and ``data`` are folders or already loaded. ``warn``: say when the model
+        has no ``served.json`` or prior (False where they are being chosen: ``write_served``)."""
         model, processor = load_model(model_dir)
         model.eval()
-        served = ServedConfig.load(model_dir)
+        served = ServedConfig.load(model_dir, warn)
         codebook = served.history_codebook(sids if isinstance(sids, SIDCodebook) else SIDCodebook.load(sids))
         dataset = data if data is None or isinstance(data, RecDataset) else RecDataset.load(data)
         return cls(model, processor, codebook, SIDTrie.from_codebook(codebook, processor), dataset,
-                   load_prior(model_dir), served)
+                   load_prior(model_dir, warn), served)
 
     @property
     def items(self) -> dict[str, dict[str, Any]]:
