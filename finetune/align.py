@@ -39,6 +39,7 @@ from think_rec.prompts import render_recommend_prompt
 from .align_config import AlignConfig, PHASES, STREAM_PHASES
 from .align_data import PAPER_MIX, build_align_dataset, supervise_history
 from .cpu_patches import compact_fused_lm_head_on_cpu
+from .embedding_lr import scale_embedding_lr
 from .item_head import ItemHeadLoss
 from .label_softmax import group_cross_entropy
 from .run_state import (config_fingerprint, data_fingerprint, model_fingerprint, resume_point, sids_fingerprint,
@@ -86,9 +87,15 @@ class TimeBudget(TrainerCallback):
 class RecTrainer(SFTTrainer):
     """``SFTTrainer`` whose loss adds the item-level head's (``item_head.py``) when the model has item tokens."""
 
-    def __init__(self, *args, item_head: dict[str, Any] | None = None, **kwargs):
+    def __init__(self, *args, item_head: dict[str, Any] | None = None, scaled_embedding_lr: bool = False, **kwargs):
         super().__init__(*args, **kwargs)  # item_head: ItemHeadLoss's keyword arguments
         self.item_head = None if item_head is None else ItemHeadLoss(self.model, **item_head)
+        self.scaled_embedding_lr = scaled_embedding_lr
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None and self.scaled_embedding_lr:
+            scale_embedding_lr(super().create_optimizer(model), self.model)
+        return super().create_optimizer(model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.item_head is None:
@@ -237,9 +244,11 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     compact_fused_lm_head_on_cpu()
     callbacks = [TimeBudget(deadline, config.lr_decay_share),
                  *_selection(config, phase, split, data, codebook, processor, out)]
+    scaled = dict(scaled_embedding_lr=config.scaled_embedding_lr and config.lora_r == 0)
     if phase == "items":  # the labels are item tokens: their softmax is the item head's loss itself
         trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                                  callbacks=callbacks, label_groups=[(item_ids, config.sampled_item_negatives)])
+                                  callbacks=callbacks, label_groups=[(item_ids, config.sampled_item_negatives)],
+                                  **scaled)
     else:
         teacher = MarkovModel(column(split.train, "item_ids")) if config.item_distill else None
         head = dict(item_head=dict(trie=SIDTrie.from_codebook(codebook, processor), weight=config.item_loss_weight,
@@ -248,10 +257,10 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
         if phase == "sequence":
             groups = sequence_label_groups(config, tokenizer.convert_tokens_to_ids(vocab), item_ids)
             trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                                      callbacks=callbacks, label_groups=groups, **head)
+                                      callbacks=callbacks, label_groups=groups, **head, **scaled)
         else:
             trainer = RecTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                                 callbacks=callbacks, **head)
+                                 callbacks=callbacks, **head, **scaled)
 
     def write_logs(step: int) -> None:
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
