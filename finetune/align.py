@@ -39,7 +39,7 @@ from think_rec.prompts import render_recommend_prompt
 from .align_config import AlignConfig, PHASES, STREAM_PHASES
 from .align_data import PAPER_MIX, build_align_dataset, supervise_history
 from .cpu_patches import compact_fused_lm_head_on_cpu
-from .embedding_lr import scale_embedding_lr
+from .scaled_embeddings import scale_embedding_lr, scale_embeddings
 from .item_head import ItemHeadLoss
 from .label_softmax import group_cross_entropy
 from .run_state import (config_fingerprint, data_fingerprint, model_fingerprint, resume_point, sids_fingerprint,
@@ -219,7 +219,10 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     tokenizer = getattr(processor, "tokenizer", processor)
     vocab = codebook.vocabulary()
     known = tokenizer.get_vocab()
-    if any(t not in known for t in vocab):
+    scaled = config.scaled_embeddings and config.lora_r == 0
+    if any(t not in known for t in vocab):  # the run's base model: its first phase
+        if scaled:
+            scale_embeddings(model)
         add_sid_tokens(model, processor, codebook, dict(zip(data.catalog.ids, data.catalog.items["title"])))
     if config.item_head and codebook.item_tokens()[0] not in known:
         add_item_tokens(model, processor, codebook)
@@ -244,7 +247,7 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     compact_fused_lm_head_on_cpu()
     callbacks = [TimeBudget(deadline, config.lr_decay_share),
                  *_selection(config, phase, split, data, codebook, processor, out)]
-    scaled = dict(scaled_embedding_lr=config.scaled_embedding_lr and config.lora_r == 0)
+    scaled = dict(scaled_embedding_lr=scaled)
     if phase == "items":  # the labels are item tokens: their softmax is the item head's loss itself
         trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                                   callbacks=callbacks, label_groups=[(item_ids, config.sampled_item_negatives)],

@@ -59,10 +59,11 @@ class AlignConfig(StageConfig, SFTConfig):
                 "(a bigram teacher: prior distillation into the model, finetune/item_head.py)."})
     item_loss_weight: float = field(default=1.0, metadata={
         "help": "Weight of the item head's mean cross-entropy per item beside the SID loss's mean per token."})
-    scaled_embedding_lr: bool = field(default=False, metadata={
-        "help": "Full training: the token embeddings learn at lr x sqrt(hidden), the final norm at lr / sqrt(hidden) "
-                "(finetune/embedding_lr.py). With the tiny preset's scaled embeddings this trains as inputs scaled "
-                "by sqrt(hidden) at every forward (SASRec, Gemma) while the saved weights stay standard."})
+    scaled_embeddings: bool = field(default=False, metadata={
+        "help": "Full training (lora_r 0): the token embeddings are written at sqrt(hidden) x their scale when the SID "
+                "tokens are added (the final norm divided by it) and trained at lr x sqrt(hidden), the final norm at "
+                "lr / sqrt(hidden): SASRec's and Gemma's inputs multiplied by sqrt(hidden), with standard weights "
+                "(finetune/scaled_embeddings.py)."})
     select_every_steps: int = field(default=0, metadata={
         "help": "Valid NDCG@10 every N steps; the best weights of each phase are kept (0: off)."})
     select_users: int = field(default=500, metadata={"help": "Seeded sample of valid users for model selection."})

@@ -51,27 +51,13 @@ def tiny_config(family: str, tok: PreTrainedTokenizerFast, *, layers: int = 2):
     return AutoConfig.for_model(family, text_config=text, vision_config=vision, tie_word_embeddings=tie, **ids)
 
 
-@torch.no_grad()
-def scale_embeddings(model) -> None:
-    """Token embeddings at the residual stream's scale: input rows x sqrt(hidden), as SASRec and Gemma scale their
-    inputs, written into the weights (any loader, vLLM's included, runs it unchanged). With tied weights the final
-    norm is divided by the same factor, so the logits start as before. Random-init ``N(0, 0.02)`` rows are ~10x
-    smaller than what the blocks add to the residual stream: the item a position holds is drowned out (Scientific,
-    the items phase alone: valid NDCG@10 0.072 -> 0.086 with the scale, SASRec-CE 0.083 on the same users)."""
-    scale = model.config.get_text_config().hidden_size ** 0.5
-    model.get_input_embeddings().weight.mul_(scale)
-    if model.get_output_embeddings().weight is model.get_input_embeddings().weight:
-        model.get_decoder().norm.weight.div_(scale)
-
-
 def build_tiny(out_dir: str | Path, corpus: list[str], *, family: str = "qwen3_vl", seed: int = 0,
-               vocab_size: int = 4000, layers: int = 2, scaled_embeddings: bool = True) -> Path:
+               vocab_size: int = 4000, layers: int = 2) -> Path:
     """Train a tokenizer on ``corpus``, build a random tiny ``family`` model + processor, save to ``out_dir``.
 
     VL families: images are resized to at most 4x4 patch-merges (16 image tokens); everything loads with
     ``AutoProcessor`` / ``AutoModelForImageTextToText.from_pretrained(out_dir)``. ``qwen3``: a text-only
     ``AutoModelForCausalLM`` with its tokenizer (``think_rec.model.loading.load_model`` picks either).
-    ``scaled_embeddings``: ``scale_embeddings`` (the preset's default since 2026-12-07).
     """
     out = Path(out_dir)
     vision = family in VL_FAMILIES
@@ -79,8 +65,6 @@ def build_tiny(out_dir: str | Path, corpus: list[str], *, family: str = "qwen3_v
     config = tiny_config(family, tok, layers=layers)
     torch.manual_seed(seed)
     model = auto_model_class(config).from_config(config, dtype=torch.float32)
-    if scaled_embeddings:
-        scale_embeddings(model)
     model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                                                bos_token_id=tok.pad_token_id)
     model.save_pretrained(out)

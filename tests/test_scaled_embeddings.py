@@ -1,5 +1,6 @@
 """Scaled embeddings written into the weights (``scale_embeddings``) + scaled learning rates (``scale_embedding_lr``)
-train as inputs multiplied by sqrt(hidden) at every forward, and the model stays a standard one."""
+train as inputs multiplied by sqrt(hidden) at every forward, and the model stays a standard one; stage 1 applies both
+once (``scaled_embeddings``)."""
 from __future__ import annotations
 
 import copy
@@ -7,9 +8,9 @@ import copy
 import pytest
 import torch
 
-from think_rec.finetune.embedding_lr import scale_embedding_lr
+from think_rec.finetune.scaled_embeddings import scale_embedding_lr, scale_embeddings
 from think_rec.model.loading import auto_model_class
-from think_rec.model.tiny import scale_embeddings, tiny_config
+from think_rec.model.tiny import tiny_config
 from think_rec.model.tokenizer import TEXT_CHAT_TEMPLATE, train_tokenizer
 
 
@@ -61,5 +62,30 @@ def test_a_frozen_embedding_is_an_error(pair):
     _, written, _ = pair
     written.get_input_embeddings().weight.requires_grad_(False)
     opt = torch.optim.Adam([p for p in written.parameters() if p.requires_grad], lr=1e-3)
-    with pytest.raises(ValueError, match="scaled_embedding_lr"):
+    with pytest.raises(ValueError, match="scaled_embeddings"):
         scale_embedding_lr(opt, written)
+
+
+def test_stage1_writes_the_scale_once_and_keeps_it(synthetic_dataset, tmp_path):
+    """Two full-training phases with ``scaled_embeddings``: the base's rows are scaled once (not again in the second
+    phase), and the merged model carries them as standard weights."""
+    from think_rec.finetune.align import train_align
+    from think_rec.finetune.align_config import AlignConfig
+    from think_rec.model.loading import load_model
+    from think_rec.pipeline import RunDirs, ensure_sids, ensure_tiny
+
+    dirs = RunDirs(tmp_path)
+    synthetic_dataset.save(dirs.data)
+    ensure_sids(dirs, synthetic_dataset, encoder="text", codebook_size=8, levels=2)
+    ensure_tiny(dirs, synthetic_dataset)
+    config = AlignConfig(output_dir=str(dirs.align), model=str(dirs.tiny), data_dir=str(dirs.data),
+                         sids_dir=str(dirs.sids), phase="sequence,multitask", task_mix={"sequential": 1.0},
+                         with_images=False, max_history=5, lora_r=0, scaled_embeddings=True, max_steps=2,
+                         num_examples=64, learning_rate=1e-4, per_device_train_batch_size=8, prior_valid_users=0,
+                         save_steps=1000, disable_tqdm=True)
+    base, _ = load_model(str(dirs.tiny))
+    final, _ = load_model(str(train_align(config)))
+    rows = base.get_input_embeddings().weight.shape[0]
+    ratio = (final.get_input_embeddings().weight[:rows].std() / base.get_input_embeddings().weight.std()).item()
+    assert ratio == pytest.approx(128 ** 0.5, rel=0.05)
+    assert final.get_decoder().norm.weight.mean().item() == pytest.approx(128 ** -0.5, rel=0.05)
