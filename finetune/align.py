@@ -39,11 +39,11 @@ from think_rec.prompts import render_recommend_prompt
 from .align_config import AlignConfig, PHASES, STREAM_PHASES
 from .align_data import PAPER_MIX, build_align_dataset, supervise_history
 from .cpu_patches import compact_fused_lm_head_on_cpu
-from .scaled_embeddings import scale_embedding_lr, scale_embeddings
 from .item_head import ItemHeadLoss
 from .label_softmax import group_cross_entropy
 from .run_state import (config_fingerprint, data_fingerprint, model_fingerprint, resume_point, sids_fingerprint,
                         train_and_merge)
+from .scaled_embeddings import scale_embedding_lr, scale_embeddings
 from .selection import ValidSelection, next_item_ndcg10, valid_ndcg10
 from .served import write_served
 from .sequence_data import build_sequence_dataset, item_stream_ids, item_token_ids, sid_stream
@@ -247,11 +247,11 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     compact_fused_lm_head_on_cpu()
     callbacks = [TimeBudget(deadline, config.lr_decay_share),
                  *_selection(config, phase, split, data, codebook, processor, out)]
-    scaled = dict(scaled_embedding_lr=scaled)
+    lr_groups = dict(scaled_embedding_lr=scaled)
     if phase == "items":  # the labels are item tokens: their softmax is the item head's loss itself
         trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                                   callbacks=callbacks, label_groups=[(item_ids, config.sampled_item_negatives)],
-                                  **scaled)
+                                  **lr_groups)
     else:
         teacher = MarkovModel(column(split.train, "item_ids")) if config.item_distill else None
         head = dict(item_head=dict(trie=SIDTrie.from_codebook(codebook, processor), weight=config.item_loss_weight,
@@ -260,10 +260,10 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
         if phase == "sequence":
             groups = sequence_label_groups(config, tokenizer.convert_tokens_to_ids(vocab), item_ids)
             trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                                      callbacks=callbacks, label_groups=groups, **head, **scaled)
+                                      callbacks=callbacks, label_groups=groups, **head, **lr_groups)
         else:
             trainer = RecTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                                 callbacks=callbacks, **head, **scaled)
+                                 callbacks=callbacks, **head, **lr_groups)
 
     def write_logs(step: int) -> None:
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
