@@ -93,9 +93,11 @@ class RecTrainer(SFTTrainer):
         self.scaled_embedding_lr = scaled_embedding_lr
 
     def create_optimizer(self, model=None):
-        if self.optimizer is None and self.scaled_embedding_lr:
-            scale_embedding_lr(super().create_optimizer(model), self.model)
-        return super().create_optimizer(model)
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if fresh and self.scaled_embedding_lr:
+            scale_embedding_lr(optimizer, self.model)
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.item_head is None:
