@@ -44,13 +44,14 @@ PROMPTS = {"stream": "sequence", "chat": "multitask"}  # prompt kind -> the stag
 class ThinkRecScorer:
     """A trained think_rec model with its trie and prompt: beams and served-ranking candidates for histories.
     Histories carry item tokens when ``codebook`` or the model's ``served.json`` says so (``item_inputs``), and
-    titles unless either says not (``history_titles``)."""
+    titles unless either says not (``history_titles``). ``warn``: about a model without ``served.json`` or prior (an
+    earlier phase's model: ``codebook`` then carries the final model's history settings)."""
 
     def __init__(self, model_dir: str | Path, dataset: RecDataset, codebook: SIDCodebook, *, prompt: str = "chat",
-                 max_history: int = 20, num_beams: int = 20, batch_size: int = 64):
+                 max_history: int = 20, num_beams: int = 20, batch_size: int = 64, warn: bool = True):
         if prompt not in PROMPTS:
             raise ValueError(f"prompt must be one of {list(PROMPTS)}, got {prompt!r}")
-        rec = RecModel.load(model_dir, codebook)
+        rec = RecModel.load(model_dir, codebook, warn=warn)
         self.model, self.processor, self.trie = rec.model, rec.processor, rec.trie
         codebook = codebook.with_item_inputs(codebook.item_inputs or rec.served.item_inputs).with_history_titles(
             codebook.history_titles and rec.served.history_titles)
@@ -124,7 +125,7 @@ def stream_rows(model_dir: str | Path, dataset: RecDataset, codebook: SIDCodeboo
     stream_dir = stream_dir if (stream_dir / "config.json").exists() else Path(model_dir)
     codebook = model_codebook(codebook, model_dir)  # the sequence phase read histories as the final model does
     scorer = ThinkRecScorer(stream_dir, dataset, codebook, prompt="stream", max_history=stream_history,
-                            num_beams=num_beams)
+                            num_beams=num_beams, warn=stream_dir == Path(model_dir))
     valid = sample_users(split.valid, valid_users, seed)
     best, scores = choose_weights(scorer.candidates(column(valid, "history"), prior, exclude_history),
                                   column(valid, "target"))

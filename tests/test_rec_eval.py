@@ -91,6 +91,22 @@ def test_write_served_chooses_without_warning_of_what_it_is_choosing(aligned_run
     assert loaded.prior is not None and loaded.served.max_history == 5
 
 
+def test_an_earlier_phase_model_is_scored_without_warnings_when_asked(aligned_run, synthetic_dataset, tmp_path,
+                                                                     caplog):
+    """``stream_rows`` scores the sequence phase's model, which has no ``served.json`` or prior by design."""
+    dirs, codebook, model_dir = aligned_run
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare)
+    for name in (PRIOR_FILE, SERVED_FILE):
+        (bare / name).unlink(missing_ok=True)
+    with caplog.at_level(logging.WARNING):
+        ThinkRecScorer(bare, synthetic_dataset, codebook, prompt="stream", warn=False)
+    assert f"no {SERVED_FILE}" not in caplog.text and "no collaborative prior" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        ThinkRecScorer(bare, synthetic_dataset, codebook, prompt="stream")
+    assert f"no {SERVED_FILE}" in caplog.text and "no collaborative prior" in caplog.text
+
+
 def test_ranked_items_follow_the_rule_and_respect_bans(rec, valid):
     split, markov = valid
     histories = split.valid["history"][:12]
