@@ -91,8 +91,8 @@ def test_write_served_chooses_without_warning_of_what_it_is_choosing(aligned_run
     assert loaded.prior is not None and loaded.served.max_history == 5
 
 
-def test_an_earlier_phase_model_is_scored_without_warnings_when_asked(aligned_run, synthetic_dataset, tmp_path,
-                                                                     caplog):
+def test_an_earlier_phase_model_is_scored_without_warnings_when_asked(
+        aligned_run, synthetic_dataset, tmp_path, caplog):
     """``stream_rows`` scores the sequence phase's model, which has no ``served.json`` or prior by design."""
     dirs, codebook, model_dir = aligned_run
     bare = tmp_path / "bare"
