@@ -38,6 +38,15 @@ def _prompts(rec, histories):
     return [served_prompt(tok, h, rec.items, rec.codebook, rec.served.max_history) for h in histories]
 
 
+def _copy_without(model_dir, tmp_path, *names: str):
+    """A copy of ``model_dir`` under ``tmp_path`` without the files ``names`` (each must be there)."""
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare)
+    for name in names:
+        (bare / name).unlink()
+    return bare
+
+
 def test_fuse_weight_zero_is_the_beams_and_the_prior_reorders():
     cands = Candidates(beams=[("a", -1.0), ("b", -2.0)], extra=[("c", -3.0)], prior={"b": 10.0, "c": 100.0})
     assert fuse(cands, 0.0, 3) == [("a", -1.0), ("b", -2.0)]  # the model alone: no prior-only items
@@ -65,9 +74,7 @@ def test_stage1_writes_the_served_artefact_chosen_on_valid(aligned_run, rec):
 
 def test_a_model_without_prior_loads_at_weight_zero_and_says_so(aligned_run, tmp_path, caplog):
     dirs, _, model_dir = aligned_run
-    bare = tmp_path / "bare"
-    shutil.copytree(model_dir, bare)
-    (bare / PRIOR_FILE).unlink()
+    bare = _copy_without(model_dir, tmp_path, PRIOR_FILE)
     with caplog.at_level(logging.WARNING):
         loaded = RecModel.load(bare, dirs.sids, dirs.data)
     assert loaded.prior is None and "no collaborative prior" in caplog.text
@@ -80,10 +87,7 @@ def test_write_served_chooses_without_warning_of_what_it_is_choosing(aligned_run
     """Stage 1 ends with ``write_served`` on a model that has neither ``served.json`` nor a prior yet: it writes
     both, and says nothing about their absence (that warning is for models served without them)."""
     dirs, _, model_dir = aligned_run
-    bare = tmp_path / "bare"
-    shutil.copytree(model_dir, bare)
-    for name in (PRIOR_FILE, SERVED_FILE):
-        (bare / name).unlink(missing_ok=True)
+    bare = _copy_without(model_dir, tmp_path, PRIOR_FILE, SERVED_FILE)
     with caplog.at_level(logging.WARNING):
         write_served(bare, dirs.data, dirs.sids, max_history=5, valid_users=50)
     assert "no collaborative prior" not in caplog.text and f"no {SERVED_FILE}" not in caplog.text
@@ -95,10 +99,7 @@ def test_an_earlier_phase_model_is_scored_without_warnings_when_asked(
         aligned_run, synthetic_dataset, tmp_path, caplog):
     """``stream_rows`` scores the sequence phase's model, which has no ``served.json`` or prior by design."""
     dirs, codebook, model_dir = aligned_run
-    bare = tmp_path / "bare"
-    shutil.copytree(model_dir, bare)
-    for name in (PRIOR_FILE, SERVED_FILE):
-        (bare / name).unlink(missing_ok=True)
+    bare = _copy_without(model_dir, tmp_path, PRIOR_FILE, SERVED_FILE)
     with caplog.at_level(logging.WARNING):
         ThinkRecScorer(bare, synthetic_dataset, codebook, prompt="stream", warn=False)
     assert f"no {SERVED_FILE}" not in caplog.text and "no collaborative prior" not in caplog.text
