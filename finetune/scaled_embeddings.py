@@ -4,9 +4,9 @@ SASRec and Gemma multiply token embeddings by sqrt(hidden) at every forward. ``s
 into a model's weights instead (tied: the final norm divided by it), which any loader, vLLM included, runs unchanged.
 Adam's steps do not scale with a parameter, though: the multiplied form moves each input row s times faster than the
 written one. Giving the embeddings lr x s and the final norm lr / s restores the multiplied form's training (exactly,
-but for Adam's eps: it meets embedding gradients s times smaller). Measured
-(Scientific, the items phase alone, 2,000 valid users): the written weights alone score as before (0.071), the
-multiplied form 0.086 and the written one at these learning rates 0.084 (SASRec-CE 0.083 on the same users).
+but for Adam's eps: it meets embedding gradients s times smaller). Measured (Scientific, the items phase alone,
+2,000 valid users): the written weights alone score as before (0.071), the multiplied form 0.086 and the written one
+at these learning rates 0.084 (SASRec-CE 0.083 on the same users).
 """
 from __future__ import annotations
 
