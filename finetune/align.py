@@ -221,7 +221,7 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     tokenizer = getattr(processor, "tokenizer", processor)
     vocab = codebook.vocabulary()
     known = tokenizer.get_vocab()
-    scaled = config.scaled_embeddings and config.lora_r == 0
+    scaled = config.scaled_embeddings
     if any(t not in known for t in vocab):  # the run's base model: its first phase
         if scaled:
             scale_embeddings(model)

@@ -123,6 +123,9 @@ class AlignConfig(StageConfig, SFTConfig):
             raise ValueError("sequence_item_streams: true needs item_head: true (the item tokens it streams)")
         if self.item_inputs and not self.item_head:
             raise ValueError("item_inputs: true needs item_head: true (the item tokens it writes)")
+        if self.scaled_embeddings and self.lora_r:
+            raise ValueError(f"scaled_embeddings: true needs full training (lora_r: 0), got lora_r {self.lora_r}: "
+                             "LoRA leaves the embeddings it would scale untrained")
         if self.sampled_item_negatives < 0:
             raise ValueError(f"sampled_item_negatives: expected 0 (full softmax) or N > 0, got "
                              f"{self.sampled_item_negatives!r}")

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 
+from think_rec.finetune.align_config import AlignConfig
 from think_rec.finetune.scaled_embeddings import scale_embedding_lr, scale_embeddings
 from think_rec.model.loading import auto_model_class
 from think_rec.model.tiny import tiny_config
@@ -66,11 +67,16 @@ def test_a_frozen_embedding_is_an_error(pair):
         scale_embedding_lr(opt, written)
 
 
+def test_scaled_embeddings_with_lora_is_a_config_error():
+    with pytest.raises(ValueError, match="scaled_embeddings: true needs full training"):
+        AlignConfig(output_dir="x", lora_r=8, scaled_embeddings=True)
+    assert AlignConfig(output_dir="x", lora_r=0, scaled_embeddings=True).scaled_embeddings
+
+
 def test_stage1_writes_the_scale_once_and_keeps_it(synthetic_dataset, tmp_path):
     """Two full-training phases with ``scaled_embeddings``: the base's rows are scaled once (not again in the second
     phase), and the merged model carries them as standard weights."""
     from think_rec.finetune.align import train_align
-    from think_rec.finetune.align_config import AlignConfig
     from think_rec.model.loading import load_model
     from think_rec.pipeline import RunDirs, ensure_sids, ensure_tiny
 
