@@ -221,9 +221,8 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     tokenizer = getattr(processor, "tokenizer", processor)
     vocab = codebook.vocabulary()
     known = tokenizer.get_vocab()
-    scaled = config.scaled_embeddings
     if any(t not in known for t in vocab):  # the run's base model: its first phase
-        if scaled:
+        if config.scaled_embeddings:
             scale_embeddings(model)
         add_sid_tokens(model, processor, codebook, dict(zip(data.catalog.ids, data.catalog.items["title"])))
     if config.item_head and codebook.item_tokens()[0] not in known:
@@ -249,7 +248,7 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     compact_fused_lm_head_on_cpu()
     callbacks = [TimeBudget(deadline, config.lr_decay_share),
                  *_selection(config, phase, split, data, codebook, processor, out)]
-    lr_groups = dict(scaled_embedding_lr=scaled)
+    lr_groups = dict(scaled_embedding_lr=config.scaled_embeddings)
     if phase == "items":  # the labels are item tokens: their softmax is the item head's loss itself
         trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                                   callbacks=callbacks, label_groups=[(item_ids, config.sampled_item_negatives)],
