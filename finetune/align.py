@@ -26,7 +26,7 @@ from transformers import Trainer, TrainerCallback
 from trl import SFTTrainer, TrlParser
 
 from think_rec.data.schema import RecDataset, column
-from think_rec.data.split import history_exclusion, leave_one_out, sample_users
+from think_rec.data.split import LeaveOneOut, history_exclusion, hold_out, leave_one_out
 from think_rec.decoding.prior import MarkovModel
 from think_rec.decoding.trie import SIDTrie
 from think_rec.itemic.codebook import SIDCodebook
@@ -165,7 +165,7 @@ def _selection(config: AlignConfig, phase: str, split, data: RecDataset, codeboo
     the others by trie beam search over their prompt format."""
     if not config.select_every_steps or phase == "warmup":
         return []
-    valid = sample_users(split.valid, config.select_users, config.seed)
+    valid = split.selection_users(config.select_users, config.seed)
     histories, targets = valid["history"], valid["target"]
     history_len = config.sequence_max_items - 1 if phase in STREAM_PHASES else config.max_history
     exclude = history_exclusion(split) if config.exclude_history is None else config.exclude_history
@@ -208,6 +208,11 @@ def phase_fingerprint(config: AlignConfig, phase: str, base: str | Path, data: s
     return {"config": cfg, "data": data, "sids": sids, "base": model_fingerprint(base)}
 
 
+def stage1_split(config: AlignConfig, data: RecDataset, max_history: int) -> LeaveOneOut:
+    """The leave-one-out split stage 1 trains on: ``heldout_share`` of its users' last training items withheld."""
+    return hold_out(leave_one_out(data.interactions, max_history=max_history), config.heldout_share, config.seed)
+
+
 def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, data: RecDataset,
               codebook: SIDCodebook, deadline: float | None, fingerprint: dict) -> Path:
     """Train one phase from ``base``, merge it into ``merged`` and return that folder."""
@@ -235,10 +240,10 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
     if dropout and phase != "warmup":
         add_dropout(model, dropout)
     if phase in STREAM_PHASES:
-        split = leave_one_out(data.interactions, max_history=config.sequence_max_items - 1)
+        split = stage1_split(config, data, config.sequence_max_items - 1)
         train = stream_dataset(config, phase, split, codebook, tokenizer, item_ids)
     else:
-        split = leave_one_out(data.interactions, max_history=config.max_history)
+        split = stage1_split(config, data, config.max_history)
         mix = (config.warmup_task_mix if phase == "warmup" else None) or config.task_mix or PAPER_MIX
         train = build_align_dataset(data, codebook, split, mix, config.num_examples, seed=config.seed,
                                     with_images=config.with_images, max_images=config.max_images,
@@ -312,7 +317,8 @@ def train_align(config: AlignConfig) -> Path:
             write_served(base, config.data_dir, codebook, max_history=config.max_history,
                          num_beams=config.served_num_beams, valid_users=config.prior_valid_users,
                          exclude_history=config.exclude_history, item_inputs=config.item_inputs,
-                         history_titles=config.history_titles, seed=config.seed)
+                         history_titles=config.history_titles, heldout_share=config.heldout_share,
+                         seed=config.seed)
         if distributed:
             torch.distributed.barrier()
     return Path(base)

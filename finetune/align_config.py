@@ -70,6 +70,10 @@ class AlignConfig(StageConfig, SFTConfig):
     select_num_beams: int = field(default=20, metadata={"help": "Beam width of the model-selection search."})
     select_patience: int = field(default=0, metadata={
         "help": "Stop a phase after this many evaluations without a better valid score (0: never)."})
+    heldout_share: float = field(default=0.0, metadata={
+        "help": "Share of users whose last training item stage 1 withholds; model selection and the served fusion's "
+                "weights are chosen on their valid items (histories shaped like test: the last item never trained as "
+                "the user's context). 0: every valid user (in sample)."})
     exclude_history: bool | None = field(default=None, metadata={
         "help": "Never recommend history items, in model selection and when served (default: decided from "
                 "train + valid, think_rec.data.split.history_exclusion)."})
@@ -111,6 +115,8 @@ class AlignConfig(StageConfig, SFTConfig):
         unknown = [p for p in self.phases if p not in PHASES]
         if unknown or not self.phases:
             raise ValueError(f"phase: expected a comma-separated list of {PHASES}, got {self.phase!r}")
+        if not 0.0 <= self.heldout_share < 1.0:
+            raise ValueError(f"heldout_share: expected a share in [0, 1), got {self.heldout_share!r}")
         if not 0.0 <= self.lr_decay_share <= 1.0:
             raise ValueError(f"lr_decay_share: expected a share in [0, 1], got {self.lr_decay_share!r}")
         if self.quantization not in (None, "4bit", "8bit"):

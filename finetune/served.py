@@ -5,10 +5,11 @@ direction it counts, ``MarkovConfig``, is the one of ``MARKOV_CONFIGS`` that ran
 best on its own), ranks that sample once with the served prompt and the served ranking
 (``think_rec.decoding.ranking``), picks the prior weight (and, for a model with item tokens, the item head's
 weight) with the best valid NDCG@10 (ties: the smaller weights), and saves ``prior.json`` and ``served.json``
-beside the merged model. Stage 1 calls it when its last phase has trained the chat prompt;
-``think-rec prior`` does it for an existing model. Stage 2 adds its thinking ranking (``write_think``): after the
-rationale or after an empty think, and the weight of the rationale's claims, chosen on valid users. Test users are
-never read.
+beside the merged model. With stage 1's ``heldout_share`` the valid users are the ones whose last training item it
+withheld (their histories end as test histories do: in-sample users over-trust a model that memorises them). Stage 1
+calls it when its last phase has trained the chat prompt; ``think-rec prior`` does it for an existing model. Stage 2
+adds its thinking ranking (``write_think``): after the rationale or after an empty think, and the weight of the
+rationale's claims, chosen on valid users. Test users are never read.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from think_rec.data.schema import RecDataset, column
-from think_rec.data.split import history_exclusion, leave_one_out, sample_users
+from think_rec.data.split import history_exclusion, hold_out, leave_one_out, sample_users
 from think_rec.decoding.prior import (ITEM_WEIGHTS, MARKOV_CONFIGS, PRIOR_FILE, PRIOR_WEIGHTS, CollaborativePrior,
                                       MarkovConfig, MarkovModel)
 from think_rec.decoding.ranking import Candidates, Ranked, candidates, fuse, fusion_weights
@@ -102,19 +103,20 @@ def model_alone(scores: dict) -> float:
 def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path | SIDCodebook, *, max_history: int,
                  num_beams: int = 30, valid_users: int | None = 2000, exclude_history: bool | None = None,
                  prior_top: int = 30, seed: int = 0, dtype: str = "float32", item_inputs: bool | None = None,
-                 history_titles: bool | None = None, **notes: Any) -> ServedConfig:
-    """Build the prior from the training split, choose its weight on valid users, write ``prior.json`` and
+                 history_titles: bool | None = None, heldout_share: float = 0.0, **notes: Any) -> ServedConfig:
+    """Build the prior from the training split, choose its weight on valid users (with ``heldout_share``, on the users
+    whose last training item stage 1 withheld: ``think_rec.data.split.hold_out``), write ``prior.json`` and
     ``served.json`` into ``model_dir``. ``exclude_history`` None: decided from train + valid; ``item_inputs`` and
     ``history_titles`` None: as the model's ``served.json`` records (a model reads histories as it was trained to)."""
     recorded = ServedConfig.load(model_dir, warn=False)
     item_inputs = recorded.item_inputs if item_inputs is None else item_inputs
     history_titles = recorded.history_titles if history_titles is None else history_titles
     data = RecDataset.load(data_dir)
-    split = leave_one_out(data.interactions, max_history=max_history)
+    split = hold_out(leave_one_out(data.interactions, max_history=max_history), heldout_share, seed)
     served = ServedConfig(max_history=max_history, num_beams=num_beams, dtype=dtype,
                           exclude_history=history_exclusion(split) if exclude_history is None else exclude_history,
                           item_inputs=item_inputs, history_titles=history_titles, notes=notes)
-    valid = sample_users(split.valid, valid_users, seed)
+    valid = split.selection_users(valid_users, seed)
     markov, by_config = choose_markov(column(split.train, "item_ids"), column(valid, "history"),
                                       column(valid, "target"), served.exclude_history)
     prior = CollaborativePrior(markov, top=prior_top, data_fingerprint=data_fingerprint(data_dir))
@@ -122,8 +124,9 @@ def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path |
     cands = served_candidates(rec, column(valid, "history"), prior, served)
     best, scores = choose_weights(cands, column(valid, "target"))
     prior.weight, prior.item_weight = best
-    prior.selection = {"valid_users": len(valid), "seed": seed, "markov_config": asdict(markov.config),
-                       "valid_ndcg@10_by_markov_config": by_config, **selection_record(best, scores)}
+    prior.selection = {"valid_users": len(valid), "heldout_share": heldout_share, "seed": seed,
+                       "markov_config": asdict(markov.config), "valid_ndcg@10_by_markov_config": by_config,
+                       **selection_record(best, scores)}
     prior.save(model_dir)
     served.save(model_dir)
     return served

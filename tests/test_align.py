@@ -199,6 +199,8 @@ def test_bad_config_values_are_named():
         AlignConfig(output_dir="x", phase="all")
     with pytest.raises(ValueError, match="task_mix"):
         AlignConfig(output_dir="x", task_mix="{oops")
+    with pytest.raises(ValueError, match="heldout_share"):
+        AlignConfig(output_dir="x", heldout_share=1.0)
     for cls in (AlignConfig, ReasonConfig, RLConfig):  # the stages' shared required fields, checked at train time
         with pytest.raises(ValueError, match=f"{cls.__name__}.sids_dir is required"):
             cls(output_dir="x", model="m", data_dir="d").require()

@@ -8,7 +8,7 @@ import pytest
 from think_rec.data.filters import kcore
 from think_rec.data.loaders import load_source
 from think_rec.data.schema import Catalog, Interactions, RecDataset
-from think_rec.data.split import leave_one_out
+from think_rec.data.split import hold_out, leave_one_out
 
 
 def check_leave_one_out(interactions: Interactions, max_history: int, min_length: int = 3) -> None:
@@ -71,3 +71,23 @@ def test_kcore_on_real_data_is_a_fixed_point(shared_data):
     assert min(counts.values()) >= 6 and min(len(s) for s in seqs) >= 6
     assert out.stats()["kcore_rounds"] > 1 and 0 < sum(counts.values()) < 194687
     assert kcore(out, 6).interactions.table.to_dict()["item_ids"] == seqs
+
+
+def test_hold_out_withholds_the_last_training_item_of_a_seeded_share_and_selects_on_them(synthetic_dataset):
+    """Held-out users lose their last training item (valid and test untouched), so their valid history ends with an
+    item never trained as their context, as test histories do; selection samples only them."""
+    split = leave_one_out(synthetic_dataset.interactions, max_history=5)
+    held = hold_out(split, 0.25, seed=3)
+    assert hold_out(split, 0.0) is split and hold_out(split, 0.25, seed=3).heldout == held.heldout
+    eligible = [u for u, s in zip(split.train["user_id"], split.train["item_ids"]) if len(s) >= 2]
+    assert len(held.heldout) == round(0.25 * len(eligible)) and held.heldout <= set(eligible)
+    assert held.heldout != hold_out(split, 0.25, seed=4).heldout
+    for user, before, after in zip(split.train["user_id"], split.train["item_ids"], held.train["item_ids"]):
+        assert after == (before[:-1] if user in held.heldout else before)
+    assert held.valid is split.valid and held.test is split.test
+    chosen = held.selection_users(10, seed=0)
+    assert len(chosen) == 10 and set(chosen["user_id"]) <= held.heldout
+    assert len(held.selection_users(None)) == len(held.heldout)
+    assert len(split.selection_users(10)) == 10 and len(split.selection_users(None)) == len(split.valid)
+    with pytest.raises(ValueError, match="share in"):
+        hold_out(split, 1.0)

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from think_rec.data.split import leave_one_out
+from think_rec.data.split import hold_out, leave_one_out
 from think_rec.decoding.prior import MARKOV_CONFIGS, PRIOR_FILE, CollaborativePrior, MarkovConfig, MarkovModel
 from think_rec.decoding.ranking import Candidates, candidates, fuse, rank, rank_steps
 from think_rec.decoding.search import child_logprobs, encode, item_logprobs
@@ -93,6 +93,18 @@ def test_write_served_chooses_without_warning_of_what_it_is_choosing(aligned_run
     assert "no collaborative prior" not in caplog.text and f"no {SERVED_FILE}" not in caplog.text
     loaded = RecModel.load(bare, dirs.sids, dirs.data)
     assert loaded.prior is not None and loaded.served.max_history == 5
+
+
+def test_write_served_with_a_heldout_share_chooses_on_the_held_out_users(aligned_run, rec, tmp_path):
+    """``heldout_share``: the prior counts the split stage 1 trained on (held-out users' last training item
+    withheld) and its weights are chosen on those users' valid items only."""
+    dirs, _, model_dir = aligned_run
+    bare = _copy_without(model_dir, tmp_path, PRIOR_FILE, SERVED_FILE)
+    write_served(bare, dirs.data, dirs.sids, max_history=5, valid_users=None, heldout_share=0.3, seed=1)
+    prior = RecModel.load(bare, dirs.sids, dirs.data).prior
+    held = hold_out(leave_one_out(rec.dataset.interactions, max_history=5), 0.3, seed=1)
+    assert prior.selection["heldout_share"] == 0.3 and prior.selection["valid_users"] == len(held.heldout)
+    assert prior.markov.transitions == MarkovModel(held.train["item_ids"], prior.markov.config).transitions
 
 
 def test_an_earlier_phase_model_is_scored_without_warnings_when_asked(

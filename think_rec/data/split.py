@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 import datasets
@@ -27,6 +27,13 @@ class LeaveOneOut:
     valid: datasets.Dataset  # user_id, history, target
     test: datasets.Dataset
     max_history: int
+    heldout: frozenset[str] = frozenset()  # users whose last training item ``train`` withholds (``hold_out``)
+
+    def selection_users(self, n: int | None, seed: int = 0) -> datasets.Dataset:
+        """A seeded sample of ``n`` valid examples to select on: the held-out users' when there are any."""
+        if not self.heldout:
+            return sample_users(self.valid, n, seed)
+        return sample_users(self.valid.filter(lambda u: u in self.heldout, input_columns="user_id"), n, seed)
 
     def train_examples(self, min_history: int = 1) -> datasets.Dataset:
         """Every next-item example inside the training sequences (history capped)."""
@@ -58,6 +65,23 @@ def leave_one_out(interactions: Interactions, max_history: int = 50,
         test=datasets.Dataset.from_list(test, features=EXAMPLE_FEATURES),
         max_history=max_history,
     )
+
+
+def hold_out(split: LeaveOneOut, share: float, seed: int = 0) -> LeaveOneOut:
+    """``split`` with the last training item of a seeded ``share`` of users (those with two or more) withheld from
+    ``train``. Their valid history then ends with an item the model never saw as their context, as every test
+    history does; selecting on them does not reward memorised training sequences as in-sample valid users do."""
+    if not 0 <= share < 1:
+        raise ValueError(f"heldout share: expected a share in [0, 1), got {share!r}")
+    users, sequences = column(split.train, "user_id"), column(split.train, "item_ids")
+    eligible = [u for u, seq in zip(users, sequences) if len(seq) >= 2]
+    held = frozenset(random.Random(seed).sample(eligible, round(share * len(eligible))))
+    if not held:
+        return split
+    train = datasets.Dataset.from_dict(
+        {"user_id": users, "item_ids": [seq[:-1] if u in held else seq for u, seq in zip(users, sequences)]},
+        features=split.train.features)
+    return replace(split, train=train, heldout=held)
 
 
 def sample_users(examples: datasets.Dataset, n: int | None, seed: int = 0) -> datasets.Dataset:
