@@ -145,7 +145,7 @@ def sequence_run(aligned_run, tmp_path_factory, monkeypatch_module):
                                data_dir=str(dirs.data), sids_dir=str(dirs.sids), phase="sequence",
                                phase_budget=None, time_budget_minutes=None, max_steps=400,
                                select_every_steps=25, select_users=200, sequence_max_items=12, save_steps=1000,
-                               model_dropout=0.0,
+                               model_dropout=0.0, heldout_share=0.0,  # selection on every valid user, as compared
                                logging_steps=10)
     return out, align.train_align(config), seen
 
