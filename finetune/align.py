@@ -209,8 +209,10 @@ def phase_fingerprint(config: AlignConfig, phase: str, base: str | Path, data: s
 
 
 def stage1_split(config: AlignConfig, data: RecDataset, max_history: int) -> LeaveOneOut:
-    """The leave-one-out split stage 1 trains on: ``heldout_share`` of its users' last training items withheld."""
-    return hold_out(leave_one_out(data.interactions, max_history=max_history), config.heldout_share, config.seed)
+    """The leave-one-out split stage 1 trains on: ``heldout_share`` of its users' last training items withheld (when
+    that makes at least ``select_users`` users to select on)."""
+    return hold_out(leave_one_out(data.interactions, max_history=max_history), config.heldout_share, config.seed,
+                    min_users=config.select_users)
 
 
 def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, data: RecDataset,
@@ -318,7 +320,7 @@ def train_align(config: AlignConfig) -> Path:
                          num_beams=config.served_num_beams, valid_users=config.prior_valid_users,
                          exclude_history=config.exclude_history, item_inputs=config.item_inputs,
                          history_titles=config.history_titles, heldout_share=config.heldout_share,
-                         seed=config.seed)
+                         heldout_min_users=config.select_users, seed=config.seed)
         if distributed:
             torch.distributed.barrier()
     return Path(base)

@@ -73,7 +73,7 @@ class AlignConfig(StageConfig, SFTConfig):
     heldout_share: float = field(default=0.0, metadata={
         "help": "Share of users whose last training item stage 1 withholds; model selection and the served fusion's "
                 "weights are chosen on their valid items (histories shaped like test: the last item never trained as "
-                "the user's context). 0: every valid user (in sample)."})
+                "the user's context). 0, or fewer held-out users than select_users: every valid user (in sample)."})
     exclude_history: bool | None = field(default=None, metadata={
         "help": "Never recommend history items, in model selection and when served (default: decided from "
                 "train + valid, think_rec.data.split.history_exclusion)."})

@@ -103,16 +103,19 @@ def model_alone(scores: dict) -> float:
 def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path | SIDCodebook, *, max_history: int,
                  num_beams: int = 30, valid_users: int | None = 2000, exclude_history: bool | None = None,
                  prior_top: int = 30, seed: int = 0, dtype: str = "float32", item_inputs: bool | None = None,
-                 history_titles: bool | None = None, heldout_share: float = 0.0, **notes: Any) -> ServedConfig:
+                 history_titles: bool | None = None, heldout_share: float = 0.0, heldout_min_users: int = 1,
+                 **notes: Any) -> ServedConfig:
     """Build the prior from the training split, choose its weight on valid users (with ``heldout_share``, on the users
-    whose last training item stage 1 withheld: ``think_rec.data.split.hold_out``), write ``prior.json`` and
+    whose last training item stage 1 withheld, ``think_rec.data.split.hold_out`` with ``heldout_min_users`` as stage 1
+    called it), write ``prior.json`` and
     ``served.json`` into ``model_dir``. ``exclude_history`` None: decided from train + valid; ``item_inputs`` and
     ``history_titles`` None: as the model's ``served.json`` records (a model reads histories as it was trained to)."""
     recorded = ServedConfig.load(model_dir, warn=False)
     item_inputs = recorded.item_inputs if item_inputs is None else item_inputs
     history_titles = recorded.history_titles if history_titles is None else history_titles
     data = RecDataset.load(data_dir)
-    split = hold_out(leave_one_out(data.interactions, max_history=max_history), heldout_share, seed)
+    split = hold_out(leave_one_out(data.interactions, max_history=max_history), heldout_share, seed,
+                     heldout_min_users)
     served = ServedConfig(max_history=max_history, num_beams=num_beams, dtype=dtype,
                           exclude_history=history_exclusion(split) if exclude_history is None else exclude_history,
                           item_inputs=item_inputs, history_titles=history_titles, notes=notes)
@@ -124,7 +127,7 @@ def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path |
     cands = served_candidates(rec, column(valid, "history"), prior, served)
     best, scores = choose_weights(cands, column(valid, "target"))
     prior.weight, prior.item_weight = best
-    prior.selection = {"valid_users": len(valid), "heldout_share": heldout_share, "seed": seed,
+    prior.selection = {"valid_users": len(valid), "heldout_users": len(split.heldout), "seed": seed,
                        "markov_config": asdict(markov.config), "valid_ndcg@10_by_markov_config": by_config,
                        **selection_record(best, scores)}
     prior.save(model_dir)

@@ -89,5 +89,6 @@ def test_hold_out_withholds_the_last_training_item_of_a_seeded_share_and_selects
     assert len(chosen) == 10 and set(chosen["user_id"]) <= held.heldout
     assert len(held.selection_users(None)) == len(held.heldout)
     assert len(split.selection_users(10)) == 10 and len(split.selection_users(None)) == len(split.valid)
+    assert hold_out(split, 0.25, seed=3, min_users=len(held.heldout) + 1) is split  # too few to choose on
     with pytest.raises(ValueError, match="share in"):
         hold_out(split, 1.0)

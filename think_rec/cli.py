@@ -334,6 +334,7 @@ def prior_cmd(
     valid_users: int = typer.Option(2000, help="Seeded valid users that choose the prior's weight (0: all)."),
     dtype: str = typer.Option("float32", help="What the model is served in (vLLM dtype)."),
     heldout_share: float = typer.Option(0.0, help="The stage-1 config's heldout_share: choose on its held-out users."),
+    heldout_min_users: int = typer.Option(500, help="The stage-1 config's select_users (fewer held-out: in sample)."),
     seed: int = typer.Option(0),
 ) -> None:
     """Build a model's collaborative prior from the training split (how it counts and its weight chosen on valid
@@ -342,7 +343,8 @@ def prior_cmd(
 
     try:
         served = write_served(model, run / "data", run / "sids", max_history=max_history, num_beams=num_beams,
-                              valid_users=valid_users or None, seed=seed, dtype=dtype, heldout_share=heldout_share)
+                              valid_users=valid_users or None, seed=seed, dtype=dtype, heldout_share=heldout_share,
+                              heldout_min_users=heldout_min_users)
     except (ValueError, FileNotFoundError) as e:
         fail(e)
     from think_rec.decoding.prior import CollaborativePrior

@@ -1,6 +1,7 @@
 """Leave-one-out split: last item test, second-to-last valid, the rest train."""
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
@@ -8,6 +9,8 @@ from typing import Iterable, Sequence
 import datasets
 
 from .schema import Interactions, column
+
+log = logging.getLogger(__name__)
 
 EXAMPLE_FEATURES = datasets.Features(
     {
@@ -67,17 +70,22 @@ def leave_one_out(interactions: Interactions, max_history: int = 50,
     )
 
 
-def hold_out(split: LeaveOneOut, share: float, seed: int = 0) -> LeaveOneOut:
+def hold_out(split: LeaveOneOut, share: float, seed: int = 0, min_users: int = 1) -> LeaveOneOut:
     """``split`` with the last training item of a seeded ``share`` of users (those with two or more) withheld from
     ``train``. Their valid history then ends with an item the model never saw as their context, as every test
-    history does; selecting on them does not reward memorised training sequences as in-sample valid users do."""
+    history does; selecting on them does not reward memorised training sequences as in-sample valid users do.
+    Fewer than ``min_users`` held-out users are too few to choose on: ``split`` is returned as it is (logged)."""
     if not 0 <= share < 1:
         raise ValueError(f"heldout share: expected a share in [0, 1), got {share!r}")
     users, sequences = column(split.train, "user_id"), column(split.train, "item_ids")
     eligible = [u for u, seq in zip(users, sequences) if len(seq) >= 2]
-    held = frozenset(random.Random(seed).sample(eligible, round(share * len(eligible))))
-    if not held:
+    count = round(share * len(eligible))
+    if not share or count < max(min_users, 1):
+        if share:
+            log.warning("held-out selection off: %d of %d users is under the %d it needs; selecting on all valid "
+                        "users", count, len(eligible), min_users)
         return split
+    held = frozenset(random.Random(seed).sample(eligible, count))
     train = datasets.Dataset.from_dict(
         {"user_id": users, "item_ids": [seq[:-1] if u in held else seq for u, seq in zip(users, sequences)]},
         features=split.train.features)
