@@ -107,9 +107,9 @@ def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path |
                  **notes: Any) -> ServedConfig:
     """Build the prior from the training split, choose its weight on valid users (with ``heldout_share``, on the users
     whose last training item stage 1 withheld, ``think_rec.data.split.hold_out`` with ``heldout_min_users`` as stage 1
-    called it), write ``prior.json`` and
-    ``served.json`` into ``model_dir``. ``exclude_history`` None: decided from train + valid; ``item_inputs`` and
-    ``history_titles`` None: as the model's ``served.json`` records (a model reads histories as it was trained to)."""
+    called it), write ``prior.json`` and ``served.json`` into ``model_dir``. ``exclude_history`` None: decided from
+    train + valid; ``item_inputs`` and ``history_titles`` None: as the model's ``served.json`` records (a model reads
+    histories as it was trained to)."""
     recorded = ServedConfig.load(model_dir, warn=False)
     item_inputs = recorded.item_inputs if item_inputs is None else item_inputs
     history_titles = recorded.history_titles if history_titles is None else history_titles
