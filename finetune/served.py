@@ -6,7 +6,8 @@ best on its own), ranks that sample once with the served prompt and the served r
 (``think_rec.decoding.ranking``), picks the prior weight (and, for a model with item tokens, the item head's
 weight) with the best valid NDCG@10 (ties: the smaller weights), and saves ``prior.json`` and ``served.json``
 beside the merged model. With stage 1's ``heldout_share`` the valid users are the ones whose last training item it
-withheld (their histories end as test histories do: in-sample users over-trust a model that memorises them). Stage 1
+withheld (their histories end as test histories do: in-sample users over-trust a model that memorises them); the
+weights are chosen with the counts stage 1 saw, then the saved prior counts the whole training split. Stage 1
 calls it when its last phase has trained the chat prompt; ``think-rec prior`` does it for an existing model. Stage 2
 adds its thinking ranking (``write_think``): after the rationale or after an empty think, and the weight of the
 rationale's claims, chosen on valid users. Test users are never read.
@@ -107,15 +108,15 @@ def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path |
                  **notes: Any) -> ServedConfig:
     """Build the prior from the training split, choose its weight on valid users (with ``heldout_share``, on the users
     whose last training item stage 1 withheld, ``think_rec.data.split.hold_out`` with ``heldout_min_users`` as stage 1
-    called it), write ``prior.json`` and ``served.json`` into ``model_dir``. ``exclude_history`` None: decided from
-    train + valid; ``item_inputs`` and ``history_titles`` None: as the model's ``served.json`` records (a model reads
-    histories as it was trained to)."""
+    called it; the prior is then recounted on the whole training split), write ``prior.json`` and ``served.json`` into
+    ``model_dir``. ``exclude_history`` None: decided from train + valid; ``item_inputs`` and ``history_titles`` None:
+    as the model's ``served.json`` records (a model reads histories as it was trained to)."""
     recorded = ServedConfig.load(model_dir, warn=False)
     item_inputs = recorded.item_inputs if item_inputs is None else item_inputs
     history_titles = recorded.history_titles if history_titles is None else history_titles
     data = RecDataset.load(data_dir)
-    split = hold_out(leave_one_out(data.interactions, max_history=max_history), heldout_share, seed,
-                     heldout_min_users)
+    full = leave_one_out(data.interactions, max_history=max_history)
+    split = hold_out(full, heldout_share, seed, heldout_min_users)
     served = ServedConfig(max_history=max_history, num_beams=num_beams, dtype=dtype,
                           exclude_history=history_exclusion(split) if exclude_history is None else exclude_history,
                           item_inputs=item_inputs, history_titles=history_titles, notes=notes)
@@ -126,6 +127,8 @@ def write_served(model_dir: str | Path, data_dir: str | Path, sids: str | Path |
     rec = RecModel.load(model_dir, sids, data, warn=False)  # served.json and the prior are what is chosen here
     cands = served_candidates(rec, column(valid, "history"), prior, served)
     best, scores = choose_weights(cands, column(valid, "target"))
+    if split.heldout:  # chosen with the counts stage 1 saw; served with every training item counted
+        prior.markov = MarkovModel(column(full.train, "item_ids"), markov.config)
     prior.weight, prior.item_weight = best
     prior.selection = {"valid_users": len(valid), "heldout_users": len(split.heldout), "seed": seed,
                        "markov_config": asdict(markov.config), "valid_ndcg@10_by_markov_config": by_config,

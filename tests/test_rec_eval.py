@@ -96,15 +96,17 @@ def test_write_served_chooses_without_warning_of_what_it_is_choosing(aligned_run
 
 
 def test_write_served_with_a_heldout_share_chooses_on_the_held_out_users(aligned_run, rec, tmp_path):
-    """``heldout_share``: the prior counts the split stage 1 trained on (held-out users' last training item
-    withheld) and its weights are chosen on those users' valid items only."""
+    """``heldout_share``: the weights are chosen on the held-out users' valid items only, with the counts of the
+    split stage 1 trained on (their last training item withheld); the saved prior counts every training item."""
     dirs, _, model_dir = aligned_run
     bare = _copy_without(model_dir, tmp_path, PRIOR_FILE, SERVED_FILE)
     write_served(bare, dirs.data, dirs.sids, max_history=5, valid_users=None, heldout_share=0.3, seed=1)
     prior = RecModel.load(bare, dirs.sids, dirs.data).prior
     held = hold_out(leave_one_out(rec.dataset.interactions, max_history=5), 0.3, seed=1)
     assert prior.selection["heldout_users"] == prior.selection["valid_users"] == len(held.heldout) > 0
-    assert prior.markov.transitions == MarkovModel(held.train["item_ids"], prior.markov.config).transitions
+    full = leave_one_out(rec.dataset.interactions, max_history=5).train["item_ids"]
+    assert prior.markov.transitions == MarkovModel(full, prior.markov.config).transitions
+    assert prior.markov.transitions != MarkovModel(held.train["item_ids"], prior.markov.config).transitions
 
 
 def test_an_earlier_phase_model_is_scored_without_warnings_when_asked(
