@@ -163,7 +163,7 @@ def _selection(config: AlignConfig, phase: str, split, data: RecDataset, codeboo
                out: Path) -> list[ValidSelection]:
     """Model selection on valid for one phase: the items phase by its item tokens' logits after the item stream,
     the others by trie beam search over their prompt format."""
-    if not config.select_every_steps or phase == "warmup":
+    if not config.select_every(phase) or phase == "warmup":
         return []
     valid = split.selection_users(config.select_users, config.seed)
     histories, targets = valid["history"], valid["target"]
@@ -180,7 +180,7 @@ def _selection(config: AlignConfig, phase: str, split, data: RecDataset, codeboo
                         prompt=phase_prompt(phase, data, codebook, processor, history_len), histories=histories,
                         targets=targets, num_beams=config.select_num_beams, exclude_history=exclude)
     out.mkdir(parents=True, exist_ok=True)
-    return [ValidSelection(score, config.select_every_steps, patience=config.select_patience,
+    return [ValidSelection(score, config.select_every(phase), patience=config.select_patience,
                            log_path=out / "selection.json")]
 
 

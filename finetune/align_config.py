@@ -12,6 +12,7 @@ from .base_config import StageConfig, json_mapping, load_config
 PHASES = ("warmup", "items", "sequence", "multitask")
 STREAM_PHASES = ("items", "sequence")  # pre-tokenised item / SID streams, packed, no chat text or images
 ALIASES = {"both": "warmup,multitask"}
+PHASE_SELECTION_FIELDS = frozenset({"select_every_steps"})  # AlignConfig fields phase_overrides may set per phase
 
 
 @dataclass
@@ -26,14 +27,16 @@ class AlignConfig(StageConfig, SFTConfig):
     - ``multitask``: the chat tasks of ``task_mix`` (the served prompt is the ``sequential`` task).
 
     ``max_steps``/``num_train_epochs``/``learning_rate`` etc. drive every phase; ``phase_overrides`` changes
-    any ``SFTConfig`` field for one phase, and the warm-up has its own ``warmup_*`` values (``-1``/``None`` =
-    same as the others). ``select_every_steps`` > 0 turns on model selection on valid NDCG@10.
+    any ``SFTConfig`` field (and ``select_every_steps``) for one phase, and the warm-up has its own ``warmup_*``
+    values (``-1``/``None`` = same as the others). ``select_every_steps`` > 0 turns on model selection on valid
+    NDCG@10.
     """
 
     phase: str = field(default="both", metadata={
         "help": "Comma-separated phases among warmup, sequence, multitask ('both' = warmup,multitask)."})
     phase_overrides: dict | str | None = field(default=None, metadata={
-        "help": "Per-phase SFTConfig fields, e.g. {sequence: {learning_rate: 3.0e-3, num_train_epochs: 30}}."})
+        "help": "Per-phase SFTConfig fields (and select_every_steps), e.g. {sequence: {learning_rate: 3.0e-3, "
+                "num_train_epochs: 30}}."})
     phase_budget: dict | str | None = field(default=None, metadata={
         "help": "Share of time_budget_minutes per phase, e.g. {sequence: 0.8, multitask: 0.2} (default: equal)."})
     sequence_max_items: int = field(default=50, metadata={"help": "Items per sequence pre-training window."})
@@ -144,9 +147,10 @@ class AlignConfig(StageConfig, SFTConfig):
                 raise ValueError(f"phase_overrides/phase_budget: {name!r} is not a phase; phases: {PHASES}")
         sft_fields = {f.name for f in fields(SFTConfig) if f.init}
         for name, overrides in self.phase_overrides.items():
-            bad = set(overrides) - sft_fields
+            bad = set(overrides) - sft_fields - PHASE_SELECTION_FIELDS
             if bad:
-                raise ValueError(f"phase_overrides.{name}: {sorted(bad)[0]!r} is not an SFTConfig field")
+                raise ValueError(f"phase_overrides.{name}: {sorted(bad)[0]!r} is not an SFTConfig field or "
+                                 f"one of {sorted(PHASE_SELECTION_FIELDS)}")
         super().__post_init__()
 
     @property
@@ -177,8 +181,12 @@ class AlignConfig(StageConfig, SFTConfig):
                 kw["max_steps"] = self.warmup_max_steps
             if self.warmup_num_train_epochs is not None:
                 kw["num_train_epochs"] = self.warmup_num_train_epochs
-        kw.update(self.phase_overrides.get(phase, {}))
+        kw.update({k: v for k, v in self.phase_overrides.get(phase, {}).items() if k not in PHASE_SELECTION_FIELDS})
         return SFTConfig(**kw)
+
+    def select_every(self, phase: str) -> int:
+        """Steps between ``phase``'s valid evaluations (its ``phase_overrides`` first; 0: no selection)."""
+        return int(self.phase_overrides.get(phase, {}).get("select_every_steps", self.select_every_steps))
 
 
 def load_align_config(path: str | Path, **overrides: Any) -> AlignConfig:

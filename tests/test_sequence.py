@@ -125,6 +125,13 @@ def test_recipe_yaml_loads_with_overrides(tmp_path):
         AlignConfig(output_dir="x", phase="sequence", phase_budget={"chat": 1})
 
 
+def test_a_phase_can_select_at_its_own_interval():
+    cfg = AlignConfig(output_dir="x", phase="items,sequence", item_head=True, select_every_steps=1000,
+                      phase_overrides={"items": {"select_every_steps": 250, "learning_rate": 1e-3}})
+    assert cfg.select_every("items") == 250 and cfg.select_every("sequence") == 1000
+    assert cfg.phase_args("items").learning_rate == 1e-3 and not hasattr(cfg.phase_args("items"), "select_every_steps")
+
+
 @pytest.fixture(scope="module")
 def sequence_run(aligned_run, tmp_path_factory, monkeypatch_module):
     """The new recipe's sequence phase on the generated shop (400 steps, full training), with model selection
