@@ -201,6 +201,7 @@ def stream_dataset(config: AlignConfig, phase: str, split, codebook: SIDCodebook
 def phase_fingerprint(config: AlignConfig, phase: str, base: str | Path, data: str, sids: str) -> dict:
     """What one phase's checkpoints depend on: its config (other phases' settings left out), data, SIDs, base."""
     cfg = config_fingerprint(config, phase=phase, phase_budget=None, phase_overrides=None,
+                             select_every_steps=config.select_every(phase),
                              phase_args=config_fingerprint(config.phase_args(phase)))
     skip = (*(f"{p}_" for p in PHASES if p != phase), "warmup_max_steps", "warmup_num_train_epochs")
     shared = {"sequence_max_items"} if phase in STREAM_PHASES else set()  # both stream phases cut windows by it

@@ -129,7 +129,10 @@ def test_a_phase_can_select_at_its_own_interval():
     cfg = AlignConfig(output_dir="x", phase="items,sequence", item_head=True, select_every_steps=1000,
                       phase_overrides={"items": {"select_every_steps": 250, "learning_rate": 1e-3}})
     assert cfg.select_every("items") == 250 and cfg.select_every("sequence") == 1000
-    assert cfg.phase_args("items").learning_rate == 1e-3 and not hasattr(cfg.phase_args("items"), "select_every_steps")
+    items = cfg.phase_args("items")
+    assert items.learning_rate == 1e-3 and not hasattr(items, "select_every_steps")
+    fingerprint = align.phase_fingerprint(cfg, "items", "no-such-base", "d", "s")["config"]
+    assert fingerprint["select_every_steps"] == 250  # a resumed phase notices a change of its own interval
 
 
 @pytest.fixture(scope="module")
