@@ -62,7 +62,7 @@ def run(dataset: str = "scientific", budget_minutes: float = 4.0, shapes: tuple[
             book = quantise(emb, ids, levels=levels, codebook_size=size, seed=seed, collision=collision,
                             progress=False)
             book.save(run_dir / "sids")
-            config = align_config(dirs, budget_minutes, seed, RECIPE, phase="sequence",
+            config = align_config(dirs, budget_minutes, seed, RECIPE, phase="sequence", item_teacher=0.0,
                                   sids_dir=str(run_dir / "sids"), output_dir=str(run_dir / "align"))
             start = time.perf_counter()
             model_dir = train_align(config)

@@ -40,7 +40,7 @@ from .align_config import AlignConfig, PHASES, STREAM_PHASES
 from .align_data import PAPER_MIX, build_align_dataset, supervise_history
 from .cpu_patches import compact_fused_lm_head_on_cpu
 from .item_head import ItemHeadLoss
-from .label_softmax import group_cross_entropy
+from .label_softmax import distilled_cross_entropy, group_cross_entropy, group_logits
 from .run_state import (config_fingerprint, data_fingerprint, model_fingerprint, resume_point, sids_fingerprint,
                         train_and_merge)
 from .scaled_embeddings import scale_embedding_lr, scale_embeddings
@@ -105,7 +105,7 @@ class RecTrainer(SFTTrainer):
         ids, labels = inputs["input_ids"], inputs["labels"]
         out = self.rec_loss(model, inputs, return_outputs, num_items_in_batch)
         tokens = num_items_in_batch if num_items_in_batch is not None else (labels[:, 1:] != -100).sum()
-        item_loss = self.item_head(ids, labels, tokens)
+        item_loss = self.item_head(ids, labels, tokens, inputs.get("position_ids"))
         return (out[0] + item_loss, out[1]) if return_outputs else out + item_loss
 
     def rec_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -118,12 +118,22 @@ class SequenceTrainer(RecTrainer):
     cross-entropy, over the whole vocabulary or, with ``label_groups`` ``(token ids, N)``, each label against the
     tokens of its own group (the SID tokens, or the item tokens: what decoding normalises over, at a fraction of
     the full head's cost), against N of them drawn uniformly where 0 < N < the group's size (``sampled_logits``).
+    With ``item_teacher`` ``(model, item token ids, share)`` each item label takes a share of its target from that
+    model's distribution over the item tokens at the same position (the items phase's selected weights: the phase
+    keeps their item memory instead of re-fitting the item streams); labels in a sampled group stay hard.
     The forward runs without a KV cache: transformers finds the packed sequences' boundaries in ``position_ids``
     only then."""
 
-    def __init__(self, *args, label_groups: list[tuple[list[int], int]] | None = None, **kwargs):
+    def __init__(self, *args, label_groups: list[tuple[list[int], int]] | None = None,
+                 item_teacher: tuple[torch.nn.Module, list[int], float] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.label_groups = [(torch.tensor(sorted(g)), n) for g, n in label_groups] if label_groups else None
+        if item_teacher is not None and self.label_groups is None:
+            raise ValueError("item_teacher needs label_groups (the item tokens' softmax)")
+        self.item_teacher = None
+        if item_teacher is not None:
+            teacher, ids, share = item_teacher
+            self.item_teacher = (teacher.eval().requires_grad_(False), torch.tensor(sorted(ids)), share)
 
     def rec_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {**inputs, "use_cache": False}
@@ -134,17 +144,38 @@ class SequenceTrainer(RecTrainer):
         keep = labels != -100
         hidden, target = outputs.hidden_states[-1][:, :-1][keep], labels[keep]
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        teacher_hidden = self.teacher_hidden(inputs, keep, target)
         loss, scored = hidden.sum() * 0.0, 0
         for ids, negatives in self.label_groups:
             ids = ids.to(hidden.device)
             mine = torch.isin(target, ids)
-            if mine.any():
+            if mine.any() and teacher_hidden is not None and not 0 < negatives < len(ids):
+                loss = loss + self.distilled_loss(hidden[mine], head, ids, target[mine], teacher_hidden[mine])
+            elif mine.any():
                 loss = loss + group_cross_entropy(hidden[mine], head, ids, target[mine], negatives)
-                scored += int(mine.sum())
+            scored += int(mine.sum())
         if scored != len(target):
             raise ValueError(f"{len(target) - scored} labels are in no label group (the SID or the item tokens)")
         loss = loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum())
         return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def teacher_hidden(self, inputs: dict, keep: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        """The item teacher's last hidden states at the labelled positions (None: no teacher or no item label)."""
+        if self.item_teacher is None or not torch.isin(target, self.item_teacher[1].to(target.device)).any():
+            return None
+        teacher = self.item_teacher[0].to(target.device)
+        return teacher(**inputs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1][:, :-1][keep]
+
+    def distilled_loss(self, hidden: torch.Tensor, head: torch.nn.Module, ids: torch.Tensor, target: torch.Tensor,
+                       teacher_hidden: torch.Tensor) -> torch.Tensor:
+        """``group_cross_entropy`` over the whole group, each item label softened by the item teacher."""
+        teacher, item_ids, share = self.item_teacher
+        item_ids = item_ids.to(hidden.device)
+        taught = torch.isin(target, item_ids)
+        probs = group_logits(teacher_hidden[taught], teacher.get_output_embeddings(), item_ids).float().softmax(-1)
+        return distilled_cross_entropy(group_logits(hidden, head, ids), torch.searchsorted(ids, target), taught,
+                                       probs, torch.searchsorted(ids, item_ids), share)
 
 
 def phase_prompt(phase: str, data: RecDataset, codebook: SIDCodebook, processor,
@@ -263,13 +294,21 @@ def run_phase(config: AlignConfig, phase: str, base: str | Path, merged: Path, d
                                   **lr_groups)
     else:
         teacher = MarkovModel(column(split.train, "item_ids")) if config.item_distill else None
+        taught = None  # the items phase's model, teaching the item labels (item_teacher)
+        if config.item_teacher:
+            taught = load_model(str(Path(config.output_dir) / "items" / "merged"))[0]
         head = dict(item_head=dict(trie=SIDTrie.from_codebook(codebook, processor), weight=config.item_loss_weight,
                                    teacher=teacher, distill=config.item_distill,
-                                   sampled_negatives=config.sampled_item_negatives)) if config.item_head else {}
+                                   sampled_negatives=config.sampled_item_negatives,
+                                   item_teacher=None if taught is None else (taught, config.item_teacher))
+                    ) if config.item_head else {}
         if phase == "sequence":
             groups = sequence_label_groups(config, tokenizer.convert_tokens_to_ids(vocab), item_ids)
+            streams = None if taught is None or not config.sequence_item_streams else (taught, item_ids,
+                                                                                       config.item_teacher)
             trainer = SequenceTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
-                                      callbacks=callbacks, label_groups=groups, **head, **lr_groups)
+                                      callbacks=callbacks, label_groups=groups, item_teacher=streams, **head,
+                                      **lr_groups)
         else:
             trainer = RecTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                                  callbacks=callbacks, **head, **lr_groups)

@@ -57,6 +57,11 @@ class AlignConfig(StageConfig, SFTConfig):
     sequence_item_streams: bool = field(default=False, metadata={
         "help": "Sequence phase: each training sequence also as an item-token stream (the items phase's rows), so "
                 "the model keeps predicting the next item from one token per item beside the SID stream."})
+    item_teacher: float = field(default=0.0, metadata={
+        "help": "Sequence and chat phases: share of each item label's target (the item head's, and the item streams' "
+                "with sequence_item_streams) given to the items phase's model, reading the same sequence's earlier "
+                "items as item tokens: its item-level memory distilled into the model that reads SIDs (needs phase "
+                "items first and full item softmaxes)."})
     item_distill: float = field(default=0.0, metadata={
         "help": "Share of the item head's target given to the training split's successors of the previous item "
                 "(a bigram teacher: prior distillation into the model, finetune/item_head.py)."})
@@ -130,6 +135,13 @@ class AlignConfig(StageConfig, SFTConfig):
             raise ValueError("phase items needs item_head: true (the item tokens it trains)")
         if self.sequence_item_streams and not self.item_head:
             raise ValueError("sequence_item_streams: true needs item_head: true (the item tokens it streams)")
+        if not 0.0 <= self.item_teacher <= 1.0:
+            raise ValueError(f"item_teacher: expected a share in [0, 1], got {self.item_teacher!r}")
+        if self.item_teacher and self.phases[0] != "items":
+            raise ValueError(f"item_teacher needs the items phase first (its model teaches), got phase {self.phase!r}")
+        if self.item_teacher and (self.sampled_item_negatives or self.item_distill):
+            raise ValueError("item_teacher needs sampled_item_negatives: 0 and item_distill: 0 (its full distribution "
+                             "is the soft target)")
         if self.item_inputs and not self.item_head:
             raise ValueError("item_inputs: true needs item_head: true (the item tokens it writes)")
         if self.scaled_embeddings and self.lora_r:

@@ -11,6 +11,9 @@ With ``sampled_negatives`` N each label is scored against N item tokens drawn un
 With ``distill`` > 0 the label is softened by a bigram teacher (prior distillation): a share ``distill`` of the
 target goes to the training split's successor distribution of the item before it (``MarkovModel.transitions``),
 so the head learns which item follows which beyond the one observed successor.
+With ``item_teacher`` ``(model, share)`` a share of each label goes instead to that model's next-item distribution
+after the same sequence's earlier items written as item tokens (the items phase's stream): the item-level memory of
+the items phase taught to the head that reads SIDs.
 """
 from __future__ import annotations
 
@@ -33,13 +36,20 @@ class ItemHeadLoss:
     """Callable on a batch after the forward: the weighted item cross-entropy (0 when no SID is supervised)."""
 
     def __init__(self, model, trie: SIDTrie, weight: float = 1.0, *, teacher: MarkovModel | None = None,
-                 distill: float = 0.0, sampled_negatives: int = 0):
+                 distill: float = 0.0, sampled_negatives: int = 0,
+                 item_teacher: tuple[torch.nn.Module, float] | None = None):
         if trie.item_token_ids is None:
             raise ValueError("the model has no item tokens: add_item_tokens first")
         if not 0.0 <= distill <= 1.0 or (distill and teacher is None):
             raise ValueError(f"distill must be in [0, 1] and needs a teacher, got {distill!r}")
-        if sampled_negatives and (distill or not isinstance(model.get_output_embeddings(), torch.nn.Linear)):
-            raise ValueError("sampled_negatives needs a plain output layer (full training) and no distill")
+        if sampled_negatives and (distill or item_teacher or
+                                  not isinstance(model.get_output_embeddings(), torch.nn.Linear)):
+            raise ValueError("sampled_negatives needs a plain output layer (full training) and no distill or teacher")
+        if distill and item_teacher:
+            raise ValueError("distill (a bigram teacher) and item_teacher are alternatives: set one")
+        self.item_teacher = item_teacher
+        if item_teacher is not None:
+            item_teacher[0].eval().requires_grad_(False)
         self.model, self.weight, self.distill, self.sampled_negatives = model, weight, distill, sampled_negatives
         self.begin, self.levels = trie.first_token, trie.levels
         self.index = {seq[1:-1]: n for n, seq in enumerate(trie.tokens_of[i] for i in trie.items)}
@@ -72,9 +82,10 @@ class ItemHeadLoss:
                     found.append((r, c, item, -1 if prev is None else prev))
         return tuple(torch.tensor([f[n] for f in found], dtype=torch.long) for n in range(4))
 
-    def __call__(self, input_ids: torch.Tensor, labels: torch.Tensor, denominator: torch.Tensor | int) -> torch.Tensor:
+    def __call__(self, input_ids: torch.Tensor, labels: torch.Tensor, denominator: torch.Tensor | int,
+                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """``weight`` x summed cross-entropy x SID length / ``denominator`` (the SID loss's token count: about
-        ``weight`` x the mean cross-entropy per item)."""
+        ``weight`` x the mean cross-entropy per item). ``position_ids`` (packed rows) mark where sequences start."""
         hidden, self.hidden = self.hidden, None
         rows, cols, items, prev = self.targets(input_ids, labels)
         if not len(items):
@@ -86,6 +97,8 @@ class ItemHeadLoss:
             loss = group_cross_entropy(hidden, head, ids, ids[items.to(hidden.device)], self.sampled_negatives)
         else:
             target = self.soft_targets(items, prev) if self.distill else items
+            if self.item_teacher is not None:
+                target = self.taught_targets(input_ids, position_ids, rows, cols, items)
             logits = head(hidden)[:, self.rows.to(hidden.device)]
             loss = F.cross_entropy(logits.float(), target.to(hidden.device), reduction="sum")
         return self.weight * loss * (self.levels + 2) / torch.as_tensor(denominator).clamp(min=1)
@@ -98,6 +111,42 @@ class ItemHeadLoss:
                 succ, probs = self.successors[p]
                 target[n] *= 1 - self.distill
                 target[n, succ] += self.distill * probs
+        return target
+
+    @torch.no_grad()
+    def taught_targets(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, rows: torch.Tensor,
+                       cols: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Each label with a share moved to the item teacher's distribution after the earlier items of its sequence
+        (a row, or in a packed row the span from a ``position_ids`` 0), one teacher forward per sequence."""
+        teacher, share = self.item_teacher
+        starts = torch.zeros_like(input_ids, dtype=torch.bool) if position_ids is None else position_ids == 0
+        sequence = starts.long().cumsum(1)
+        streams: dict[tuple[int, int], list[int]] = {}  # (row, sequence) -> its items, in order
+        place: dict[tuple[int, int], tuple[tuple[int, int], int]] = {}  # (row, begin) -> (row, sequence), index
+        for r in sorted(set(rows.tolist())):
+            ids = input_ids[r].tolist()
+            for c in (input_ids[r] == self.begin).nonzero().flatten().tolist():
+                item = self._item_at(ids, c)
+                if item is not None:
+                    key = (r, int(sequence[r, c]))
+                    place[r, c] = key, len(streams.setdefault(key, []))
+                    streams[key].append(item)
+        keys = list(streams)
+        slot = {k: n for n, k in enumerate(keys)}
+        width = max(len(v) for v in streams.values())
+        tokens = torch.zeros(len(keys), width, dtype=torch.long)
+        mask = torch.zeros(len(keys), width, dtype=torch.long)
+        for n, k in enumerate(keys):
+            tokens[n, :len(streams[k])] = self.rows[streams[k]]
+            mask[n, :len(streams[k])] = 1
+        device = next(teacher.parameters()).device
+        logits = teacher(input_ids=tokens.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        probs = logits[..., self.rows.to(device)].float().softmax(-1).to(rows.device)
+        target = F.one_hot(items, len(self.rows)).float()
+        for n, (r, c) in enumerate(zip(rows.tolist(), cols.tolist())):
+            key, index = place[r, c]
+            if index:  # the item after index earlier items: the teacher's prediction at the last of them
+                target[n] = (1 - share) * target[n] + share * probs[slot[key], index - 1]
         return target
 
 

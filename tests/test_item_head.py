@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import datasets
 import pytest
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,34 @@ def test_distillation_softens_each_label_towards_the_successors_of_the_item_befo
     assert torch.allclose(head(ids, labels, tokens), expected, atol=1e-5)
     with pytest.raises(ValueError, match="teacher"):
         ItemHeadLoss(model, trie, distill=0.4)
+
+
+def test_item_teacher_softens_each_label_towards_the_items_phase_model_on_the_item_stream():
+    """``item_teacher``: a share of each label goes to the teacher's next-item distribution after the earlier items of
+    the label's own sequence, written as item tokens (a packed row's sequences start where ``position_ids`` is 0)."""
+    model, trie = _toy()
+    torch.manual_seed(1)
+    teacher = Qwen3ForCausalLM(model.config)
+    head = ItemHeadLoss(model, trie, weight=1.0, item_teacher=(teacher, 0.4))
+    ids = torch.tensor([[5, *SEQS["a"], *SEQS["c"], *SEQS["b"]]])
+    labels = ids.clone()
+    labels[0, :5] = -100
+    with torch.no_grad():
+        taught = teacher(input_ids=torch.tensor([[30, 32]])).logits[0, :, 30:33].softmax(-1)  # after a; after a, c
+    out = model(input_ids=ids, output_hidden_states=True)
+    logp = F.log_softmax(out.hidden_states[-1][0, [5, 9]] @ model.lm_head.weight[[30, 31, 32]].T, -1)
+    soft = 0.6 * F.one_hot(torch.tensor([2, 1]), 3) + 0.4 * taught  # c after a, b after a, c
+    tokens = int((labels[:, 1:] != -100).sum())
+    assert torch.allclose(head(ids, labels, tokens), -(soft * logp).sum() * (trie.levels + 2) / tokens, atol=1e-5)
+
+    packed = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2, 3]])  # b starts a second sequence: its label stays hard
+    out = model(input_ids=ids, position_ids=packed, output_hidden_states=True)
+    logp = F.log_softmax(out.hidden_states[-1][0, [5, 9]] @ model.lm_head.weight[[30, 31, 32]].T, -1)
+    soft = torch.stack([0.6 * F.one_hot(torch.tensor(2), 3) + 0.4 * taught[0], F.one_hot(torch.tensor(1), 3)])
+    assert torch.allclose(head(ids, labels, tokens, packed), -(soft * logp).sum() * (trie.levels + 2) / tokens,
+                          atol=1e-5)
+    with pytest.raises(ValueError, match="alternatives"):
+        ItemHeadLoss(model, trie, teacher=object(), distill=0.4, item_teacher=(teacher, 0.4))
 
 
 def test_sampled_softmax_scores_each_label_against_uniform_draws():
@@ -266,7 +295,8 @@ def test_items_phase_streams_item_tokens_and_trains_the_item_softmax(aligned_run
                          with_images=False, max_history=5, sequence_max_items=8, item_head=True, item_inputs=True,
                          max_steps=30, num_examples=32, max_length=256, per_device_train_batch_size=8,
                          learning_rate=3e-3, prior_valid_users=0, save_steps=1000, logging_steps=1, disable_tqdm=True,
-                         select_every_steps=10, select_users=24, lora_r=0,
+                         select_every_steps=10, select_users=24, lora_r=0, sequence_item_streams=True,
+                         item_teacher=0.5,  # the later phases distil the items phase's model
                          phase_overrides={"sequence": {"max_steps": 2}, "multitask": {"max_steps": 2}})
     sid_rows = SIDTrie.from_codebook(codebook, processor).token_ids.tolist()
     trainer = align.SequenceTrainer(model=model, args=config.phase_args("items"), train_dataset=ds.select(range(4)),
@@ -315,6 +345,7 @@ def test_items_phase_streams_item_tokens_and_trains_the_item_softmax(aligned_run
     assert batched(5) == pytest.approx(by_hand, abs=1e-6)  # left padding changes nothing
     # the kept weights are the best evaluation's (the saved model may swap a few near-tied items: within 0.01)
     assert batched(128) == pytest.approx(log["best_valid_ndcg@10"], abs=0.01), log
+    config.sequence_item_streams = False
     sids = align.stream_dataset(config, "sequence", split, codebook, processor, rows)
     config.sequence_item_streams = True
     mixed = align.stream_dataset(config, "sequence", split, codebook, processor, rows)
@@ -325,3 +356,54 @@ def test_items_phase_streams_item_tokens_and_trains_the_item_softmax(aligned_run
         AlignConfig(output_dir=str(tmp_path), phase="items,sequence")
     with pytest.raises(ValueError, match="sequence_item_streams: true needs item_head"):
         AlignConfig(output_dir=str(tmp_path), phase="sequence", sequence_item_streams=True)
+
+
+def test_item_teacher_softens_the_item_streams_of_the_sequence_phase(aligned_run, tmp_path):
+    """``item_teacher`` on the item streams: each item label's target is (1 - share) its one-hot plus share the
+    teacher's softmax over the item tokens at the same position; SID labels stay hard, in the same softmax over both
+    kinds."""
+    from think_rec.finetune import align
+    from think_rec.finetune.align_config import AlignConfig
+    from think_rec.finetune.sequence_data import item_stream_ids, item_token_ids, sid_stream
+    from think_rec.model.loading import load_model
+
+    dirs, codebook, model_dir = aligned_run
+    model, processor = load_model(model_dir)
+    teacher, _ = load_model(model_dir)
+    rows = processor.tokenizer.convert_tokens_to_ids(codebook.item_tokens())
+    with torch.no_grad():  # a teacher unlike the student
+        teacher.get_output_embeddings().weight[rows] += torch.randn_like(teacher.get_output_embeddings().weight[rows])
+    sid_rows = SIDTrie.from_codebook(codebook, processor).token_ids.tolist()
+    items = list(codebook.codes)[:4]
+    row = sid_stream(items, item_stream_ids(codebook, processor)) + sid_stream(
+        items[:2], item_token_ids(codebook, processor.tokenizer))
+    config = AlignConfig(output_dir=str(tmp_path), phase="sequence", max_length=256)
+    rows_ds = datasets.Dataset.from_list([{"input_ids": row, "completion_mask": [0] + [1] * (len(row) - 1)}])
+    trainer = align.SequenceTrainer(model=model, args=config.phase_args("sequence"), train_dataset=rows_ds,
+                                    processing_class=processor, label_groups=[(sid_rows + rows, 0)],
+                                    item_teacher=(teacher, rows, 0.25))
+    batch = trainer.data_collator([{"input_ids": row, "labels": [-100] + row[1:]}])
+    model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch)
+        hidden = model(input_ids=batch["input_ids"], output_hidden_states=True).hidden_states[-1][0, :-1]
+        taught = teacher(input_ids=batch["input_ids"], output_hidden_states=True).hidden_states[-1][0, :-1]
+    group, item_rows = sorted(sid_rows + rows), sorted(rows)
+    total = 0.0
+    for h, t, label in zip(hidden, taught, row[1:]):
+        logp = (h @ model.get_output_embeddings().weight[group].T).float().log_softmax(-1)
+        hard = -logp[group.index(label)]
+        if label in rows:
+            probs = (t @ teacher.get_output_embeddings().weight[item_rows].T).float().softmax(-1)
+            hard = 0.75 * hard - 0.25 * (probs * logp[[group.index(r) for r in item_rows]]).sum()
+        total += hard
+    torch.testing.assert_close(loss, total / (len(row) - 1), rtol=1e-4, atol=1e-4)
+    trainer.item_teacher = None  # without the teacher: the hard labels alone, another loss
+    with torch.no_grad():
+        assert not torch.allclose(trainer.compute_loss(model, batch), loss)
+
+    with pytest.raises(ValueError, match="needs the items phase first"):
+        AlignConfig(output_dir="out", phase="sequence", item_head=True, item_teacher=0.5)
+    with pytest.raises(ValueError, match="sampled_item_negatives: 0"):
+        AlignConfig(output_dir="out", phase="items,sequence", item_head=True, item_teacher=0.5,
+                    sampled_item_negatives=8)

@@ -152,7 +152,7 @@ def sequence_run(aligned_run, tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setattr(selection, "beam_search", recording)
     out = tmp_path_factory.mktemp("sequence_run")
     config = load_align_config(CONFIGS / "rec_tiny.yaml", output_dir=str(out), model=str(dirs.tiny),
-                               data_dir=str(dirs.data), sids_dir=str(dirs.sids), phase="sequence",
+                               data_dir=str(dirs.data), sids_dir=str(dirs.sids), phase="sequence", item_teacher=0.0,
                                phase_budget=None, time_budget_minutes=None, max_steps=400,
                                select_every_steps=25, select_users=200, sequence_max_items=12, save_steps=1000,
                                model_dropout=0.0, heldout_share=0.0,  # selection on every valid user, as compared
