@@ -139,7 +139,8 @@ class ItemHeadLoss:
         for n, k in enumerate(keys):
             tokens[n, :len(streams[k])] = self.rows[streams[k]]
             mask[n, :len(streams[k])] = 1
-        device = next(teacher.parameters()).device
+        device = input_ids.device
+        teacher.to(device)  # where the batch is (a no-op after the first call)
         logits = teacher(input_ids=tokens.to(device), attention_mask=mask.to(device), use_cache=False).logits
         probs = logits[..., self.rows.to(device)].float().softmax(-1).to(rows.device)
         target = F.one_hot(items, len(self.rows)).float()
